@@ -1,0 +1,61 @@
+"""The one in-memory form every dataset is decoded into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ssl_zoo.errors import DataFormatError
+
+
+@dataclass
+class ImageSet:
+    """Images decoded once and held as uint8, with optional labels, captions and masks.
+
+    Every loader in ``ssl_zoo.data`` returns one of these; the data module indexes it a
+    whole batch at a time and hands uint8 batches to the device, where views are made.
+    """
+
+    images: torch.Tensor  # uint8 (N, 3, H, W), all images of one size
+    labels: torch.Tensor | None = None  # int64 (N,), class index
+    classes: list[str] | None = None  # class names, index = label
+    captions: list[list[str]] | None = None  # N lists of >= 1 caption each
+    masks: torch.Tensor | None = None  # bool (N, H, W), foreground of the main object
+    name: str = "unnamed"
+
+    def __post_init__(self) -> None:
+        images = self.images
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise DataFormatError(
+                f"Dataset '{self.name}': images must be a uint8 tensor of shape "
+                f"(N, 3, H, W); got {images.dtype} {tuple(images.shape)}."
+            )
+        n = images.shape[0]
+        if n == 0:
+            raise DataFormatError(f"Dataset '{self.name}' holds no images.")
+        if self.labels is not None and tuple(self.labels.shape) != (n,):
+            raise DataFormatError(
+                f"Dataset '{self.name}': {n} images but labels of shape {tuple(self.labels.shape)}."
+            )
+        if self.captions is not None and len(self.captions) != n:
+            raise DataFormatError(
+                f"Dataset '{self.name}': {n} images but {len(self.captions)} caption lists."
+            )
+        if self.masks is not None and tuple(self.masks.shape) != (n, *images.shape[2:]):
+            raise DataFormatError(
+                f"Dataset '{self.name}': masks of shape {tuple(self.masks.shape)} do not "
+                f"match images {tuple(images.shape)}."
+            )
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def image_size(self) -> int:
+        """Side of the (square) stored images, in pixels."""
+        return self.images.shape[-1]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) if self.classes is not None else 0

@@ -1,0 +1,365 @@
+"""Real datasets, decoded once into an in-memory uint8 ``ImageSet``.
+
+- ``load_shared_cifar10`` / ``load_shared_flickr8k``: the offline numpy archives in the
+  repository's ``../shared/data`` folder (JPEGs sharing one header, see its README).
+- ``load_torchvision``: CIFAR-10, CIFAR-100 and STL-10 through ``torchvision.datasets``.
+- ``load_image_folder``: a torchvision-ImageFolder tree, ``root/<class>/<image>``.
+- ``load_image_text_pairs``: a CSV or JSONL file of ``path,caption`` rows.
+
+Images are stored square: a source image of another size has its shorter side resized to
+``image_size`` (bicubic) and is centre-cropped; grayscale, RGBA, palette and 16-bit images
+become RGB.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ssl_zoo.data.imageset import ImageSet
+from ssl_zoo.errors import DataFormatError, DataNotFoundError
+
+# File name suffixes that load_image_folder reads (torchvision's IMG_EXTENSIONS).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+# Errors PIL raises on a file it cannot decode: OSError covers UnidentifiedImageError and
+# "image file is truncated"; some plugins raise SyntaxError or ValueError on broken data.
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+# ----------------------------------------------------------------------------------------
+# The shared numpy archives.
+
+_SHARED_SPLITS = {"cifar10": ("train", "test"), "flickr8k": ("train", "dev", "test")}
+
+
+def _open_shared(
+    root: str | Path, file_name: str, dataset: str, split: str
+) -> np.lib.npyio.NpzFile:
+    """The archive ``root/file_name``, after checking the split name and that the file exists."""
+    if split not in _SHARED_SPLITS[dataset]:
+        raise DataFormatError(
+            f"Unknown split '{split}' for {dataset}; valid splits: "
+            f"{', '.join(_SHARED_SPLITS[dataset])}."
+        )
+    path = Path(root) / file_name
+    if not path.is_file():
+        raise DataNotFoundError(
+            f"{dataset} archive not found: {path.absolute()}. It ships in the repository's "
+            f"'../shared/data' folder (next to the ssl_zoo checkout); point the data root at "
+            f"that folder (--data.root /path/to/shared/data)."
+        )
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataFormatError(
+            f"{path} is not a readable numpy archive ({e}); copy it again from the "
+            f"repository's '../shared/data' folder."
+        ) from None
+
+
+def _decode_shared_jpegs(archive: np.lib.npyio.NpzFile, split: str) -> torch.Tensor:
+    """Decode every JPEG of a split, in order, to uint8 (N, 3, H, W).
+
+    A plain loop: decoding CIFAR-10 train (50,000 images) takes ~4 s on one core, and
+    thread or process pools over chunks measured slower (per-image work is too small).
+    """
+    header = archive["jpeg_header"].tobytes()
+    body = archive[f"{split}_body"].tobytes()
+    offsets = archive[f"{split}_offsets"].tolist()
+    images = [
+        np.asarray(Image.open(io.BytesIO(header + body[start:end])).convert("RGB"))
+        for start, end in zip(offsets[:-1], offsets[1:])
+    ]
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def _read_shared(
+    root: str | Path, file_name: str, dataset: str, split: str, keys: list[str]
+) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """Open an archive, check the split's arrays are there, decode its images."""
+    with _open_shared(root, file_name, dataset, split) as archive:
+        wanted = ["jpeg_header", f"{split}_body", f"{split}_offsets", *keys]
+        missing = [k for k in wanted if k not in archive.files]
+        if missing:
+            raise DataFormatError(
+                f"{Path(root) / file_name} lacks the arrays {missing} (found {archive.files}); "
+                f"copy it again from the repository's '../shared/data' folder."
+            )
+        return _decode_shared_jpegs(archive, split), {k: archive[k] for k in keys}
+
+
+def load_shared_cifar10(root: str | Path, split: str) -> ImageSet:
+    """CIFAR-10 from ``root/cifar10.npz``: split "train" (50,000) or "test" (10,000), 32 px."""
+    images, arrays = _read_shared(
+        root, "cifar10.npz", "cifar10", split, [f"{split}_labels", "classes"]
+    )
+    return ImageSet(
+        images=images,
+        labels=torch.from_numpy(arrays[f"{split}_labels"].astype(np.int64)),
+        classes=[str(c) for c in arrays["classes"]],
+        name="cifar10",
+    )
+
+
+def load_shared_flickr8k(root: str | Path, split: str) -> ImageSet:
+    """Flickr8k from ``root/flickr8k_64.npz``: "train", "dev" or "test", 64 px, 5 captions."""
+    images, arrays = _read_shared(
+        root, "flickr8k_64.npz", "flickr8k", split, [f"{split}_captions"]
+    )
+    captions = [[str(c) for c in row] for row in arrays[f"{split}_captions"].tolist()]
+    return ImageSet(images=images, captions=captions, name="flickr8k")
+
+
+# ----------------------------------------------------------------------------------------
+# torchvision datasets.
+
+_TORCHVISION_SPLITS = {
+    "cifar10": ("train", "test"),
+    "cifar100": ("train", "test"),
+    "stl10": ("train", "test", "unlabeled", "train+unlabeled"),
+}
+
+
+def _resize_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Square uint8 (N, 3, s, s) to (N, 3, image_size, image_size).
+
+    torch's antialiased bicubic on uint8 matches PIL's bicubic within one grey level and
+    works on the whole array at once (no per-image PIL round trip).
+    """
+    if images.shape[-1] == image_size:
+        return images
+    return F.interpolate(images, size=(image_size, image_size), mode="bicubic", antialias=True)
+
+
+def load_torchvision(
+    name: str, root: str | Path, split: str, download: bool, image_size: int | None = None
+) -> ImageSet:
+    """CIFAR-10, CIFAR-100 or STL-10 via torchvision, optionally resized to ``image_size``."""
+    from torchvision import datasets  # imported here: only this loader needs it
+
+    if name not in _TORCHVISION_SPLITS:
+        raise DataFormatError(
+            f"Unknown torchvision dataset '{name}'; valid names: "
+            f"{', '.join(_TORCHVISION_SPLITS)}."
+        )
+    if split not in _TORCHVISION_SPLITS[name]:
+        raise DataFormatError(
+            f"Unknown split '{split}' for {name}; valid splits: "
+            f"{', '.join(_TORCHVISION_SPLITS[name])}."
+        )
+    try:
+        if name == "stl10":
+            ds = datasets.STL10(str(root), split=split, download=download)
+        else:
+            cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+            ds = cls(str(root), train=split == "train", download=download)
+    except (RuntimeError, OSError) as e:  # "Dataset not found or corrupted", URLError, ...
+        how = (
+            "the download failed (no internet?); run once where there is internet"
+            if download
+            else "run once with internet and `download: true` (--data.download true)"
+        )
+        raise DataNotFoundError(
+            f"{name} not found under {Path(root).absolute()} (torchvision: {e}). To get it, "
+            f"{how}, or place torchvision's {name} files under that root."
+        ) from None
+
+    if name == "stl10":
+        images = torch.from_numpy(ds.data)  # uint8 (N, 3, 96, 96)
+        labels = torch.from_numpy(np.asarray(ds.labels, dtype=np.int64))
+        if bool((labels == -1).all()):  # the unlabeled split
+            labels = None
+    else:
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # (N, 32, 32, 3) -> NCHW
+        labels = torch.tensor(ds.targets, dtype=torch.int64)
+    if image_size is not None:
+        images = _resize_batch(images, image_size)
+    return ImageSet(
+        images=images.contiguous(),
+        labels=labels,
+        classes=list(ds.classes) if labels is not None else None,
+        name=name,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Image files: ImageFolder trees and image-text pair files.
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        # 16/32-bit grayscale: PIL's convert("RGB") clips at 255 (a white image), so scale
+        # 16-bit ranges down to 8 bits first.
+        a = np.asarray(img, dtype=np.float64)
+        if a.max() > 255:
+            a = a / 257.0
+        img = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def _load_image(path: Path, image_size: int) -> np.ndarray:
+    """Decode an image file to RGB uint8 (image_size, image_size, 3): shorter side resized to
+    ``image_size`` (bicubic), then centre-cropped. Raises one of _PIL_ERRORS if unreadable."""
+    with Image.open(path) as img:
+        img = _to_rgb(img)  # decodes fully, so a truncated file fails here
+    w, h = img.size
+    if (w, h) != (image_size, image_size):
+        scale = image_size / min(w, h)
+        w, h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
+        img = img.resize((w, h), Image.Resampling.BICUBIC)
+        left, top = (w - image_size) // 2, (h - image_size) // 2
+        img = img.crop((left, top, left + image_size, top + image_size))
+    return np.asarray(img)
+
+
+def _stack(images: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def load_image_folder(root: str | Path, image_size: int) -> ImageSet:
+    """Images under ``root/<class>/...`` (classes sorted by name), labelled by folder.
+
+    Files PIL cannot read are skipped with one warning listing them.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataNotFoundError(
+            f"Image folder not found: {root.absolute()}. Create it with one sub-folder of "
+            f"images per class (root/<class>/<image>.jpg), or fix the data root."
+        )
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataFormatError(
+            f"{root} has no class sub-folders; put each class's images in its own folder, "
+            f"e.g. {root / 'cats' / 'img1.jpg'}."
+        )
+    images, labels, skipped = [], [], []
+    for label, name in enumerate(classes):
+        files = sorted(
+            p
+            for p in (root / name).rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        )
+        for path in files:
+            try:
+                images.append(_load_image(path, image_size))
+            except _PIL_ERRORS as e:
+                skipped.append(f"{path} ({e})")
+                continue
+            labels.append(label)
+    if not images:
+        what = f"{len(skipped)} image files, none readable" if skipped else "no image files"
+        raise DataFormatError(
+            f"{root} holds {what} (looked for {', '.join(IMAGE_EXTENSIONS)} in its class "
+            f"folders {classes}); add readable images."
+        )
+    if skipped:
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        warnings.warn(
+            f"Skipped {len(skipped)} unreadable image file(s) under {root}: "
+            f"{'; '.join(skipped[:5])}{more}. Re-save or delete them to silence this.",
+            stacklevel=2,
+        )
+    return ImageSet(
+        images=_stack(images),
+        labels=torch.tensor(labels, dtype=torch.int64),
+        classes=classes,
+        name=root.name,
+    )
+
+
+def _pair_rows(path: Path, text: str) -> list[tuple[str, dict]]:
+    """Rows of a CSV or JSONL pairs file as (where, fields), ``where`` naming the row."""
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(f"{path}, line {number}: not valid JSON ({e}).") from None
+            if not isinstance(row, dict):
+                raise DataFormatError(
+                    f"{path}, line {number}: expected an object with keys 'path' and "
+                    f"'caption', got {type(row).__name__}."
+                )
+            rows.append((f"line {number}", row))
+        return rows
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        if reader.fieldnames is None:
+            raise DataFormatError(f"{path} is empty; expected a header line 'path,caption'.")
+        missing = [k for k in ("path", "caption") if k not in reader.fieldnames]
+        if missing:
+            raise DataFormatError(
+                f"{path}: missing column(s) {missing} in the header; found columns "
+                f"{reader.fieldnames}. The first line must name the columns: path,caption."
+            )
+        # Row 1 is the first data row; the line number counts the header too.
+        return [(f"row {i} (line {reader.line_num})", row) for i, row in enumerate(reader, start=1)]
+    raise DataFormatError(
+        f"{path}: unknown pairs file type '{path.suffix}'; use .csv (columns path,caption) "
+        f"or .jsonl (one {{\"path\": ..., \"caption\": ...}} object per line)."
+    )
+
+
+def load_image_text_pairs(path: str | Path, image_size: int) -> ImageSet:
+    """Images with captions from a CSV (``path,caption`` header) or JSONL file.
+
+    Image paths are relative to the file's folder (absolute ones work too). Rows sharing a
+    path become one image with several captions, in order of first appearance.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(
+            f"Image-text pairs file not found: {path.absolute()}. Check the path."
+        )
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # -sig: tolerate a byte-order mark
+    except UnicodeDecodeError as e:
+        raise DataFormatError(
+            f"{path} is not valid UTF-8 text (bad byte at offset {e.start}); save it as UTF-8."
+        ) from None
+
+    captions: dict[Path, list[str]] = {}  # image -> captions, in order of first appearance
+    for where, row in _pair_rows(path, text):
+        missing = [k for k in ("path", "caption") if k not in row]
+        if missing:  # (CSV headers are checked up front; this catches JSONL objects)
+            raise DataFormatError(
+                f"{path}, {where}: missing key(s) {missing}; found keys {list(row)}. Each "
+                f"row needs 'path' and 'caption'."
+            )
+        caption, image = row["caption"], row["path"]
+        if not isinstance(caption, str) or not caption.strip():
+            raise DataFormatError(f"{path}, {where}: empty caption; give every row a caption.")
+        if not isinstance(image, str) or not image.strip():
+            raise DataFormatError(f"{path}, {where}: empty image path; give every row a path.")
+        image_path = path.parent / image.strip()  # an absolute path replaces the parent
+        if not image_path.is_file():
+            raise DataFormatError(
+                f"{path}, {where}: image file not found: {image_path}. Relative paths start "
+                f"from the folder of {path.name}."
+            )
+        captions.setdefault(image_path.resolve(), []).append(caption.strip())
+
+    if not captions:
+        raise DataFormatError(f"{path} has no rows; add lines of path,caption.")
+    images = []
+    for image_path in captions:
+        try:
+            images.append(_load_image(image_path, image_size))
+        except _PIL_ERRORS as e:
+            raise DataFormatError(
+                f"{path}: cannot read image {image_path} ({e}); re-save or remove it."
+            ) from None
+    return ImageSet(images=_stack(images), captions=list(captions.values()), name=path.stem)
