@@ -1,0 +1,256 @@
+"""Batched augmentation on the device: uint8 images in, normalised views out.
+
+Loaders hand uint8 batches to the device; ``ViewAugment`` makes every view there in a
+handful of batched kernels. All random parameters are drawn per sample, on the images'
+device, from the module's own seeded generators, so there is no Python loop over
+samples and no host synchronisation, and a seed reproduces the views exactly.
+
+The semantics are torchvision's (and Kornia's), which SimCLR and BYOL were defined with:
+RandomResizedCrop -> horizontal flip -> ColorJitter (random order) with probability p ->
+grayscale -> Gaussian blur -> solarize -> normalise. The colour ops are Kornia's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from kornia.color import rgb_to_grayscale
+from kornia.enhance import (
+    adjust_brightness_accumulative,
+    adjust_contrast_with_mean_subtraction,
+    adjust_hue,
+    adjust_saturation_with_gray_subtraction,
+    normalize,
+)
+from kornia.filters import gaussian_blur2d
+from torch import Tensor, nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class AugmentConfig:
+    """One recipe section: how every view is made. Defaults are SimCLR's ImageNet recipe.
+
+    Fields given as pairs (``blur_p``, ``solarize_p``) are per view: BYOL's views differ
+    there. The other fields apply to every view.
+    """
+
+    size: int = 32  # side of the output views, pixels
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # area fraction of the crop
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio of the crop
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    # brightness, contrast, saturation, hue strengths, as torchvision's ColorJitter
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    grayscale_p: float = 0.2
+    blur_p: tuple[float, float] = (0.5, 0.5)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: tuple[float, float] = (0.0, 0.0)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        checks = {
+            "size": self.size >= 8,
+            "crop_scale": 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+            "crop_ratio": 0 < self.crop_ratio[0] <= self.crop_ratio[1],
+            "jitter": all(s >= 0 for s in self.jitter) and self.jitter[3] <= 0.5,
+            "blur_sigma": 0 < self.blur_sigma[0] <= self.blur_sigma[1],
+            "std": all(s > 0 for s in self.std),
+        }
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            value = getattr(self, name)
+            checks[name] = all(0 <= p <= 1 for p in (value if isinstance(value, tuple) else (value,)))
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            from ssl_zoo.errors import RecipeError
+
+            values = ", ".join(f"augment.{name} = {getattr(self, name)}" for name in bad)
+            raise RecipeError(
+                f"Invalid recipe value: {values}. Crop scale is an "
+                "area fraction in (0, 1], probabilities lie in [0, 1], the hue strength "
+                "in [0, 0.5], sizes are at least 8 pixels."
+            )
+
+    @property
+    def blur_kernel_size(self) -> int:
+        # NOTE: SimCLR blurs with a kernel of 10% of the image side (23 px at 224).
+        return max(3, int(0.1 * self.size) // 2 * 2 + 1)
+
+
+def sample_crop_boxes(
+    n: int, scale: tuple[float, float], ratio: tuple[float, float], aspect: float,
+    generator: torch.Generator, device: torch.device, attempts: int = 10,
+) -> Tensor:
+    """RandomResizedCrop's boxes for n images, as (n, 4) fractions: centre x, y, width, height.
+
+    Vectorised version of torchvision's sampler: draw ``attempts`` (area, log-ratio)
+    candidates per image, keep the first that fits, else fall back to the whole image.
+    ``aspect`` is the images' height / width.
+    """
+    shape = (n, attempts)
+    area = torch.empty(shape, device=device).uniform_(*scale, generator=generator)
+    log_ratio = torch.empty(shape, device=device).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator
+    )
+    width = torch.sqrt(area * log_ratio.exp() * aspect)  # fraction of the image width
+    height = torch.sqrt(area / log_ratio.exp() / aspect)  # fraction of the image height
+    fits = (width <= 1) & (height <= 1)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # (n, 1), 0 when none fits
+    any_fits = fits.any(dim=1)
+    width = torch.where(any_fits, width.gather(1, first).squeeze(1), 1.0)
+    height = torch.where(any_fits, height.gather(1, first).squeeze(1), 1.0)
+    corner = torch.rand((n, 2), device=device, generator=generator)
+    cx = width / 2 + corner[:, 0] * (1 - width)
+    cy = height / 2 + corner[:, 1] * (1 - height)
+    return torch.stack([cx, cy, width, height], dim=1)
+
+
+def crop_flip_grid(boxes: Tensor, flip: Tensor, size: int) -> Tensor:
+    """Sampling grids that crop each box, resize it to size x size and maybe flip it.
+
+    boxes: (n, 4) centre x, y, width, height as fractions; flip: (n,) bool.
+    Returns (n, size, size, 2) for ``grid_sample`` (align_corners=False).
+    """
+    cx, cy, w, h = boxes.unbind(dim=1)
+    sign = 1.0 - 2.0 * flip.to(boxes.dtype)  # -1 mirrors the x axis
+    zeros = torch.zeros_like(cx)
+    # Output coordinate u in [-1, 1] reads input coordinate (2 cx - 1) + w * sign * u.
+    theta = torch.stack(
+        [torch.stack([w * sign, zeros, 2 * cx - 1], dim=1), torch.stack([zeros, h, 2 * cy - 1], dim=1)],
+        dim=1,
+    )  # (n, 2, 3)
+    return F.affine_grid(theta, [boxes.shape[0], 1, size, size], align_corners=False)
+
+
+class ViewAugment(nn.Module):
+    """Makes ``num_views`` augmented views of every image of a uint8 batch, on its device.
+
+    forward: uint8 (B, 3, H, W) -> float (num_views, B, 3, size, size), normalised.
+    """
+
+    def __init__(self, config: AugmentConfig, num_views: int = 2, seed: int = 0) -> None:
+        super().__init__()
+        if num_views > len(config.blur_p) or num_views > len(config.solarize_p):
+            raise ValueError(f"{num_views} views need {num_views} blur_p and solarize_p values")
+        self.config = config
+        self.num_views = num_views
+        self.seed = seed
+        self._generators: dict[str, torch.Generator] = {}
+        self._pending_state: dict[str, Tensor] = {}
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The generator for ``device``, made on first use from the seed (and the rank)."""
+        key = str(device) if device.type == "cpu" else device.type
+        if key not in self._generators:
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.seed + 1_000_003 * rank)  # other views on other ranks
+            if key in self._pending_state:
+                gen.set_state(self._pending_state.pop(key))
+            self._generators[key] = gen
+        return self._generators[key]
+
+    # Generator states travel in the module's state_dict, so a resumed run draws the
+    # same views as an unbroken one.
+    def get_extra_state(self) -> dict[str, Tensor]:
+        return {key: gen.get_state() for key, gen in self._generators.items()} | self._pending_state
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        self._generators.clear()
+        self._pending_state = dict(state)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        cfg, views = self.config, self.num_views
+        batch, _, height, width = images.shape
+        n = views * batch  # every view of every image is one sample below
+        device = images.device
+        gen = self.generator(device)
+
+        def coin(p: float | Tensor) -> Tensor:  # (n,) bool, True with probability p
+            return torch.rand(n, device=device, generator=gen) < p
+
+        def uniform(low: float, high: float) -> Tensor:  # (n,)
+            return torch.empty(n, device=device).uniform_(low, high, generator=gen)
+
+        def per_view(values: tuple[float, ...]) -> Tensor:  # (n,), view-major like the output
+            return torch.tensor(values[:views], device=device).repeat_interleave(batch)
+
+        # Crop + resize + flip of every view in one grid_sample: the grids of the views
+        # are stacked along the output height, so the input is read once and not copied.
+        boxes = sample_crop_boxes(n, cfg.crop_scale, cfg.crop_ratio, height / width, gen, device)
+        grid = crop_flip_grid(boxes, coin(cfg.flip_p), cfg.size)  # (n, S, S, 2), view-major
+        grid = grid.view(views, batch, cfg.size, cfg.size, 2).transpose(0, 1)
+        grid = grid.reshape(batch, views * cfg.size, cfg.size, 2)
+        x = images.float().div_(255)  # (B, 3, H, W) in [0, 1]
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        x = x.view(batch, 3, views, cfg.size, cfg.size).transpose(0, 2).transpose(1, 2)
+        x = x.reshape(n, 3, cfg.size, cfg.size)  # (V*B, 3, S, S), view-major
+
+        if cfg.jitter_p > 0:
+            x = self._color_jitter(x, coin(cfg.jitter_p), uniform)
+        if cfg.grayscale_p > 0:
+            gray = rgb_to_grayscale(x).expand_as(x)
+            x = torch.where(coin(cfg.grayscale_p)[:, None, None, None], gray, x)
+        if any(p > 0 for p in cfg.blur_p[:views]):
+            sigma = uniform(*cfg.blur_sigma)[:, None].expand(n, 2)
+            blurred = gaussian_blur2d(x, cfg.blur_kernel_size, sigma, border_type="reflect")
+            x = torch.where(coin(per_view(cfg.blur_p))[:, None, None, None], blurred, x)
+        if any(p > 0 for p in cfg.solarize_p[:views]):
+            solarized = torch.where(x >= 0.5, 1.0 - x, x)
+            x = torch.where(coin(per_view(cfg.solarize_p))[:, None, None, None], solarized, x)
+
+        x = normalize(x, torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device))
+        return x.view(views, batch, 3, cfg.size, cfg.size)
+
+    def _color_jitter(self, x: Tensor, apply: Tensor, uniform) -> Tensor:
+        """torchvision's ColorJitter with per-sample factors; identity where ``apply`` is False."""
+        b, c, s, h = self.config.jitter
+        one = torch.ones_like(apply, dtype=x.dtype)
+        factors = {
+            "brightness": torch.where(apply, uniform(max(0.0, 1 - b), 1 + b), one),
+            "contrast": torch.where(apply, uniform(max(0.0, 1 - c), 1 + c), one),
+            "saturation": torch.where(apply, uniform(max(0.0, 1 - s), 1 + s), one),
+            # torchvision's hue factor is a fraction of the colour circle; Kornia's, radians.
+            "hue": torch.where(apply, uniform(-h, h), 0 * one) * (2 * math.pi),
+        }
+        ops = {
+            "brightness": adjust_brightness_accumulative,
+            "contrast": adjust_contrast_with_mean_subtraction,
+            "saturation": adjust_saturation_with_gray_subtraction,
+            "hue": adjust_hue,
+        }
+        # NOTE: torchvision draws a new order of the four ops per image; like Kornia we
+        # draw one per batch. The order comes from a CPU generator seeded alike, so that
+        # choosing it never waits for the GPU.
+        order_gen = self.generator(torch.device("cpu")) if x.is_cuda else self.generator(x.device)
+        for index in torch.randperm(4, generator=order_gen).tolist():
+            name = list(ops)[index]
+            x = ops[name](x, factors[name]).clamp_(0, 1)
+        return x
+
+
+class EvalTransform(nn.Module):
+    """The deterministic transform used for evaluation: resize to ``size`` and normalise.
+
+    forward: uint8 (B, 3, H, W) -> float (B, 3, size, size).
+    """
+
+    def __init__(self, size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+        super().__init__()
+        self.size = size
+        self.register_buffer("mean", torch.tensor(mean), persistent=False)
+        self.register_buffer("std", torch.tensor(std), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        x = images.float().div_(255)
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        return normalize(x, self.mean.to(x.device), self.std.to(x.device))

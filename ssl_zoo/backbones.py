@@ -1,0 +1,126 @@
+"""One registry of backbones shared by every method.
+
+A name maps to one constructor that returns a ``Backbone``: the network (images or
+tokens in, one feature vector per sample out) and the size of that vector. Methods put
+their heads on top; the evaluation stage reads the features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision.models import resnet18, resnet50
+from torchvision.models.vision_transformer import VisionTransformer
+
+from ssl_zoo.errors import RecipeError
+
+
+@dataclass
+class Backbone:
+    network: nn.Module  # (B, 3, S, S) float images -> (B, feature_dim); text: (B, L) int64 -> (B, feature_dim)
+    feature_dim: int
+
+
+def _resnet(build: Callable[[], nn.Module], cifar_stem: bool) -> Backbone:
+    net = build()
+    if cifar_stem:
+        # NOTE: for 32x32 inputs the ImageNet stem (7x7 stride-2 conv + max-pool) throws
+        # away 3/4 of the resolution before the first block; SimCLR's CIFAR variant uses a
+        # 3x3 stride-1 conv and no max-pool instead.
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    feature_dim = net.fc.in_features
+    net.fc = nn.Identity()  # global-average-pooled features, (B, 512) or (B, 2048)
+    return Backbone(net, feature_dim)
+
+
+def _vit(image_size: int, patch_size: int, width: int, layers: int, heads: int) -> Backbone:
+    if image_size % patch_size:
+        raise RecipeError(
+            f"ViT with patch size {patch_size} needs an image size divisible by it; "
+            f"got {image_size}. Set data.image_size to a multiple of {patch_size}."
+        )
+    net = VisionTransformer(
+        image_size=image_size,
+        patch_size=patch_size,
+        num_layers=layers,
+        num_heads=heads,
+        hidden_dim=width,
+        mlp_dim=4 * width,
+    )
+    net.heads = nn.Identity()  # class-token features, (B, width)
+    return Backbone(net, width)
+
+
+class TextTransformer(nn.Module):
+    """CLIP's text tower: causal transformer over BPE tokens, pooled at the EOT token.
+
+    A thin wrapper around open_clip's implementation (the reference one) that returns
+    the pooled width-sized features; the CLIP method owns the projection to the joint
+    space, as it does for the image tower.
+    """
+
+    def __init__(self, context_length: int, width: int, layers: int, heads: int) -> None:
+        super().__init__()
+        from open_clip.transformer import TextTransformer as OpenClipTextTransformer
+
+        self.context_length = context_length
+        # NOTE: pool_type="argmax" pools at the highest token id, which is the EOT token
+        # (49407) in CLIP's vocabulary: the causal mask means only it has seen the whole
+        # caption.
+        self.transformer = OpenClipTextTransformer(
+            context_length=context_length,
+            width=width,
+            layers=layers,
+            heads=heads,
+            output_dim=None,
+            pool_type="argmax",
+        )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # tokens: (B, L) int64 with L <= context_length -> (B, width)
+        return self.transformer(tokens)
+
+
+IMAGE_BACKBONES: dict[str, Callable[[int], Backbone]] = {
+    # name: image_size -> Backbone
+    "resnet18": lambda size: _resnet(resnet18, cifar_stem=False),
+    "resnet18_cifar": lambda size: _resnet(resnet18, cifar_stem=True),
+    "resnet50": lambda size: _resnet(resnet50, cifar_stem=False),
+    "resnet50_cifar": lambda size: _resnet(resnet50, cifar_stem=True),
+    # Small ViTs (DeiT-Tiny / -Small widths). Patch 4 suits 32-64 px images, 16 suits 224 px.
+    "vit_tiny_p4": lambda size: _vit(size, patch_size=4, width=192, layers=12, heads=3),
+    "vit_small_p4": lambda size: _vit(size, patch_size=4, width=384, layers=12, heads=6),
+    "vit_small_p16": lambda size: _vit(size, patch_size=16, width=384, layers=12, heads=6),
+}
+
+TEXT_BACKBONES: dict[str, Callable[[int], Backbone]] = {
+    # name: context_length -> Backbone
+    # The CLIP paper's text tower: width 512, 12 layers, 8 heads, context 77.
+    "text_transformer": lambda ctx: Backbone(TextTransformer(ctx, 512, 12, 8), 512),
+    "text_transformer_small": lambda ctx: Backbone(TextTransformer(ctx, 256, 4, 4), 256),
+    "text_transformer_tiny": lambda ctx: Backbone(TextTransformer(ctx, 64, 2, 2), 64),
+}
+
+
+def build_image_backbone(name: str, image_size: int) -> Backbone:
+    if name not in IMAGE_BACKBONES:
+        raise RecipeError(
+            f"Unknown image backbone '{name}'. Valid: {', '.join(IMAGE_BACKBONES)}."
+        )
+    return IMAGE_BACKBONES[name](image_size)
+
+
+def build_text_backbone(name: str, context_length: int) -> Backbone:
+    if name not in TEXT_BACKBONES:
+        raise RecipeError(
+            f"Unknown text backbone '{name}'. Valid: {', '.join(TEXT_BACKBONES)}."
+        )
+    if not 2 <= context_length <= 77:
+        raise RecipeError(
+            f"Text context length must be between 2 and 77 tokens; got {context_length}."
+        )
+    return TEXT_BACKBONES[name](context_length)

@@ -1,0 +1,129 @@
+"""The GPU view pipeline: shapes, ranges, per-sample randomness, seeds and distributions."""
+
+import math
+
+import pytest
+import torch
+from torchvision.transforms import RandomResizedCrop
+
+from ssl_zoo.augment import AugmentConfig, EvalTransform, ViewAugment, sample_crop_boxes
+from ssl_zoo.errors import RecipeError
+
+IDENTITY = dict(
+    crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0,
+    blur_p=(0.0, 0.0), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+)
+
+
+def random_images(n=64, size=32, seed=0):
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_views_have_shape_dtype_and_range():
+    config = AugmentConfig(size=24, blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2))
+    views = ViewAugment(config, num_views=2)(random_images(16, 32))
+    assert views.shape == (2, 16, 3, 24, 24) and views.dtype == torch.float32
+    mean = torch.tensor(config.mean)[:, None, None]
+    std = torch.tensor(config.std)[:, None, None]
+    pixels = views * std + mean
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+    assert torch.isfinite(views).all()
+
+
+def test_identity_config_returns_the_image():
+    images = random_images(8)
+    views = ViewAugment(AugmentConfig(size=32, **IDENTITY), num_views=2)(images)
+    expected = images.float() / 255
+    assert torch.allclose(views[0], expected, atol=1e-5) and torch.allclose(views[1], expected, atol=1e-5)
+
+
+def test_each_sample_and_each_view_gets_its_own_parameters():
+    same = random_images(1).expand(32, -1, -1, -1).contiguous()  # 32 copies of one image
+    views = ViewAugment(AugmentConfig(size=32), num_views=2, seed=0)(same)
+    flat = views.flatten(0, 1).flatten(1)  # (64, pixels)
+    distances = torch.cdist(flat, flat)
+    off_diagonal = distances[~torch.eye(64, dtype=torch.bool)]
+    assert (off_diagonal > 1e-3).all()  # no two views of the 64 are equal
+
+
+def test_a_seed_reproduces_the_views_and_another_seed_does_not():
+    images = random_images(16)
+    config = AugmentConfig(size=32, blur_p=(0.5, 0.5))
+    a = ViewAugment(config, seed=7)(images)
+    b = ViewAugment(config, seed=7)(images)
+    c = ViewAugment(config, seed=8)(images)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_generator_state_travels_in_the_state_dict():
+    images = random_images(8)
+    first = ViewAugment(AugmentConfig(size=32), seed=3)
+    first(images)  # advance the generators
+    resumed = ViewAugment(AugmentConfig(size=32), seed=999)
+    resumed.load_state_dict(first.state_dict())
+    assert torch.equal(first(images), resumed(images))
+
+
+def test_crop_areas_and_ratios_follow_torchvision():
+    n, size = 20_000, 32
+    boxes = sample_crop_boxes(n, (0.08, 1.0), (3 / 4, 4 / 3), 1.0, torch.Generator().manual_seed(0), torch.device("cpu"))
+    ours_area = boxes[:, 2] * boxes[:, 3]
+    torch.manual_seed(0)
+    image = torch.zeros(3, size * 8, size * 8)  # a larger image, so torchvision's rounding is small
+    theirs = torch.tensor([RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3])[2:] for _ in range(5000)], dtype=torch.float)
+    theirs_area = theirs[:, 0] * theirs[:, 1] / (size * 8) ** 2
+    assert abs(ours_area.mean() - theirs_area.mean()) < 0.01
+    assert abs(ours_area.quantile(0.1) - theirs_area.quantile(0.1)) < 0.02
+    assert abs(ours_area.quantile(0.9) - theirs_area.quantile(0.9)) < 0.02
+    log_ratio = (boxes[:, 2] / boxes[:, 3]).log()
+    assert log_ratio.min() >= math.log(3 / 4) - 1e-4 and log_ratio.max() <= math.log(4 / 3) + 1e-4
+    # every box lies inside the image
+    assert ((boxes[:, 0] - boxes[:, 2] / 2) >= -1e-6).all() and ((boxes[:, 0] + boxes[:, 2] / 2) <= 1 + 1e-6).all()
+
+
+def test_flip_and_grayscale_rates():
+    n = 4000
+    images = torch.zeros(n, 3, 8, 8, dtype=torch.uint8)
+    images[..., 4:] = 255  # right half white: a flip moves it left
+    images[:, 0] = 128  # red channel differs, so only grayscale makes r == g == b
+    config = AugmentConfig(size=8, **{**IDENTITY, "flip_p": 0.5, "grayscale_p": 0.2})
+    views = ViewAugment(config, num_views=1)(images)[0]
+    flipped = views[:, 1, 0, 0] > 0.5  # green channel of the left column is white
+    gray = (views[:, 0] - views[:, 1]).abs().amax(dim=(1, 2)) < 1e-4
+    assert abs(flipped.float().mean() - 0.5) < 0.03
+    assert abs(gray.float().mean() - 0.2) < 0.03
+
+
+def test_byol_asymmetric_solarize_probabilities():
+    n = 4000
+    images = torch.full((n, 3, 8, 8), 230, dtype=torch.uint8)  # bright: solarize makes it dark
+    config = AugmentConfig(size=8, **{**IDENTITY, "solarize_p": (0.0, 0.2)})
+    views = ViewAugment(config, num_views=2)(images)
+    solarized = views.mean(dim=(2, 3, 4)) < 0.5  # (2, n)
+    assert solarized[0].sum() == 0
+    assert abs(solarized[1].float().mean() - 0.2) < 0.03
+
+
+def test_color_jitter_changes_colours_only_with_its_probability():
+    n = 2000
+    images = random_images(n, 8)
+    base = ViewAugment(AugmentConfig(size=8, **IDENTITY), num_views=1)(images)[0]
+    config = AugmentConfig(size=8, **{**IDENTITY, "jitter_p": 0.8})
+    jittered = ViewAugment(config, num_views=1)(images)[0]
+    changed = (jittered - base).abs().amax(dim=(1, 2, 3)) > 1e-3
+    assert abs(changed.float().mean() - 0.8) < 0.04
+
+
+def test_invalid_config_is_a_clear_error():
+    with pytest.raises(RecipeError, match="augment.crop_scale"):
+        AugmentConfig(crop_scale=(0.5, 2.0))
+    with pytest.raises(RecipeError, match="augment.flip_p"):
+        AugmentConfig(flip_p=1.5)
+
+
+def test_eval_transform_resizes_and_normalises():
+    images = random_images(4, 48)
+    out = EvalTransform(32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))(images)
+    assert out.shape == (4, 3, 32, 32)
+    assert out.min() >= -1 - 1e-5 and out.max() <= 1 + 1e-5

@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from ssl_zoo.backbones import IMAGE_BACKBONES, build_image_backbone, build_text_backbone
+from ssl_zoo.errors import RecipeError
+
+
+@pytest.mark.parametrize("name", list(IMAGE_BACKBONES))
+def test_image_backbones_give_their_feature_size(name):
+    backbone = build_image_backbone(name, image_size=32)
+    with torch.no_grad():
+        features = backbone.network.eval()(torch.randn(2, 3, 32, 32))
+    assert features.shape == (2, backbone.feature_dim)
+
+
+def test_cifar_stem_keeps_resolution():
+    cifar = build_image_backbone("resnet18_cifar", 32).network
+    imagenet = build_image_backbone("resnet18", 32).network
+    assert cifar.conv1.kernel_size == (3, 3) and cifar.conv1.stride == (1, 1)
+    assert isinstance(cifar.maxpool, torch.nn.Identity)
+    assert imagenet.conv1.kernel_size == (7, 7)
+
+
+def test_text_transformer_has_the_paper_size():
+    text = build_text_backbone("text_transformer", 77)
+    transformer = text.network.transformer
+    assert text.feature_dim == 512
+    assert transformer.width == 512 and transformer.heads == 8 and transformer.context_length == 77
+    assert len(transformer.transformer.resblocks) == 12
+
+
+def test_text_features_are_pooled_at_the_end_token_under_a_causal_mask():
+    text = build_text_backbone("text_transformer_tiny", 12).network.eval()
+    tokens = torch.tensor([[49406, 320, 2442, 736, 49407, 0, 0, 0, 0, 0, 0, 0]])
+    changed_after_end = tokens.clone()
+    changed_after_end[0, 6:] = 1234  # tokens after <end> cannot reach it through the causal mask
+    changed_before_end = tokens.clone()
+    changed_before_end[0, 2] = 1234
+    with torch.no_grad():
+        base = text(tokens)
+        torch.testing.assert_close(text(changed_after_end), base)
+        assert not torch.allclose(text(changed_before_end), base)
+
+
+def test_unknown_backbone_is_a_clear_error():
+    with pytest.raises(RecipeError, match="Valid: resnet18"):
+        build_image_backbone("resnet19", 32)
+    with pytest.raises(RecipeError, match="divisible"):
+        build_image_backbone("vit_small_p16", 40)
