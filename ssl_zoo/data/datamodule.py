@@ -1,0 +1,171 @@
+"""Dataset -> uint8 batches on the device.
+
+Every dataset is decoded once into an ``ImageSet`` (uint8 in memory). Training batches
+are indexed a whole batch at a time (``__getitems__``), handed to the device as uint8,
+and turned into views there by the method's ``on_after_batch_transfer``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ssl_zoo.data import sources
+from ssl_zoo.data.imageset import ImageSet
+from ssl_zoo.data.shapes import make_shapes
+from ssl_zoo.errors import RecipeError
+from ssl_zoo.recipe import DataConfig
+
+# (training split, validation split) when the recipe leaves them unset.
+DEFAULT_SPLITS = {
+    "shapes": ("train", "val"),
+    "shared_cifar10": ("train", "test"),
+    "shared_flickr8k": ("train", "test"),
+    "cifar10": ("train", "test"),
+    "cifar100": ("train", "test"),
+    "stl10": ("train+unlabeled", "test"),
+    "folder": ("train", "val"),
+    "pairs": ("all", None),
+}
+
+
+def load_split(config: DataConfig, split: str, seed: int = 0) -> ImageSet:
+    """Decode one split of the configured dataset."""
+    name, root, size = config.name, Path(config.root).expanduser(), config.image_size
+    if name == "shapes":
+        if split not in ("train", "val"):
+            raise RecipeError(f"The shapes dataset has splits train and val, not '{split}'.")
+        count = config.num_images if split == "train" else max(config.num_images // 4, 1)
+        return make_shapes(count, size, seed=seed if split == "train" else seed + 1)
+    if name == "shared_cifar10":
+        return sources.load_shared_cifar10(root, split)
+    if name == "shared_flickr8k":
+        return sources.load_shared_flickr8k(root, split)
+    if name in ("cifar10", "cifar100", "stl10"):
+        return sources.load_torchvision(name, root, split, download=config.download, image_size=size)
+    if name == "folder":
+        return sources.load_image_folder(root / split, size)
+    if name == "pairs":
+        return sources.load_image_text_pairs(root, size)
+    raise RecipeError(f"Unknown dataset '{name}'. Valid: {', '.join(DEFAULT_SPLITS)}.")
+
+
+class InMemoryDataset(Dataset):
+    """Indexes uint8 images (and labels, tokens) a whole batch at a time."""
+
+    def __init__(self, images: Tensor, labels: Tensor | None = None, tokens: Tensor | None = None, seed: int = 0):
+        self.images = images  # uint8 (N, 3, H, W), on the CPU or the GPU
+        self.labels = labels  # int64 (N,)
+        self.tokens = tokens  # int64 (N, C, L): C captions per image
+        self._caption_generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
+        index = torch.as_tensor(indices)
+        batch = {"image": self.images[index.to(self.images.device)]}  # (B, 3, H, W) uint8
+        if self.labels is not None:
+            batch["label"] = self.labels[index.to(self.labels.device)]
+        if self.tokens is not None:
+            # One of each image's captions, drawn anew every time the image is seen.
+            column = torch.randint(self.tokens.shape[1], (len(indices),), generator=self._caption_generator)
+            batch["tokens"] = self.tokens[index.to(self.tokens.device), column.to(self.tokens.device)]
+        return batch
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([i]).items()}
+
+
+def _already_batched(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    return batch
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Training batches of uint8 images (+ labels, + tokens for CLIP) and labelled
+    evaluation sets for the monitors (kNN memory bank and validation split)."""
+
+    def __init__(self, config: DataConfig, with_text: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        self.config = config
+        self.with_text = with_text
+        self.seed = seed
+        self.train_set: ImageSet | None = None
+        self.val_set: ImageSet | None = None
+        self.bank_set: ImageSet | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        default_train, default_val = DEFAULT_SPLITS[self.config.name]
+        train_split = self.config.train_split or default_train
+        val_split = self.config.val_split or default_val
+        self.train_set = load_split(self.config, train_split, self.seed)
+        if self.config.batch_size > len(self.train_set):
+            raise RecipeError(
+                f"data.batch_size {self.config.batch_size} is larger than the training "
+                f"split '{train_split}' of {self.config.name} ({len(self.train_set)} images). "
+                "Lower --data.batch_size."
+            )
+        if self.with_text and self.train_set.captions is None:
+            raise RecipeError(
+                f"CLIP needs captions, and dataset '{self.config.name}' has none. Use "
+                "shapes, shared_flickr8k or pairs (a CSV/JSONL of path,caption)."
+            )
+        self.val_set = load_split(self.config, val_split, self.seed) if val_split else None
+        self.bank_set = self._labelled_bank()
+
+    def _labelled_bank(self) -> ImageSet | None:
+        """Labelled training images for the kNN monitor (None if there are no labels)."""
+        train = self.train_set
+        if train.labels is None and self.config.name == "stl10":
+            train = load_split(self.config, "train")  # STL-10's labelled part
+        if train.labels is None or self.val_set is None or self.val_set.labels is None:
+            return None
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))
+        keep = order[: self.config.knn_bank_size]
+        return ImageSet(train.images[keep], train.labels[keep], classes=train.classes, name=f"{train.name} bank")
+
+    @property
+    def num_classes(self) -> int:
+        """Classes the monitors can score (0 when the data has no labels)."""
+        self.setup()
+        return self.bank_set.num_classes if self.bank_set is not None else 0
+
+    def train_dataloader(self) -> DataLoader:
+        train = self.train_set
+        images = train.images
+        if self.config.hold_on_device and self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            if device.type == "cuda":
+                images = images.to(device)
+        tokens = None
+        if self.with_text:
+            from ssl_zoo.text import tokenize_captions
+
+            tokens = tokenize_captions(train.captions, self.config.context_length)
+        dataset = InMemoryDataset(images, train.labels, tokens, seed=self.seed)
+        return DataLoader(
+            dataset,
+            batch_size=self.config.batch_size,
+            shuffle=True,
+            drop_last=True,  # every batch has the same size: no recompiles, fair negatives
+            collate_fn=_already_batched,
+            num_workers=self.config.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+            pin_memory=images.device.type == "cpu" and torch.cuda.is_available(),
+        )
+
+    def eval_dataloader(self, images: ImageSet) -> DataLoader:
+        """Batches of a labelled set in order, for validation and the monitors."""
+        dataset = InMemoryDataset(images.images, images.labels)
+        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=False, collate_fn=_already_batched)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        if self.val_set is None or self.val_set.labels is None:
+            return []
+        return [self.eval_dataloader(self.val_set)]

@@ -1,0 +1,26 @@
+"""Weighted kNN classification of features (Wu et al. 2018), as SSL papers report it."""
+
+from __future__ import annotations
+
+import torch
+from lightly.utils.benchmarking import knn_predict
+from torch import Tensor
+
+
+@torch.no_grad()
+def knn_top1(
+    train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
+    num_classes: int, k: int = 200, temperature: float = 0.1, chunk_size: int = 1024,
+) -> float:
+    """Top-1 accuracy of a cosine-weighted kNN vote (k neighbours, weights exp(sim / T)).
+
+    train_features (N, D), test_features (M, D): L2-normalised. Labels (N,), (M,).
+    """
+    k = min(k, train_features.shape[0])
+    bank = train_features.T.contiguous()  # (D, N), the layout knn_predict expects
+    correct = 0
+    for start in range(0, test_features.shape[0], chunk_size):
+        query = test_features[start : start + chunk_size]
+        predicted = knn_predict(query, bank, train_labels, num_classes, knn_k=k, knn_t=temperature)
+        correct += (predicted[:, 0] == test_labels[start : start + chunk_size]).sum()
+    return float(correct) / test_features.shape[0]

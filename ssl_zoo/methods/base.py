@@ -1,0 +1,107 @@
+"""The small base every method shares: backbone, views, optimiser, online probe.
+
+Methods write ``__init__`` (their heads and loss) and ``training_step``; everything else a
+run needs (kNN monitor, view grids, checkpoints) lives in callbacks, not here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightly.models.utils import get_weight_decay_parameters
+from lightly.utils.benchmarking import OnlineLinearClassifier
+from lightly.utils.lars import LARS
+from lightly.utils.scheduler import CosineWarmupScheduler
+from torch import Tensor
+
+from ssl_zoo.augment import EvalTransform, ViewAugment
+from ssl_zoo.backbones import build_image_backbone
+from ssl_zoo.recipe import Recipe, recipe_from_dict, recipe_to_dict
+
+
+class SSLMethod(pl.LightningModule):
+    num_views: int = 2  # views the augmentation makes of every image
+
+    def __init__(self, recipe: Recipe | dict[str, Any], num_classes: int = 0) -> None:
+        super().__init__()
+        recipe = recipe if isinstance(recipe, Recipe) else recipe_from_dict(recipe)
+        # The resolved recipe travels in every checkpoint (and hparams.yaml).
+        self.save_hyperparameters({"recipe": recipe_to_dict(recipe), "num_classes": num_classes})
+        self.recipe = recipe
+        backbone = build_image_backbone(recipe.backbone, recipe.augment.size)
+        self.backbone = backbone.network
+        self.feature_dim = backbone.feature_dim
+        self.augment = ViewAugment(recipe.augment, self.num_views, seed=recipe.trainer.seed)
+        self.eval_transform = EvalTransform(recipe.augment.size, recipe.augment.mean, recipe.augment.std)
+        # A linear classifier on detached features, trained alongside: a cheap, live
+        # measure of how linearly separable the features are (None without labels).
+        self.online_probe = OnlineLinearClassifier(self.feature_dim, num_classes, topk=(1,)) if num_classes else None
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Backbone features: (B, 3, S, S) normalised images -> (B, feature_dim)."""
+        return self.backbone(images)
+
+    def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
+        # The data path's last step, on the device: uint8 images -> float views.
+        if self._trainer is not None and self.trainer.training:
+            batch["views"] = self.augment(batch.pop("image"))  # (V, B, 3, S, S)
+        else:
+            batch["image"] = self.eval_transform(batch["image"])  # (B, 3, S, S)
+        return batch
+
+    def probe_step(self, features: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """Train the online probe on detached features; returns its loss (0 without one)."""
+        if self.online_probe is None or "label" not in batch:
+            return features.new_zeros(())
+        loss, log = self.online_probe.training_step((features.detach(), batch["label"]), 0)
+        self.log_dict({"probe/train_loss": log["train_online_cls_loss"], "probe/train_top1": log["train_online_cls_top1"]})
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        if self.online_probe is None:
+            return
+        features = self(batch["image"])
+        _, log = self.online_probe.validation_step((features, batch["label"]), batch_idx)
+        self.log("probe/val_top1", log["val_online_cls_top1"], prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        optim = self.recipe.optim
+        ssl_modules = [m for name, m in self.named_children() if name != "online_probe"]
+        decay, no_decay = get_weight_decay_parameters(ssl_modules)
+        groups = [
+            {"name": "ssl", "params": [p for p in decay if p.requires_grad]},
+            {"name": "ssl_no_weight_decay", "params": [p for p in no_decay if p.requires_grad], "weight_decay": 0.0},
+        ]
+        if self.online_probe is not None:
+            groups.append(
+                {"name": "online_probe", "params": list(self.online_probe.parameters()), "weight_decay": 0.0, "lr": optim.probe_lr}
+            )
+        lr = optim.lr * self._lr_scale()
+        if optim.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+        elif optim.optimizer == "lars":
+            optimizer = LARS(groups, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=optim.weight_decay)
+        total_steps = self.total_steps()
+        warmup_steps = int(total_steps * optim.warmup_epochs / max(self.recipe.trainer.max_epochs, 1))
+        scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup_steps, max_epochs=total_steps)
+        return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
+
+    def _lr_scale(self) -> float:
+        """Learning rates are given per 256 images and scaled to the global batch."""
+        global_batch = self.recipe.data.batch_size * (self.trainer.world_size if self._trainer is not None else 1)
+        scaling = self.recipe.optim.lr_scaling
+        if scaling == "linear":
+            return global_batch / 256
+        if scaling == "sqrt":
+            return math.sqrt(global_batch / 256)
+        return 1.0
+
+    def total_steps(self) -> int:
+        """Optimiser steps of the whole run (the schedules' length)."""
+        steps = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        return max(int(steps), 1) if math.isfinite(steps) else 1

@@ -1,0 +1,52 @@
+"""BYOL (Grill et al. 2020): predict a slow-moving target's projection of the other view."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from lightly.loss import NegativeCosineSimilarity
+from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.utils.scheduler import cosine_schedule
+from torch import Tensor
+
+from ssl_zoo.methods.base import SSLMethod
+from ssl_zoo.recipe import Recipe
+
+
+class BYOL(SSLMethod):
+    def __init__(self, recipe: Recipe | dict[str, Any], num_classes: int = 0) -> None:
+        super().__init__(recipe, num_classes)
+        cfg = self.recipe.byol
+        # Online network: backbone -> projector -> predictor.
+        self.projection_head = BYOLProjectionHead(self.feature_dim, cfg.hidden_dim, cfg.output_dim)
+        self.prediction_head = BYOLPredictionHead(cfg.output_dim, cfg.hidden_dim, cfg.output_dim)
+        # Target network: an exponential moving average of backbone + projector, never
+        # trained by gradients.
+        self.target_backbone = copy.deepcopy(self.backbone)
+        self.target_projection_head = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.target_backbone)
+        deactivate_requires_grad(self.target_projection_head)
+        self.criterion = NegativeCosineSimilarity()
+
+    def momentum(self) -> float:
+        """EMA momentum at this step: base_momentum raised to 1 on a cosine schedule."""
+        return cosine_schedule(self.global_step, self.total_steps(), self.recipe.byol.base_momentum, 1.0)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        momentum = self.momentum()
+        update_momentum(self.backbone, self.target_backbone, m=momentum)
+        update_momentum(self.projection_head, self.target_projection_head, m=momentum)
+
+        views = batch["views"].flatten(0, 1)  # (2B, 3, S, S)
+        features = self.backbone(views)  # (2B, D)
+        p0, p1 = self.prediction_head(self.projection_head(features)).chunk(2)  # (B, P) each
+        with torch.no_grad():
+            t0, t1 = self.target_projection_head(self.target_backbone(views)).chunk(2)
+        # NOTE: the loss is symmetrised: each view's prediction regresses the other
+        # view's target. -cos here equals the paper's 2 - 2 cos up to a constant and scale.
+        loss = 0.5 * (self.criterion(p0, t1) + self.criterion(p1, t0))
+        self.log_dict({"train/loss": loss, "train/momentum": momentum}, prog_bar=True)
+        return loss + self.probe_step(features[: len(p0)], batch)

@@ -1,0 +1,33 @@
+"""SimCLR (Chen et al. 2020): two views of an image attract, all other views repel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+from torch import Tensor
+
+from ssl_zoo.methods.base import SSLMethod
+from ssl_zoo.recipe import Recipe
+
+
+class SimCLR(SSLMethod):
+    def __init__(self, recipe: Recipe | dict[str, Any], num_classes: int = 0) -> None:
+        super().__init__(recipe, num_classes)
+        cfg = self.recipe.simclr
+        self.projection_head = SimCLRProjectionHead(self.feature_dim, cfg.hidden_dim, cfg.output_dim)
+        # NOTE: the loss is computed on the projections, but the features used
+        # downstream are the backbone's: the head discards what the augmentations vary.
+        # gather_distributed: negatives come from every process's batch, with gradients.
+        self.criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=True)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        views = batch["views"]  # (2, B, 3, S, S)
+        # NOTE: both views go through the backbone as one batch of 2B, as in the paper,
+        # so batch-norm statistics mix the views.
+        features = self.backbone(views.flatten(0, 1))  # (2B, D)
+        z0, z1 = self.projection_head(features).chunk(2)  # (B, P) each
+        loss = self.criterion(z0, z1)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss + self.probe_step(features[: views.shape[1]], batch)

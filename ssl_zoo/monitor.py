@@ -1,0 +1,104 @@
+"""Callbacks that watch a run: kNN accuracy of the features and grids of the views."""
+
+from __future__ import annotations
+
+import time
+
+import pytorch_lightning as pl
+import torch
+from torchvision.utils import make_grid
+
+from ssl_zoo.data.datamodule import ImageDataModule
+from ssl_zoo.eval.features import extract_features
+from ssl_zoo.eval.knn import knn_top1
+
+
+class KNNMonitor(pl.Callback):
+    """kNN top-1 of the backbone's features on the validation split, against a memory
+    bank of training images (k=200, T=0.1, cosine-weighted votes).
+
+    Runs once before training (the random-init baseline, logged as
+    ``knn/top1_random_init``) and after every validation epoch (``knn/top1``).
+    """
+
+    def __init__(self, datamodule: ImageDataModule, k: int = 200, temperature: float = 0.1) -> None:
+        self.datamodule = datamodule
+        self.k = k
+        self.temperature = temperature
+        self.random_init_top1: float | None = None
+        self.last_top1: float | None = None
+
+    def measure(self, pl_module: "pl.LightningModule") -> float:
+        dm = self.datamodule
+        bank = extract_features(pl_module.backbone, pl_module.eval_transform, dm.eval_dataloader(dm.bank_set), pl_module.device)
+        query = extract_features(pl_module.backbone, pl_module.eval_transform, dm.eval_dataloader(dm.val_set), pl_module.device)
+        return knn_top1(*bank, *query, num_classes=dm.num_classes, k=self.k, temperature=self.temperature)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.random_init_top1 is None and trainer.global_step == 0:
+            self.random_init_top1 = self.measure(pl_module)
+            for logger in trainer.loggers:
+                logger.log_metrics({"knn/top1_random_init": self.random_init_top1}, step=0)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.last_top1 = self.measure(pl_module)
+        pl_module.log("knn/top1", self.last_top1, prog_bar=True)
+
+
+class ViewGridLogger(pl.Callback):
+    """Logs the views of the first training batch of every epoch to TensorBoard."""
+
+    def __init__(self, num_images: int = 16) -> None:
+        self.num_images = num_images
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if batch_idx != 0 or not hasattr(trainer.logger, "experiment"):
+            return
+        views = batch["views"][:, : self.num_images].float()  # (V, n, 3, S, S), normalised
+        mean = torch.tensor(pl_module.recipe.augment.mean, device=views.device)[:, None, None]
+        std = torch.tensor(pl_module.recipe.augment.std, device=views.device)[:, None, None]
+        images = (views * std + mean).clamp(0, 1)
+        # One row per view, one column per image: a column shows what the method pairs.
+        grid = make_grid(images.flatten(0, 1), nrow=images.shape[1], padding=1)
+        trainer.logger.experiment.add_image("views", grid, global_step=trainer.global_step)
+
+
+class ThroughputMeter(pl.Callback):
+    """Training images per second over the run, validation and monitors excluded."""
+
+    def __init__(self) -> None:
+        self.train_seconds = 0.0
+        self.images = 0
+        self._started: float | None = None
+
+    def _start(self) -> None:
+        self._started = time.perf_counter()
+
+    def _stop(self, trainer: pl.Trainer) -> None:
+        if self._started is not None:
+            if trainer.strategy.root_device.type == "cuda":
+                torch.cuda.synchronize()
+            self.train_seconds += time.perf_counter() - self._started
+            self._started = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._stop(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.training:
+            self._start()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._stop(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.images += batch["views"].shape[1] * trainer.world_size
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.train_seconds if self.train_seconds else 0.0

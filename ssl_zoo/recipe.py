@@ -1,0 +1,248 @@
+"""Recipes: the one source of configuration.
+
+A recipe is a YAML file under ``recipes/`` whose keys are the fields of ``Recipe`` below
+(nested sections are dataclasses). It is parsed and type-checked by jsonargparse, the
+machinery under LightningCLI, so an unknown key or a value of the wrong type is an error,
+and any key can be overridden on the command line (``--optim.lr 0.1``). The resolved
+recipe is saved with every checkpoint and run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import importlib.resources
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from ssl_zoo.augment import AugmentConfig
+from ssl_zoo.errors import RecipeError
+
+DatasetName = Literal[
+    "shapes", "shared_cifar10", "shared_flickr8k", "cifar10", "cifar100", "stl10", "folder", "pairs"
+]
+
+
+@dataclass
+class DataConfig:
+    name: DatasetName = "shapes"
+    # Where the data lives: torchvision's download folder (cifar10/cifar100/stl10), the
+    # folder of cifar10.npz / flickr8k_64.npz (shared_*), an ImageFolder root with
+    # train/ and val/ inside (folder), or a CSV/JSONL file of path,caption (pairs).
+    root: str = "data"
+    download: bool = False  # torchvision datasets only; needs internet
+    train_split: str | None = None  # None: the dataset's usual training split
+    val_split: str | None = None  # None: the dataset's usual test split
+    image_size: int = 32  # side of the stored images (shapes render size, folders resize)
+    num_images: int = 4000  # shapes only: training images (validation: a quarter as many)
+    batch_size: int = 256  # per process
+    num_workers: int = 0  # in-memory data is indexed a batch at a time: 0 is fastest
+    hold_on_device: bool = True  # keep the uint8 dataset on the GPU when there is one
+    knn_bank_size: int = 10_000  # training images in the kNN monitor's memory bank
+    context_length: int = 77  # CLIP only: tokens per caption
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["sgd", "lars", "adamw"] = "sgd"
+    lr: float = 0.06  # per 256 images; scaled by the global batch size (lr_scaling)
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    momentum: float = 0.9  # sgd and lars
+    weight_decay: float = 5e-4  # not applied to norm layers and biases
+    warmup_epochs: float = 10
+    probe_lr: float = 0.1  # the online linear probe's learning rate (same schedule)
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 100
+    max_time: str | None = None  # wall-clock budget "DD:HH:MM:SS"; stops early when reached
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    precision: str = "32-true"  # "bf16-mixed" on recent GPUs
+    seed: int = 0
+    log_every_n_steps: int = 50
+    check_val_every_n_epoch: int = 1  # also how often the kNN monitor runs
+    output_dir: str = "runs"  # run folders go to output_dir/<recipe name>/version_N
+
+
+@dataclass
+class SimCLRConfig:
+    hidden_dim: int = 2048
+    output_dim: int = 128
+    temperature: float = 0.5
+
+
+@dataclass
+class BYOLConfig:
+    hidden_dim: int = 4096
+    output_dim: int = 256
+    base_momentum: float = 0.99  # raised to 1 on a cosine schedule over training
+
+
+@dataclass
+class CLIPConfig:
+    text_backbone: str = "text_transformer"
+    embed_dim: int = 512
+    init_temperature: float = 0.07
+    max_logit_scale: float = 100.0  # the learned 1/temperature never exceeds this
+
+
+@dataclass
+class Recipe:
+    method: Literal["simclr", "byol", "clip"]
+    name: str = "custom"  # the recipe's name; names the run folder
+    description: str = ""  # one line, shown by `ssl_zoo recipes`
+    backbone: str = "resnet18_cifar"  # a name from ssl_zoo.backbones.IMAGE_BACKBONES
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # The section of the recipe's method; the others stay unset.
+    simclr: SimCLRConfig | None = None
+    byol: BYOLConfig | None = None
+    clip: CLIPConfig | None = None
+
+    def __post_init__(self) -> None:
+        sections = {"simclr": SimCLRConfig, "byol": BYOLConfig, "clip": CLIPConfig}
+        for method, section_type in sections.items():
+            if method == self.method and getattr(self, method) is None:
+                setattr(self, method, section_type())
+            elif method != self.method and getattr(self, method) is not None:
+                raise RecipeError(
+                    f"Recipe '{self.name}' is for method '{self.method}' but sets the "
+                    f"'{method}:' section. Remove it, or set method: {method}."
+                )
+
+    @property
+    def method_config(self) -> SimCLRConfig | BYOLConfig | CLIPConfig:
+        return getattr(self, self.method)
+
+
+def recipes_dir() -> Path:
+    """The folder of the bundled recipes: ``recipes/`` at the top of a source checkout,
+    or the ``ssl_zoo.recipes`` package data that a wheel installs from it."""
+    checkout = Path(__file__).resolve().parents[1] / "recipes"
+    if checkout.is_dir():
+        return checkout
+    return Path(str(importlib.resources.files("ssl_zoo.recipes")))
+
+
+def available_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(recipes_dir().glob("*.yaml"))}
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """A bundled recipe's name, or the path of a YAML file, to the file's path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    recipes = available_recipes()
+    if name_or_path not in recipes:
+        raise RecipeError(
+            f"Unknown recipe '{name_or_path}'. Valid recipes: {', '.join(recipes)}. "
+            "Run `python -m ssl_zoo recipes` to see what each does, or pass the path of "
+            "a .yaml file."
+        )
+    return recipes[name_or_path]
+
+
+def recipe_parser(prog: str = "ssl_zoo fit") -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=prog,
+        exit_on_error=False,
+        description=(
+            "Train a method from a recipe. Any recipe key can be overridden after "
+            "--recipe, e.g. `--data.batch_size 128 --trainer.max_epochs 5`."
+        ),
+    )
+    parser.add_argument(
+        "--recipe", action=ActionConfigFile, help="a recipe name (see `ssl_zoo recipes`) or a YAML file"
+    )
+    parser.add_class_arguments(Recipe, None, fail_untyped=True)
+    return parser
+
+
+SECTIONS = {
+    "data": DataConfig, "augment": AugmentConfig, "optim": OptimConfig, "trainer": TrainerConfig,
+    "simclr": SimCLRConfig, "byol": BYOLConfig, "clip": CLIPConfig,
+}
+
+
+def _unknown_key_hint(message: str) -> str:
+    """For an unknown key, name the closest valid key and list its section's keys."""
+    if not any(s in message for s in ("unrecognized", "does not accept", "not expected", "not accepted")):
+        return ""
+    section = re.search(r"--(\w+)\.|Group '(\w+)'|\"(\w+)\.", message)
+    name = next((g for g in section.groups() if g), None) if section else None
+    fields = SECTIONS[name] if name in SECTIONS else Recipe
+    keys = [f.name for f in dataclasses.fields(fields)]
+    given = re.findall(r"(?:--(?:\w+\.)?|[Oo]ption ')(\w+)", message)
+    close = difflib.get_close_matches(given[-1], keys, n=1) if given else []
+    where = f"of '{name}'" if name in SECTIONS else "at the top level"
+    suggestion = f" Did you mean '{close[0]}'?" if close else ""
+    return f"{suggestion} Valid keys {where}: {', '.join(keys)}."
+
+
+def parse_recipe(argv: list[str], parser: ArgumentParser | None = None) -> Recipe:
+    """Parse ``--recipe NAME_OR_PATH`` followed by overrides into a validated Recipe."""
+    argv = list(argv)
+    if "--recipe" in argv:
+        # The recipe file is read first, so overrides given before it still win.
+        at = argv.index("--recipe")
+        if at + 1 >= len(argv):
+            raise RecipeError("--recipe needs a value: a recipe name or a YAML file.")
+        path = resolve_recipe_path(argv[at + 1])
+        del argv[at : at + 2]
+        argv = ["--recipe", str(path), *argv]
+    source = f" ({argv[1]})" if argv[:1] == ["--recipe"] else ""
+    parser = parser or recipe_parser()
+    try:
+        namespace = parser.parse_args(argv)
+        recipe = parser.instantiate(namespace).as_dict()
+    except argparse.ArgumentError as error:
+        message = " ".join(str(error).split())
+        raise RecipeError(f"Invalid recipe{source}: {message}.{_unknown_key_hint(message)}") from None
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"Invalid recipe{source}: {error}") from None
+    return _as_recipe(recipe)
+
+
+def _as_recipe(values: Any) -> Recipe:
+    if isinstance(values, Recipe):
+        return values
+    values = {k: v for k, v in values.items() if k not in ("recipe", "__path__")}
+    return Recipe(**values)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """Plain YAML-safe dict (tuples become lists; unset method sections dropped)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items() if v is not None or k not in ("simclr", "byol", "clip")}
+        return value
+
+    return plain(dataclasses.asdict(recipe))
+
+
+def recipe_from_dict(values: dict[str, Any]) -> Recipe:
+    """Validate a saved recipe (from a checkpoint or run folder) exactly as a file is."""
+    parser = recipe_parser()
+    try:
+        namespace = parser.parse_object(values)
+        return _as_recipe(parser.instantiate(namespace).as_dict())
+    except argparse.ArgumentError as error:
+        raise RecipeError(f"Invalid saved recipe: {' '.join(str(error).split())}") from None
+
+
+def save_recipe(recipe: Recipe, path: Path) -> None:
+    path.write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))

@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from ssl_zoo.recipe import Recipe, parse_recipe
+
+torch.set_num_threads(2)
+
+
+def tiny_recipe(method: str, tmp_path, **sections) -> Recipe:
+    """A recipe small enough to train a few steps in seconds on a CPU."""
+    argv = [
+        "--method", method, "--name", f"tiny_{method}", "--backbone", "resnet18",
+        "--data.num_images", "128", "--data.image_size", "32", "--data.batch_size", "32",
+        "--data.knn_bank_size", "128", "--data.context_length", "16",
+        "--augment.size", "32", "--augment.blur_p", "[0.0, 0.0]",
+        "--optim.warmup_epochs", "0", "--optim.lr", "0.1",
+        "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+        "--trainer.log_every_n_steps", "1", "--trainer.output_dir", str(tmp_path / "runs"),
+    ]
+    if method == "simclr":
+        argv += ["--simclr.hidden_dim", "128"]
+    if method == "byol":
+        argv += ["--byol.hidden_dim", "128", "--byol.output_dim", "64"]
+    if method == "clip":
+        argv += ["--clip.text_backbone", "text_transformer_tiny", "--clip.embed_dim", "64"]
+    for key, value in sections.items():
+        argv += [f"--{key}", str(value)]
+    return parse_recipe(argv)
+
+
+@pytest.fixture
+def make_recipe(tmp_path):
+    return lambda method, **overrides: tiny_recipe(method, tmp_path, **overrides)

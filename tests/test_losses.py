@@ -1,0 +1,67 @@
+"""Each loss against a naive, loop-by-loop reference written here."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from lightly.loss import NegativeCosineSimilarity
+
+from ssl_zoo.losses import clip_loss
+from ssl_zoo.methods.simclr import SimCLR
+from ssl_zoo.recipe import Recipe
+
+
+def naive_nt_xent(z0: torch.Tensor, z1: torch.Tensor, temperature: float) -> float:
+    """SimCLR's loss from the paper: 2N views, each with 1 positive and 2N - 2 negatives."""
+    z = F.normalize(torch.cat([z0, z1]), dim=1).tolist()
+    n = len(z0)
+    total = 0.0
+    for i in range(2 * n):
+        positive = (i + n) % (2 * n)
+        sims = [sum(a * b for a, b in zip(z[i], z[j])) / temperature for j in range(2 * n)]
+        denominator = sum(math.exp(s) for j, s in enumerate(sims) if j != i)
+        total += -math.log(math.exp(sims[positive]) / denominator)
+    return total / (2 * n)
+
+
+def test_simclr_criterion_matches_naive_nt_xent():
+    torch.manual_seed(0)
+    model = SimCLR(Recipe(method="simclr", backbone="resnet18"))
+    for temperature in (0.1, 0.5):
+        model.criterion.temperature = temperature
+        z0, z1 = torch.randn(6, 16), torch.randn(6, 16)
+        assert abs(model.criterion(z0, z1).item() - naive_nt_xent(z0, z1, temperature)) < 1e-4
+
+
+def naive_clip_loss(images: torch.Tensor, texts: torch.Tensor, scale: float) -> float:
+    n = len(images)
+    logits = [[scale * float(images[i] @ texts[j]) for j in range(n)] for i in range(n)]
+    image_to_text = sum(-logits[i][i] + math.log(sum(math.exp(v) for v in logits[i])) for i in range(n)) / n
+    text_to_image = sum(
+        -logits[j][j] + math.log(sum(math.exp(logits[i][j]) for i in range(n))) for j in range(n)
+    ) / n
+    return (image_to_text + text_to_image) / 2
+
+
+def test_clip_loss_matches_naive_reference():
+    torch.manual_seed(1)
+    images = F.normalize(torch.randn(7, 8), dim=1)
+    texts = F.normalize(torch.randn(7, 8), dim=1)
+    for scale in (1.0, 14.3, 100.0):
+        expected = naive_clip_loss(images, texts, scale)
+        assert abs(clip_loss(images, texts, torch.tensor(scale)).item() - expected) < 1e-3 * max(1, expected)
+
+
+def test_clip_loss_is_low_for_matching_pairs_and_high_for_shuffled():
+    torch.manual_seed(2)
+    images = F.normalize(torch.randn(16, 32), dim=1)
+    matched = clip_loss(images, images, torch.tensor(100.0))
+    shuffled = clip_loss(images, images[torch.randperm(16)], torch.tensor(100.0))
+    assert matched.item() < 1e-3
+    assert shuffled.item() > math.log(16) / 2
+
+
+def test_negative_cosine_similarity_as_byol_uses_it():
+    p, z = torch.randn(5, 4), torch.randn(5, 4)
+    expected = -sum(F.cosine_similarity(p[i : i + 1], z[i : i + 1]).item() for i in range(5)) / 5
+    assert abs(NegativeCosineSimilarity()(p, z).item() - expected) < 1e-6

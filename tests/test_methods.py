@@ -1,0 +1,127 @@
+"""Each method learns on shapes; BYOL's target and CLIP's temperature obey their rules."""
+
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from ssl_zoo.data.datamodule import ImageDataModule
+from ssl_zoo.methods import BYOL, CLIP, METHODS
+
+
+class RecordLosses(pl.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(trainer.callback_metrics["train/loss"]))
+
+
+def train(model, datamodule, steps, callbacks=()):
+    trainer = pl.Trainer(
+        max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=list(callbacks),
+    )
+    trainer.fit(model, datamodule=datamodule)
+    return trainer
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "clip"])
+def test_loss_drops_on_shapes(method, make_recipe):
+    # One fixed batch of 32 images seen again and again (with fresh views each step):
+    # every method must fit it.
+    recipe = make_recipe(method, **{"data.num_images": 32, "trainer.max_epochs": 40})
+    if method == "byol":  # the EMA target must move within a few dozen steps
+        recipe.byol.base_momentum = 0.9
+    if method == "clip":
+        recipe.optim.optimizer, recipe.optim.lr, recipe.optim.weight_decay = "adamw", 2e-3, 0.0
+    torch.manual_seed(0)
+    datamodule = ImageDataModule(recipe.data, with_text=method == "clip")
+    model = METHODS[method](recipe, num_classes=datamodule.num_classes)
+    record = RecordLosses()
+    train(model, datamodule, steps=40, callbacks=[record])
+    first, last = sum(record.losses[:5]) / 5, sum(record.losses[-5:]) / 5
+    assert len(record.losses) == 40
+    assert last < first - 0.1 * abs(first), f"{method}: loss {first:.3f} -> {last:.3f}"
+
+
+def test_byol_target_moves_exactly_by_the_ema_rule_and_gets_no_gradient(make_recipe):
+    recipe = make_recipe("byol", **{"byol.base_momentum": 0.9})
+    datamodule = ImageDataModule(recipe.data)
+    model = BYOL(recipe, num_classes=datamodule.num_classes)
+    seen = {}
+
+    class Check(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx:
+                return
+            seen["online"] = [p.detach().clone() for p in pl_module.backbone.parameters()]
+            seen["target"] = [p.detach().clone() for p in pl_module.target_backbone.parameters()]
+            seen["momentum"] = pl_module.momentum()
+
+        def on_after_backward(self, trainer, pl_module):
+            if "after" in seen:
+                return
+            seen["target_grads"] = [p.grad for p in pl_module.target_backbone.parameters()]
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx:
+                return
+            seen["after"] = [p.detach().clone() for p in pl_module.target_backbone.parameters()]
+
+    # Perturb the online network so that target and online differ before the update.
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    train(model, datamodule, steps=4, callbacks=[Check()])  # 4 steps: the schedule's length
+    m = seen["momentum"]
+    assert m == pytest.approx(0.9)
+    assert all(g is None for g in seen["target_grads"])
+    assert not any(p.requires_grad for p in model.target_backbone.parameters())
+    for before, online, after in zip(seen["target"], seen["online"], seen["after"]):
+        torch.testing.assert_close(after, m * before + (1 - m) * online, rtol=0, atol=1e-6)
+    assert not torch.equal(seen["after"][0], seen["target"][0])
+
+
+def test_byol_momentum_rises_to_one_on_a_cosine(make_recipe):
+    recipe = make_recipe("byol", **{"byol.base_momentum": 0.99, "trainer.max_epochs": 2})
+    datamodule = ImageDataModule(recipe.data)
+    model = BYOL(recipe, num_classes=datamodule.num_classes)
+    momenta = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            momenta.append(pl_module.momentum())
+
+    train(model, datamodule, steps=8, callbacks=[Record()])
+    assert len(momenta) == 8
+    assert momenta[0] == pytest.approx(0.99) and momenta[-1] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(momenta, momenta[1:]))
+    # cosine: half-way (step 3.5 of 0..7) the momentum is half-way
+    assert (momenta[3] + momenta[4]) / 2 == pytest.approx(0.995, abs=2e-4)
+
+
+def test_clip_logit_scale_is_clamped_after_each_step(make_recipe):
+    recipe = make_recipe("clip")
+    datamodule = ImageDataModule(recipe.data, with_text=True)
+    model = CLIP(recipe, num_classes=datamodule.num_classes)
+    assert model.logit_scale.exp().item() == pytest.approx(1 / 0.07, rel=1e-5)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(1000.0))
+    train(model, datamodule, steps=2)
+    assert model.logit_scale.exp().item() <= 100.0 + 1e-4
+
+
+def test_clip_text_tower_sees_the_captions(make_recipe):
+    recipe = make_recipe("clip")
+    datamodule = ImageDataModule(recipe.data, with_text=True)
+    datamodule.setup()
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["tokens"].shape == (32, 16) and batch["tokens"].dtype == torch.int64
+    assert (batch["tokens"][:, 0] == 49406).all()  # <start of text>
+    assert (batch["tokens"] == 49407).sum(dim=1).eq(1).all()  # exactly one <end of text>
+    model = CLIP(recipe)
+    embeddings = model.encode_text(batch["tokens"])
+    assert embeddings.shape == (32, 64)
+    torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(32))
