@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,14 @@ from ssl_zoo.data.datamodule import ImageDataModule
 from ssl_zoo.methods import METHODS
 from ssl_zoo.monitor import KNNMonitor, ThroughputMeter, ViewGridLogger
 from ssl_zoo.recipe import Recipe, save_recipe
+
+
+# Lightning's notices that say nothing about this run (tips, a deprecation inside
+# Lightning itself, and that our module's batch hook wins over the data module's, which
+# is the design).
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
 
 
 @dataclass
