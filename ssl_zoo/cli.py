@@ -48,9 +48,10 @@ def format_summary(summary) -> str:
         f"on {summary.device} ({summary.images_per_second:,.0f} training images/s).",
         f"  final training loss      {summary.final_loss:.4f}" if summary.final_loss is not None else "",
     ]
-    if summary.knn_top1 is not None:
+    if summary.knn_top1_random_init is not None:
+        trained = percent(summary.knn_top1) if summary.knn_top1 is not None else "not measured (no validation epoch ran)"
         lines.append(
-            f"  kNN top-1 (val)          {percent(summary.knn_top1)}   "
+            f"  kNN top-1 (val)          {trained}   "
             f"random-init backbone: {percent(summary.knn_top1_random_init)}"
         )
     if summary.probe_top1 is not None:

@@ -125,3 +125,13 @@ def test_clip_text_tower_sees_the_captions(make_recipe):
     embeddings = model.encode_text(batch["tokens"])
     assert embeddings.shape == (32, 64)
     torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(32))
+
+
+def test_run_shorter_than_its_warmup_trains(make_recipe):
+    recipe = make_recipe("simclr", **{"optim.warmup_epochs": 10, "trainer.max_epochs": 1})
+    datamodule = ImageDataModule(recipe.data)
+    model = METHODS["simclr"](recipe, num_classes=datamodule.num_classes)
+    trainer = train(model, datamodule, steps=4)
+    assert trainer.global_step == 4
+    # warm-up spans the whole run: the learning rate still rises at the last step
+    assert 0 < trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] < recipe.optim.lr * 32 / 256

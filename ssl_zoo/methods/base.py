@@ -87,7 +87,9 @@ class SSLMethod(pl.LightningModule):
         else:
             optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=optim.weight_decay)
         total_steps = self.total_steps()
-        warmup_steps = int(total_steps * optim.warmup_epochs / max(self.recipe.trainer.max_epochs, 1))
+        # A run shorter than its warm-up (a quick override of max_epochs) warms up throughout.
+        warmup_fraction = min(optim.warmup_epochs / max(self.recipe.trainer.max_epochs, 1), 1.0)
+        warmup_steps = int(total_steps * warmup_fraction)
         scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup_steps, max_epochs=total_steps)
         return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
 
