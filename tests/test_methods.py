@@ -125,6 +125,10 @@ def test_clip_text_tower_sees_the_captions(make_recipe):
     embeddings = model.encode_text(batch["tokens"])
     assert embeddings.shape == (32, 64)
     torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(32))
+    images = model.eval_transform(batch["image"])
+    image_embeddings = model.encode_image(images)
+    assert image_embeddings.shape == (32, 64)
+    torch.testing.assert_close(image_embeddings.norm(dim=1), torch.ones(32))
 
 
 def test_run_shorter_than_its_warmup_trains(make_recipe):
