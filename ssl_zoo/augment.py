@@ -24,6 +24,7 @@ from kornia.enhance import (
     adjust_hue,
     adjust_saturation_with_gray_subtraction,
     normalize,
+    solarize,
 )
 from kornia.filters import gaussian_blur2d
 from torch import Tensor, nn
@@ -203,7 +204,7 @@ class ViewAugment(nn.Module):
             blurred = gaussian_blur2d(x, cfg.blur_kernel_size, sigma, border_type="reflect")
             x = torch.where(coin(per_view(cfg.blur_p))[:, None, None, None], blurred, x)
         if any(p > 0 for p in cfg.solarize_p[:views]):
-            solarized = torch.where(x >= 0.5, 1.0 - x, x)
+            solarized = solarize(x, thresholds=0.5)
             x = torch.where(coin(per_view(cfg.solarize_p))[:, None, None, None], solarized, x)
 
         x = normalize(x, torch.tensor(cfg.mean, device=device), torch.tensor(cfg.std, device=device))
@@ -227,10 +228,9 @@ class ViewAugment(nn.Module):
             "hue": adjust_hue,
         }
         # NOTE: torchvision draws a new order of the four ops per image; like Kornia we
-        # draw one per batch. The order comes from a CPU generator seeded alike, so that
-        # choosing it never waits for the GPU.
-        order_gen = self.generator(torch.device("cpu")) if x.is_cuda else self.generator(x.device)
-        for index in torch.randperm(4, generator=order_gen).tolist():
+        # draw one per batch. The order comes from the CPU generator (seeded alike), so
+        # that choosing it never waits for the GPU.
+        for index in torch.randperm(4, generator=self.generator(torch.device("cpu"))).tolist():
             name = list(ops)[index]
             x = ops[name](x, factors[name]).clamp_(0, 1)
         return x

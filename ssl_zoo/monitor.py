@@ -6,6 +6,7 @@ import time
 
 import pytorch_lightning as pl
 import torch
+from kornia.enhance import denormalize
 from torchvision.utils import make_grid
 
 from ssl_zoo.data.datamodule import ImageDataModule
@@ -56,12 +57,12 @@ class ViewGridLogger(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         if batch_idx != 0 or not hasattr(trainer.logger, "experiment"):
             return
-        views = batch["views"][:, : self.num_images].float()  # (V, n, 3, S, S), normalised
-        mean = torch.tensor(pl_module.recipe.augment.mean, device=views.device)[:, None, None]
-        std = torch.tensor(pl_module.recipe.augment.std, device=views.device)[:, None, None]
-        images = (views * std + mean).clamp(0, 1)
+        views = batch["views"][:, : self.num_images].float().flatten(0, 1)  # (V * n, 3, S, S)
+        augment = pl_module.recipe.augment
+        mean, std = torch.tensor(augment.mean, device=views.device), torch.tensor(augment.std, device=views.device)
+        images = denormalize(views, mean, std).clamp(0, 1)
         # One row per view, one column per image: a column shows what the method pairs.
-        grid = make_grid(images.flatten(0, 1), nrow=images.shape[1], padding=1)
+        grid = make_grid(images, nrow=len(images) // batch["views"].shape[0], padding=1)
         trainer.logger.experiment.add_image("views", grid, global_step=trainer.global_step)
 
 

@@ -214,9 +214,7 @@ def parse_recipe(argv: list[str], parser: ArgumentParser | None = None) -> Recip
     return _as_recipe(recipe)
 
 
-def _as_recipe(values: Any) -> Recipe:
-    if isinstance(values, Recipe):
-        return values
+def _as_recipe(values: dict[str, Any]) -> Recipe:
     values = {k: v for k, v in values.items() if k not in ("recipe", "__path__")}
     return Recipe(**values)
 

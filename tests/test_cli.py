@@ -31,6 +31,7 @@ def test_fit_runs_end_to_end_on_shapes(tmp_path):
     result = run_cli(
         "fit", "--recipe", "quickstart", "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
         "--data.num_images", "256", "--data.batch_size", "64", "--data.knn_bank_size", "256",
+        "--trainer.log_every_n_steps", "2",
         "--trainer.output_dir", str(tmp_path / "runs"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -40,6 +41,16 @@ def test_fit_runs_end_to_end_on_shapes(tmp_path):
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     assert str(checkpoint) in out
     assert checkpoint.is_file() and list(run_dir.glob("events.out.tfevents.*"))
+    # TensorBoard holds the losses, lr, probe, kNN (also at random init) and the view grid.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "knn/top1", "knn/top1_random_init", "probe/val_top1"} <= scalars
+    assert any(tag.startswith("lr-") for tag in scalars)
+    grid = events.Images("views")[0]
+    assert grid.width > 2 * grid.height  # 2 rows (views) of 16 images
     # The resolved recipe is in the run folder and in the checkpoint, with the overrides.
     saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     assert saved["trainer"]["max_epochs"] == 2 and saved["data"]["num_images"] == 256

@@ -77,9 +77,6 @@ class InMemoryDataset(Dataset):
             batch["tokens"] = self.tokens[index.to(self.tokens.device), column.to(self.tokens.device)]
         return batch
 
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {k: v[0] for k, v in self.__getitems__([i]).items()}
-
 
 def _already_batched(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     return batch
