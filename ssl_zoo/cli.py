@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import re
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -16,6 +20,8 @@ usage:
   python -m ssl_zoo fit --recipe NAME [--KEY VALUE ...]
                                                  train a recipe; any key can be overridden
   python -m ssl_zoo fit --help                   every recipe key, its type and default
+  python -m ssl_zoo eval --ckpt PATH [--data NAME --root DIR] [--pairs NAME]
+                                                 linear, kNN, zero-shot, retrieval, diagnostics
 
 examples:
   python -m ssl_zoo fit --recipe quickstart      SimCLR on the embedded shapes data, CPU, minutes
@@ -78,6 +84,76 @@ def fit_command(argv: list[str]) -> int:
     return 0
 
 
+def eval_parser() -> argparse.ArgumentParser:
+    from ssl_zoo.eval.stage import EvalConfig
+
+    defaults = EvalConfig()
+    parser = argparse.ArgumentParser(
+        prog="ssl_zoo eval", exit_on_error=False,
+        description="Score a checkpoint with the common evaluation stage: linear eval and kNN on "
+        "frozen features (cached), CLIP zero-shot and retrieval, representation diagnostics.",
+    )
+    parser.add_argument("--ckpt", required=True, help="a checkpoint written by fit (…/checkpoints/last.ckpt)")
+    parser.add_argument("--data", help="labelled dataset for linear/kNN/zero-shot (default: the recipe's)")
+    parser.add_argument("--root", help="its folder (default: the recipe's data.root)")
+    parser.add_argument("--pairs", help="image-text dataset for retrieval, CLIP only (default: the recipe's if captioned)")
+    parser.add_argument("--pairs-root", help="its folder (default: the recipe's data.root)")
+    parser.add_argument("--max-train", type=int, help="evaluate on a seeded subset of the training split")
+    parser.add_argument("--max-test", type=int, help="evaluate on a seeded subset of the test split")
+    parser.add_argument("--templates", help="zero-shot prompt templates: a text file, one per line, with {}")
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="feature cache folder (default: %(default)s)")
+    parser.add_argument("--no-cache", action="store_true", help="compute features without reading or writing the cache")
+    parser.add_argument("--device", default=defaults.device, help="cpu, cuda or auto (default)")
+    parser.add_argument("--out", help="results JSON (default: <run folder>/eval/<data>.json)")
+    return parser
+
+
+DEFAULT_CACHE = Path("~/.cache/ssl_zoo/features")
+
+
+def format_eval(result: dict) -> str:
+    lines = [f"{result['label']} ({result['method']}, {result['backbone']}) on {result['device']}:"]
+    for name, value in result["metrics"].items():
+        is_accuracy = name.endswith(("top1", "top5")) or re.search(r"_r\d+$", name)
+        shown = f"{100 * value:6.2f} %" if is_accuracy else f"{value:.4g}"
+        lines.append(f"  {name:<22} {shown}")
+    lines += [f"  skipped {what}: {why}" for what, why in result["skipped"].items()]
+    lines.append(f"  took {result['seconds']['total']:.1f} s (feature cache: {result['feature_cache']['hits']} hits)")
+    return "\n".join(lines)
+
+
+def eval_command(argv: list[str]) -> int:
+    from ssl_zoo.eval.stage import EvalConfig, evaluate_checkpoint, write_tensorboard
+    from ssl_zoo.eval.zero_shot import load_templates
+
+    parser = eval_parser()
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        return 0
+    try:
+        args = parser.parse_args(argv)
+    except argparse.ArgumentError as error:
+        raise SslZooError(f"eval: {error}. See `python -m ssl_zoo eval --help`.") from None
+    config = EvalConfig(
+        data=args.data, root=args.root, pairs=args.pairs, pairs_root=args.pairs_root,
+        max_train=args.max_train, max_test=args.max_test, device=args.device,
+        cache_dir=None if args.no_cache else args.cache_dir,
+    )
+    if args.templates:
+        config.templates = load_templates(args.templates)
+    result = evaluate_checkpoint(args.ckpt, config)
+    ckpt = Path(args.ckpt)
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    data_name = result.get("data", result.get("pairs", {})).get("name", "eval")
+    out = Path(args.out) if args.out else run_dir / "eval" / f"{data_name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    write_tensorboard(result, run_dir)
+    print(format_eval(result))
+    print(f"  results                {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command, rest = (argv[0], argv[1:]) if argv else ("--help", [])
@@ -90,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if command == "fit":
             return fit_command(rest)
-        print(f"ssl_zoo: unknown command '{command}'. Commands: fit, recipes.\n\n{USAGE}", file=sys.stderr)
+        if command == "eval":
+            return eval_command(rest)
+        print(f"ssl_zoo: unknown command '{command}'. Commands: fit, eval, bench, recipes.\n\n{USAGE}", file=sys.stderr)
         return 2
     except SslZooError as error:
         print(f"ssl_zoo: error: {error}", file=sys.stderr)

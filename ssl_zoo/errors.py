@@ -20,3 +20,7 @@ class DataNotFoundError(SslZooError):
 
 class DataFormatError(SslZooError):
     """A dataset exists but its content is not what ssl_zoo can read."""
+
+
+class CheckpointError(SslZooError):
+    """A file passed as a checkpoint is missing, not a checkpoint, or does not fit."""

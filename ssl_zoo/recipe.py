@@ -62,6 +62,7 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     max_epochs: int = 100
+    max_steps: int = -1  # optimiser steps; when set (> 0) it ends the run and sets the schedules' length
     max_time: str | None = None  # wall-clock budget "DD:HH:MM:SS"; stops early when reached
     accelerator: str = "auto"
     devices: int | str = "auto"
@@ -69,6 +70,7 @@ class TrainerConfig:
     seed: int = 0
     log_every_n_steps: int = 50
     check_val_every_n_epoch: int = 1  # also how often the kNN monitor runs
+    val_every_n_steps: int | None = None  # validate every N optimiser steps instead of by epoch
     output_dir: str = "runs"  # run folders go to output_dir/<recipe name>/version_N
 
 
@@ -95,8 +97,15 @@ class CLIPConfig:
 
 
 @dataclass
+class SupervisedConfig:
+    # The baseline every self-supervised number is read against: the same backbone,
+    # data, augmentation and budget, trained with labels (cross-entropy on one view).
+    label_smoothing: float = 0.0
+
+
+@dataclass
 class Recipe:
-    method: Literal["simclr", "byol", "clip"]
+    method: Literal["simclr", "byol", "clip", "supervised"]
     name: str = "custom"  # the recipe's name; names the run folder
     description: str = ""  # one line, shown by `ssl_zoo recipes`
     backbone: str = "resnet18_cifar"  # a name from ssl_zoo.backbones.IMAGE_BACKBONES
@@ -108,9 +117,10 @@ class Recipe:
     simclr: SimCLRConfig | None = None
     byol: BYOLConfig | None = None
     clip: CLIPConfig | None = None
+    supervised: SupervisedConfig | None = None
 
     def __post_init__(self) -> None:
-        sections = {"simclr": SimCLRConfig, "byol": BYOLConfig, "clip": CLIPConfig}
+        sections = {"simclr": SimCLRConfig, "byol": BYOLConfig, "clip": CLIPConfig, "supervised": SupervisedConfig}
         for method, section_type in sections.items():
             if method == self.method and getattr(self, method) is None:
                 setattr(self, method, section_type())
@@ -121,8 +131,11 @@ class Recipe:
                 )
 
     @property
-    def method_config(self) -> SimCLRConfig | BYOLConfig | CLIPConfig:
+    def method_config(self) -> SimCLRConfig | BYOLConfig | CLIPConfig | SupervisedConfig:
         return getattr(self, self.method)
+
+
+METHOD_SECTIONS = ("simclr", "byol", "clip", "supervised")
 
 
 def recipes_dir() -> Path:
@@ -171,7 +184,7 @@ def recipe_parser(prog: str = "ssl_zoo fit") -> ArgumentParser:
 
 SECTIONS = {
     "data": DataConfig, "augment": AugmentConfig, "optim": OptimConfig, "trainer": TrainerConfig,
-    "simclr": SimCLRConfig, "byol": BYOLConfig, "clip": CLIPConfig,
+    "simclr": SimCLRConfig, "byol": BYOLConfig, "clip": CLIPConfig, "supervised": SupervisedConfig,
 }
 
 
@@ -226,7 +239,7 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
         if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items() if v is not None or k not in ("simclr", "byol", "clip")}
+            return {k: plain(v) for k, v in value.items() if v is not None or k not in METHOD_SECTIONS}
         return value
 
     return plain(dataclasses.asdict(recipe))

@@ -27,7 +27,7 @@ def train(model, datamodule, steps, callbacks=()):
     return trainer
 
 
-@pytest.mark.parametrize("method", ["simclr", "byol", "clip"])
+@pytest.mark.parametrize("method", ["simclr", "byol", "clip", "supervised"])
 def test_loss_drops_on_shapes(method, make_recipe):
     # One fixed batch of 32 images seen again and again (with fresh views each step):
     # every method must fit it.

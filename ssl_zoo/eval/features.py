@@ -33,3 +33,16 @@ def extract_features(
         labels.append(batch["label"].to(device, non_blocking=True))
     backbone.train(was_training)
     return torch.cat(features), torch.cat(labels)
+
+
+@torch.no_grad()
+def image_features(
+    network: Callable[[Tensor], Tensor], images: Tensor, device: torch.device, batch_size: int = 512
+) -> Tensor:
+    """(N, D) float32 outputs of ``network`` for uint8 images (N, 3, H, W), on ``device``.
+
+    ``network`` takes a uint8 batch on the device (it applies its own transform).
+    """
+    return torch.cat(
+        [network(images[i : i + batch_size].to(device, non_blocking=True)).float() for i in range(0, len(images), batch_size)]
+    )

@@ -88,8 +88,7 @@ class SSLMethod(pl.LightningModule):
             optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=optim.weight_decay)
         total_steps = self.total_steps()
         # A run shorter than its warm-up (a quick override of max_epochs) warms up throughout.
-        warmup_fraction = min(optim.warmup_epochs / max(self.recipe.trainer.max_epochs, 1), 1.0)
-        warmup_steps = int(total_steps * warmup_fraction)
+        warmup_steps = min(int(optim.warmup_epochs * self._steps_per_epoch()), total_steps)
         scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup_steps, max_epochs=total_steps)
         return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
 
@@ -102,6 +101,14 @@ class SSLMethod(pl.LightningModule):
         if scaling == "sqrt":
             return math.sqrt(global_batch / 256)
         return 1.0
+
+    def _steps_per_epoch(self) -> float:
+        if self._trainer is None:
+            return 1.0
+        if not math.isfinite(self.trainer.num_training_batches):
+            self.trainer.fit_loop.setup_data()  # sizes the training loader (as estimated_stepping_batches does)
+        batches = self.trainer.num_training_batches
+        return max(batches / self.trainer.accumulate_grad_batches, 1.0) if math.isfinite(batches) else 1.0
 
     def total_steps(self) -> int:
         """Optimiser steps of the whole run (the schedules' length)."""

@@ -1,0 +1,337 @@
+"""The evaluation stage: one protocol for every method, checkpoint and baseline.
+
+    checkpoint -> frozen backbone -> features of the train and test splits (cached)
+      -> linear eval (L-BFGS on standardised features), kNN (k=200, T=0.1)
+      -> CLIP only: zero-shot with prompt ensembles, image<->text retrieval R@K
+      -> diagnostics: embedding std, effective rank, alignment, uniformity
+      -> results (a JSON-ready dict: recipe, checkpoint hash, data, device, versions)
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+import warnings
+from dataclasses import asdict, dataclass, replace
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssl_zoo.augment import AugmentConfig, ViewAugment
+from ssl_zoo.data.datamodule import DEFAULT_SPLITS, load_split
+from ssl_zoo.data.imageset import ImageSet
+from ssl_zoo.errors import CheckpointError, SslZooError
+from ssl_zoo.eval.cache import FeatureCache, hash_file, hash_module, hash_tensor
+from ssl_zoo.eval.diagnostics import alignment, effective_rank, embedding_std, uniformity
+from ssl_zoo.eval.features import image_features
+from ssl_zoo.eval.knn import knn_top1
+from ssl_zoo.eval.linear import linear_eval
+from ssl_zoo.eval.retrieval import retrieval_recall
+from ssl_zoo.eval.zero_shot import DEFAULT_TEMPLATES, zero_shot_accuracy, zero_shot_classifier
+from ssl_zoo.methods import CLIP, METHODS, SSLMethod
+from ssl_zoo.recipe import DataConfig, recipe_from_dict, recipe_to_dict
+from ssl_zoo.text import tokenize
+
+# Splits for evaluation: (labelled training split, test split), where they differ from
+# training's (STL-10 trains on its unlabelled part too; its probe uses "train").
+EVAL_SPLITS = {**DEFAULT_SPLITS, "stl10": ("train", "test")}
+# The split image<->text retrieval is scored on.
+RETRIEVAL_SPLIT = {"shapes": "val", "shared_flickr8k": "test", "pairs": "all"}
+
+
+@dataclass
+class EvalConfig:
+    data: str | None = None  # dataset for linear, kNN and zero-shot; None: the recipe's own
+    root: str | None = None  # its folder; None: the recipe's data.root
+    pairs: str | None = None  # image-text dataset for retrieval (CLIP); None: the recipe's own if captioned
+    pairs_root: str | None = None
+    max_train: int | None = None  # a seeded subset of the training split (None: all of it)
+    max_test: int | None = None
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    diagnostics_size: int = 2000  # test images used for the diagnostics
+    cache_dir: str | None = None  # where features are cached (None: no cache)
+    device: str = "auto"
+    batch_size: int = 512
+    seed: int = 0
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("ssl_zoo", "torch", "torchvision", "pytorch-lightning", "lightly", "kornia", "open_clip_torch"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+
+
+def load_method(path: str | Path) -> SSLMethod:
+    """The method a ``fit`` checkpoint holds, rebuilt from its saved recipe."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"Checkpoint '{path}' does not exist. A run writes "
+            "runs/<recipe>/version_N/checkpoints/last.ckpt."
+        )
+    try:
+        # weights_only: a checkpoint is data; loading it never runs code from the file.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a text file, a truncated file, a pickle of arbitrary objects
+        raise CheckpointError(
+            f"'{path}' is not a checkpoint ssl_zoo can read: torch.load found no plain "
+            f"tensor data in it ({type(error).__name__}). Pass the .ckpt file that `fit` "
+            "wrote; if it is one, it may be truncated (copy it again)."
+        ) from None
+    saved = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+    if "state_dict" not in checkpoint or "recipe" not in saved:
+        raise CheckpointError(
+            f"'{path}' is a PyTorch file but not an ssl_zoo checkpoint (it has no saved "
+            "recipe). Pass the .ckpt file that `fit` wrote."
+        )
+    recipe = recipe_from_dict(saved["recipe"])
+    model = METHODS[recipe.method](recipe, num_classes=saved.get("num_classes", 0))
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"'{path}' does not match its own recipe ({recipe.method}, {recipe.backbone}): "
+            f"{str(error).splitlines()[0][:300]}"
+        ) from None
+    return model.eval()
+
+
+def _subset(images: ImageSet, count: int | None, seed: int) -> ImageSet:
+    if count is None or count >= len(images):
+        return images
+    keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    return ImageSet(
+        images=images.images[keep],
+        labels=images.labels[keep] if images.labels is not None else None,
+        classes=images.classes,
+        captions=[images.captions[i] for i in keep.tolist()] if images.captions is not None else None,
+        name=images.name,
+    )
+
+
+def _data_config(model: SSLMethod, name: str | None, root: str | None) -> DataConfig:
+    data = model.recipe.data
+    if name is None or name == data.name:
+        return replace(data, root=root or data.root)
+    return replace(data, name=name, root=root or data.root, train_split=None, val_split=None)
+
+
+class Evaluator:
+    """Evaluates one model; holds its device, cache and the hash of its weights."""
+
+    def __init__(self, model: SSLMethod, config: EvalConfig) -> None:
+        self.config = config
+        self.device = pick_device(config.device)
+        self.model = model.to(self.device).eval()
+        self.cache = FeatureCache(Path(config.cache_dir).expanduser() if config.cache_dir else None)
+        self.weights_hash = hash_module(model.backbone)
+        self.seconds: dict[str, float] = {}
+
+    def _timed(self, name: str, started: float) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def features(self, images: ImageSet, split: str) -> Tensor:
+        """(N, D) backbone features of ``images``, from the cache when it has them."""
+        transform = self.model.eval_transform
+        parts = {
+            "backbone": self.model.recipe.backbone,
+            "weights": self.weights_hash,
+            "data": images.name,
+            "split": split,
+            "images": hash_tensor(images.images),
+            "transform": [transform.size, transform.mean.tolist(), transform.std.tolist()],
+        }
+        started = time.perf_counter()
+
+        def compute() -> dict[str, Tensor]:
+            network = lambda batch: self.model.backbone(transform(batch))  # noqa: E731
+            return {"features": image_features(network, images.images, self.device, self.config.batch_size)}
+
+        features = self.cache.get_or_compute(parts, compute)["features"].to(self.device)
+        self._timed("features", started)
+        return features
+
+    def classification(self, train: ImageSet, test: ImageSet, with_text: bool) -> dict[str, float]:
+        cfg = self.config
+        train_x, test_x = self.features(train, "train"), self.features(test, "test")
+        train_y, test_y = train.labels.to(self.device), test.labels.to(self.device)
+        metrics: dict[str, float] = {}
+
+        started = time.perf_counter()
+        linear = linear_eval(train_x, train_y, test_x, test_y, train.num_classes, seed=cfg.seed)
+        metrics.update(linear_top1=linear.top1, linear_top5=linear.top5, linear_weight_decay=linear.weight_decay)
+        self._timed("linear", started)
+
+        started = time.perf_counter()
+        metrics["knn_top1"] = knn_top1(
+            F.normalize(train_x, dim=1), train_y, F.normalize(test_x, dim=1), test_y,
+            num_classes=train.num_classes, k=cfg.knn_k, temperature=cfg.knn_temperature,
+        )
+        self._timed("knn", started)
+
+        if with_text:
+            started = time.perf_counter()
+            classifier = zero_shot_classifier(self.encode_texts, train.classes, cfg.templates)
+            top1, top5 = zero_shot_accuracy(self.project_images(test_x), test_y, classifier)
+            metrics.update(zero_shot_top1=top1, zero_shot_top5=top5)
+            self._timed("zero_shot", started)
+
+        started = time.perf_counter()
+        metrics.update(self.diagnostics(test, test_x))
+        self._timed("diagnostics", started)
+        return metrics
+
+    def project_images(self, features: Tensor) -> Tensor:
+        """CLIP: backbone features (N, D) -> unit embeddings (N, E) in the joint space."""
+        with torch.no_grad():
+            return F.normalize(self.model.image_projection(features), dim=-1)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> Tensor:
+        """CLIP: strings -> (n, E) unit embeddings, in batches."""
+        context = self.model.recipe.data.context_length
+        size = self.config.batch_size
+        return torch.cat(
+            [self.model.encode_text(tokenize(texts[i : i + size], context).to(self.device)) for i in range(0, len(texts), size)]
+        )
+
+    def retrieval(self, pairs: ImageSet, split: str) -> dict[str, float]:
+        started = time.perf_counter()
+        image_embeddings = self.project_images(self.features(pairs, split))
+        texts = [caption for captions in pairs.captions for caption in captions]
+        owner = torch.tensor([i for i, captions in enumerate(pairs.captions) for _ in captions], device=self.device)
+        recall = retrieval_recall(image_embeddings, self.encode_texts(texts), owner)
+        self._timed("retrieval", started)
+        return recall
+
+    @torch.no_grad()
+    def diagnostics(self, test: ImageSet, test_features: Tensor) -> dict[str, float]:
+        n = min(self.config.diagnostics_size, len(test))
+        features = test_features[:n]
+        # Alignment uses one augmentation for every method (SimCLR's defaults at the
+        # model's input size), so methods trained with different views compare fairly.
+        recipe_augment = self.model.recipe.augment
+        augment = ViewAugment(
+            AugmentConfig(size=recipe_augment.size, blur_p=(0.0, 0.0), mean=recipe_augment.mean, std=recipe_augment.std),
+            num_views=2, seed=self.config.seed,
+        )
+        first, second = [], []
+        for start in range(0, n, self.config.batch_size):
+            views = augment(test.images[start : min(start + self.config.batch_size, n)].to(self.device))  # (2, B, 3, S, S)
+            first.append(self.model.backbone(views[0]).float())
+            second.append(self.model.backbone(views[1]).float())
+        return {
+            "embedding_std": embedding_std(features),
+            "effective_rank": effective_rank(features),
+            "alignment": alignment(torch.cat(first), torch.cat(second)),
+            "uniformity": uniformity(features),
+        }
+
+
+def evaluate(model: SSLMethod, config: EvalConfig, label: str | None = None, with_text: bool | None = None) -> dict[str, Any]:
+    """Every metric of the stage for ``model``; returns a JSON-ready dict.
+
+    ``with_text``: run zero-shot and retrieval (default: when the model is CLIP).
+    """
+    started = time.perf_counter()
+    recipe = model.recipe
+    with_text = isinstance(model, CLIP) if with_text is None else with_text
+    evaluator = Evaluator(model, config)
+    result: dict[str, Any] = {
+        "label": label or recipe.name,
+        "method": recipe.method,
+        "backbone": recipe.backbone,
+        "recipe": recipe_to_dict(recipe),
+        "device": device_name(evaluator.device),
+        "versions": versions(),
+        "eval_config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+        "metrics": {},
+        "skipped": {},
+    }
+
+    data = _data_config(model, config.data, config.root)
+    train_split, test_split = EVAL_SPLITS[data.name]
+    if test_split is None:
+        raise SslZooError(f"Dataset '{data.name}' has no test split to evaluate on; pass --data (e.g. shared_cifar10).")
+    train = _subset(load_split(data, train_split, config.seed), config.max_train, config.seed)
+    if train.labels is None:
+        if config.data is not None:
+            raise SslZooError(
+                f"Dataset '{data.name}' has no labels, so linear and kNN evaluation cannot "
+                "score it. Pass a labelled dataset: --data shared_cifar10, shapes, cifar10, folder."
+            )
+        result["skipped"]["classification"] = (
+            f"{data.name} has no labels; pass --data NAME for linear, kNN and zero-shot"
+        )
+    else:
+        test = _subset(load_split(data, test_split, config.seed), config.max_test, config.seed)
+        result["data"] = {
+            "name": data.name, "root": data.root, "train_split": train_split, "test_split": test_split,
+            "num_train": len(train), "num_test": len(test), "classes": train.classes,
+        }
+        result["metrics"].update(evaluator.classification(train, test, with_text))
+
+    if with_text:
+        pairs_name = config.pairs or (recipe.data.name if recipe.data.name in RETRIEVAL_SPLIT else None)
+        if pairs_name is None:
+            result["skipped"]["retrieval"] = f"{recipe.data.name} has no captions; pass --pairs NAME"
+        else:
+            pairs_data = _data_config(model, pairs_name, config.pairs_root)
+            split = RETRIEVAL_SPLIT.get(pairs_name, "test")
+            pairs = _subset(load_split(pairs_data, split, config.seed), config.max_test, config.seed)
+            if pairs.captions is None:
+                raise SslZooError(f"Dataset '{pairs_name}' has no captions; retrieval needs image-text pairs.")
+            result["pairs"] = {"name": pairs_name, "split": split, "num_images": len(pairs),
+                               "num_captions": sum(len(c) for c in pairs.captions)}
+            result["metrics"].update(evaluator.retrieval(pairs, split))
+
+    evaluator.seconds["total"] = time.perf_counter() - started
+    result["seconds"] = {k: round(v, 3) for k, v in evaluator.seconds.items()}
+    result["feature_cache"] = {"hits": evaluator.cache.hits, "misses": evaluator.cache.misses}
+    return result
+
+
+def evaluate_checkpoint(path: str | Path, config: EvalConfig) -> dict[str, Any]:
+    """Load a ``fit`` checkpoint and evaluate it; the result names the file and its hash."""
+    model = load_method(path)
+    result = evaluate(model, config)
+    result["checkpoint"] = {"path": str(path), "sha256": hash_file(path)}
+    return result
+
+
+def write_tensorboard(result: dict[str, Any], log_dir: str | Path) -> None:
+    """The metrics as TensorBoard scalars under ``eval/<data>/``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    data = result.get("data", {}).get("name") or result.get("pairs", {}).get("name", "data")
+    step = result["recipe"]["trainer"].get("max_epochs", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        writer = SummaryWriter(str(log_dir))
+    for name, value in result["metrics"].items():
+        writer.add_scalar(f"eval/{data}/{name}", value, global_step=step)
+    writer.close()

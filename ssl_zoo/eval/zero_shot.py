@@ -1,0 +1,63 @@
+"""CLIP zero-shot classification: class names become a classifier through prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssl_zoo.errors import SslZooError
+
+# A short ensemble from CLIP's CIFAR prompts: averaging over phrasings makes the class
+# embedding less sensitive to any one wording (Radford et al. 2021, sec. 3.1.4).
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "a blurry photo of a {}.",
+    "a low resolution photo of a {}.",
+    "a photo of the {}.",
+    "a photo of a small {}.",
+    "a photo of a big {}.",
+    "a drawing of a {}.",
+    "itap of a {}.",
+)
+
+
+def load_templates(path: str | Path) -> tuple[str, ...]:
+    """Prompt templates from a text file, one per line, each with one ``{}``."""
+    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    templates = tuple(line for line in lines if line and not line.startswith("#"))
+    bad = [t for t in templates if t.count("{}") != 1]
+    if not templates or bad:
+        raise SslZooError(
+            f"Prompt templates in {path}: each line needs exactly one '{{}}' for the class "
+            f"name ({'no templates found' if not templates else f'bad lines: {bad[:3]}'})."
+        )
+    return templates
+
+
+@torch.no_grad()
+def zero_shot_classifier(
+    encode_text: Callable[[list[str]], Tensor], class_names: list[str], templates: tuple[str, ...] = DEFAULT_TEMPLATES
+) -> Tensor:
+    """(C, E) unit class embeddings: the mean of each class's prompt embeddings.
+
+    ``encode_text`` maps a list of strings to (n, E) unit vectors in the joint space.
+    """
+    classes = []
+    for name in class_names:
+        prompts = encode_text([t.format(name.replace("_", " ")) for t in templates])  # (T, E)
+        classes.append(F.normalize(prompts.mean(dim=0), dim=0))
+    return torch.stack(classes)
+
+
+@torch.no_grad()
+def zero_shot_accuracy(image_embeddings: Tensor, labels: Tensor, classifier: Tensor) -> tuple[float, float]:
+    """Top-1 and top-5 of the nearest class embedding. image_embeddings (N, E) unit,
+    labels (N,), classifier (C, E)."""
+    logits = image_embeddings @ classifier.T  # (N, C)
+    ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    hits = ranked == labels[:, None]
+    return hits[:, 0].float().mean().item(), hits.any(dim=1).float().mean().item()

@@ -1,0 +1,36 @@
+"""Supervised baseline: the same backbone, data, views and budget, trained with labels.
+
+Not a self-supervised method: it is the frame every self-supervised number is read
+against (``bench`` trains one beside the methods it compares).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssl_zoo.errors import RecipeError
+from ssl_zoo.methods.base import SSLMethod
+from ssl_zoo.recipe import Recipe
+
+
+class Supervised(SSLMethod):
+    num_views = 1  # one augmented view per image, as in standard supervised training
+
+    def __init__(self, recipe: Recipe | dict[str, Any], num_classes: int = 0) -> None:
+        if num_classes < 2:
+            raise RecipeError(
+                "The supervised baseline needs labelled training data; dataset "
+                f"'{recipe.data.name if isinstance(recipe, Recipe) else recipe['data']['name']}' has none."
+            )
+        super().__init__(recipe, num_classes)
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        features = self.backbone(batch["views"][0])  # (B, D)
+        logits = self.classifier(features)  # (B, C)
+        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.recipe.supervised.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss + self.probe_step(features, batch)

@@ -1,0 +1,170 @@
+"""The evaluation stage: each metric against a case whose answer is known."""
+
+import json
+import subprocess
+import sys
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssl_zoo.data.shapes import make_shapes
+from ssl_zoo.errors import CheckpointError
+from ssl_zoo.eval.cache import FeatureCache
+from ssl_zoo.eval.diagnostics import alignment, effective_rank, embedding_std, uniformity
+from ssl_zoo.eval.linear import linear_eval
+from ssl_zoo.eval.retrieval import retrieval_recall
+from ssl_zoo.eval.stage import EvalConfig, Evaluator, load_method
+from ssl_zoo.eval.zero_shot import zero_shot_accuracy, zero_shot_classifier
+from ssl_zoo.methods import SimCLR
+
+
+def test_linear_eval_recovers_a_linear_separation_and_scores_noise_at_chance():
+    g = torch.Generator().manual_seed(0)
+    true_weights = torch.randn(5, 32, generator=g)
+    x = torch.randn(3000, 32, generator=g) * 3 + 7  # off-centre, scaled: standardisation must handle it
+    y = ((x - 7) @ true_weights.T).argmax(dim=1)
+    result = linear_eval(x[:2000], y[:2000], x[2000:], y[2000:], num_classes=5)
+    assert result.top1 > 0.95 and result.top5 == 1.0
+    assert set(result.holdout_top1) >= {1e-4, 1e-2}
+    noise_labels = torch.randint(0, 5, (3000,), generator=g)
+    chance = linear_eval(x[:2000], noise_labels[:2000], x[2000:], noise_labels[2000:], num_classes=5)
+    assert 0.12 < chance.top1 < 0.28
+
+
+def test_zero_shot_of_agreeing_towers_is_perfect_and_of_shuffled_ones_chance():
+    g = torch.Generator().manual_seed(0)
+    classes = ["cat", "dog", "ship", "truck", "frog", "deer", "horse", "bird"]
+    directions = {name: F.normalize(torch.randn(64, generator=g), dim=0) for name in classes}
+
+    def encode_text(prompts):
+        # A text tower that puts every prompt of a class at that class's direction
+        # (plus a prompt-specific wobble the ensemble averages out).
+        rows = []
+        for prompt in prompts:
+            name = next(n for n in classes if f" {n}" in prompt)
+            wobble = 0.05 * torch.randn(64, generator=torch.Generator().manual_seed(zlib.crc32(prompt.encode())))
+            rows.append(F.normalize(directions[name] + wobble, dim=0))
+        return torch.stack(rows)
+
+    classifier = zero_shot_classifier(encode_text, classes)
+    labels = torch.randint(0, len(classes), (800,), generator=g)
+    images = F.normalize(torch.stack([directions[classes[i]] for i in labels]) + 0.05 * torch.randn(800, 64, generator=g), dim=1)
+    top1, top5 = zero_shot_accuracy(images, labels, classifier)
+    assert top1 == 1.0 and top5 == 1.0
+    shuffled = images[torch.randperm(800, generator=g)]
+    top1, _ = zero_shot_accuracy(shuffled, labels, classifier)
+    assert abs(top1 - 1 / len(classes)) < 0.06
+
+
+def test_retrieval_recall_on_a_toy_case():
+    images = torch.eye(3)  # image i points along axis i
+    texts = torch.tensor([
+        [1.0, 0.0, 0.0],  # caption 0, of image 0: its image first
+        [0.6, 0.8, 0.0],  # caption 1, of image 0: image 1 (0.8) before image 0 (0.6)
+        [0.0, 0.6, 0.8],  # caption 2, of image 1: image 2 (0.8) before image 1 (0.6)
+        [0.0, 0.0, 1.0],  # caption 3, of image 2: its image first
+    ])
+    owner = torch.tensor([0, 0, 1, 2])
+    recall = retrieval_recall(images, texts, owner, ks=(1, 2))
+    assert recall["text_to_image_r1"] == 0.5 and recall["text_to_image_r2"] == 1.0
+    # Image 0 ranks its caption 0 first; image 1 ranks caption 1 (0.8) before its own
+    # caption 2 (0.6); image 2 ranks its caption 3 first.
+    assert recall["image_to_text_r1"] == pytest.approx(2 / 3) and recall["image_to_text_r2"] == 1.0
+
+
+def test_diagnostics_tell_collapse_from_health():
+    g = torch.Generator().manual_seed(0)
+    healthy = torch.randn(2000, 64, generator=g)
+    collapsed = torch.randn(1, 64, generator=g) + 1e-4 * torch.randn(2000, 64, generator=g)
+    assert embedding_std(healthy) == pytest.approx(1.0, abs=0.05)
+    assert embedding_std(collapsed) < 0.01
+    assert effective_rank(healthy) > 55
+    low_rank = torch.randn(2000, 3, generator=g) @ torch.randn(3, 64, generator=g)
+    assert effective_rank(low_rank) < 3.01
+    assert alignment(healthy, healthy) == pytest.approx(0.0, abs=1e-6)
+    assert alignment(healthy, -healthy) == pytest.approx(4.0)  # antipodal: ||a - b||^2 = 4
+    assert uniformity(collapsed) == pytest.approx(0.0, abs=1e-3)  # log E exp(0)
+    assert uniformity(healthy) < -3.5  # spread over the sphere
+
+
+def test_feature_cache_is_keyed_by_weights_and_images(make_recipe, tmp_path):
+    recipe = make_recipe("simclr")
+    model = SimCLR(recipe)
+    config = EvalConfig(cache_dir=str(tmp_path / "cache"), batch_size=64)
+    images = make_shapes(64, 32, seed=0)
+
+    evaluator = Evaluator(model, config)
+    first = evaluator.features(images, "test")
+    again = Evaluator(model, config).features(images, "test")
+    assert torch.equal(first, again)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+
+    # Other images under the same name and split: a new entry, not the stale one.
+    other_images = make_shapes(64, 32, seed=1)
+    cache_check = Evaluator(model, config)
+    cache_check.features(other_images, "test")
+    assert cache_check.cache.misses == 1 and cache_check.cache.hits == 0
+
+    # Changed weights (a retrained checkpoint): a new entry, and different features.
+    with torch.no_grad():
+        next(model.backbone.parameters()).add_(0.5)
+    retrained = Evaluator(model, config)
+    changed = retrained.features(images, "test")
+    assert retrained.cache.misses == 1 and not torch.allclose(changed, first)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 3
+    assert not list((tmp_path / "cache").glob("*.tmp"))
+
+
+def test_cache_without_a_folder_computes_every_time():
+    cache = FeatureCache(None)
+    calls = []
+    cache.get_or_compute({"a": 1}, lambda: calls.append(1) or {"features": torch.zeros(1)})
+    cache.get_or_compute({"a": 1}, lambda: calls.append(1) or {"features": torch.zeros(1)})
+    assert len(calls) == 2
+
+
+def test_load_method_rejects_files_that_are_not_ssl_zoo_checkpoints(make_recipe, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a checkpoint ssl_zoo can read"):
+        load_method(text)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_method(tmp_path / "missing.ckpt")
+    plain = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, plain)
+    with pytest.raises(CheckpointError, match="not an ssl_zoo checkpoint"):
+        load_method(plain)
+    # A checkpoint whose weights are another backbone's than its recipe says.
+    from ssl_zoo.recipe import recipe_to_dict
+
+    recipe = make_recipe("simclr")
+    state = SimCLR(recipe).state_dict()
+    recipe.backbone = "resnet50"
+    mismatched = tmp_path / "mismatched.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": {"recipe": recipe_to_dict(recipe), "num_classes": 0}}, mismatched)
+    with pytest.raises(CheckpointError, match="does not match its own recipe"):
+        load_method(mismatched)
+
+
+def test_eval_command_scores_a_clip_checkpoint_with_every_metric(make_recipe, tmp_path):
+    from ssl_zoo.train import fit
+
+    recipe = make_recipe("clip", **{"data.num_images": 256, "data.batch_size": 64})
+    summary = fit(recipe, enable_progress_bar=False)
+    args = ["--ckpt", str(summary.checkpoint), "--cache-dir", str(tmp_path / "cache"), "--max-test", "50"]
+    result = subprocess.run([sys.executable, "-m", "ssl_zoo", "eval", *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((summary.run_dir / "eval" / "shapes.json").read_text())
+    metrics = saved["metrics"]
+    for name in ("linear_top1", "linear_top5", "knn_top1", "zero_shot_top1", "image_to_text_r1",
+                 "text_to_image_r10", "embedding_std", "effective_rank", "alignment", "uniformity"):
+        assert name in metrics and metrics[name] == metrics[name], name  # present and not NaN
+    assert 0 <= metrics["knn_top1"] <= 1 and saved["data"]["num_test"] == 50
+    assert saved["checkpoint"]["sha256"] and saved["recipe"]["method"] == "clip"
+    assert {"torch", "lightly", "kornia"} <= set(saved["versions"])
+    # The second run reads its features from the cache.
+    again = subprocess.run([sys.executable, "-m", "ssl_zoo", "eval", *args], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "feature cache: 3 hits" in again.stdout
+    assert json.loads((summary.run_dir / "eval" / "shapes.json").read_text())["metrics"] == metrics
