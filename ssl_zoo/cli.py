@@ -22,6 +22,8 @@ usage:
   python -m ssl_zoo fit --help                   every recipe key, its type and default
   python -m ssl_zoo eval --ckpt PATH [--data NAME --root DIR] [--pairs NAME]
                                                  linear, kNN, zero-shot, retrieval, diagnostics
+  python -m ssl_zoo bench --recipes A B C [--budget 10m | --epochs N] [--out DIR]
+                                                 train under one budget, evaluate, write a report
 
 examples:
   python -m ssl_zoo fit --recipe quickstart      SimCLR on the embedded shapes data, CPU, minutes
@@ -154,6 +156,57 @@ def eval_command(argv: list[str]) -> int:
     return 0
 
 
+BENCH_DEFAULT_RECIPES = ["simclr_shapes", "byol_shapes", "clip_shapes"]
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssl_zoo bench", exit_on_error=False,
+        description="Train several recipes under one budget, evaluate them (and a supervised and a "
+        "random-init baseline) with the same stage, and write report.md, report.html and results.json. "
+        "Any other --section.key VALUE is a recipe override applied to every recipe.",
+    )
+    parser.add_argument("--recipes", nargs="+", default=BENCH_DEFAULT_RECIPES, help="recipe names or files (default: %(default)s)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--budget", help="equal wall clock of training per run: 90s, 10m, 1h (default: 1m)")
+    budget.add_argument("--epochs", type=int, help="equal epochs per run instead")
+    parser.add_argument("--out", default="runs/bench", help="report folder (default: %(default)s)")
+    parser.add_argument("--eval-data", help="labelled dataset every run is scored on (default: the first recipe's labelled data)")
+    parser.add_argument("--eval-root", help="its folder")
+    parser.add_argument("--max-train", type=int, help="score on a seeded subset of its training split")
+    parser.add_argument("--max-test", type=int, help="score on a seeded subset of its test split")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the supervised baseline (random init is always scored)")
+    parser.add_argument("--device", default="auto", help="evaluation device: cpu, cuda or auto (default)")
+    return parser
+
+
+def bench_command(argv: list[str]) -> int:
+    from ssl_zoo.bench import BenchConfig, parse_budget, run_bench
+    from ssl_zoo.eval.stage import EvalConfig
+
+    parser = bench_parser()
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        return 0
+    try:
+        args, overrides = parser.parse_known_args(argv)
+    except argparse.ArgumentError as error:
+        raise SslZooError(f"bench: {error}. See `python -m ssl_zoo bench --help`.") from None
+    stray = [a for a in overrides if a.startswith("--") and "." not in a]
+    if stray:
+        raise SslZooError(f"bench: unknown option {stray[0]}. See `python -m ssl_zoo bench --help`.")
+    config = BenchConfig(
+        recipes=args.recipes, out=Path(args.out), epochs=args.epochs,
+        budget_seconds=None if args.epochs else parse_budget(args.budget or "1m"),
+        overrides=overrides, baselines=not args.no_baselines,
+        eval=EvalConfig(data=args.eval_data, root=args.eval_root, max_train=args.max_train,
+                        max_test=args.max_test, device=args.device),
+        command="python -m ssl_zoo bench " + " ".join(argv),
+    )
+    run_bench(config)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command, rest = (argv[0], argv[1:]) if argv else ("--help", [])
@@ -168,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             return fit_command(rest)
         if command == "eval":
             return eval_command(rest)
+        if command == "bench":
+            return bench_command(rest)
         print(f"ssl_zoo: unknown command '{command}'. Commands: fit, eval, bench, recipes.\n\n{USAGE}", file=sys.stderr)
         return 2
     except SslZooError as error:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -39,13 +40,19 @@ class RunSummary:
     knn_top1: float | None
     knn_top1_random_init: float | None
     probe_top1: float | None
+    peak_memory_gib: float | None  # peak GPU memory allocated by the run (None on the CPU)
 
 
-def fit(recipe: Recipe, enable_progress_bar: bool = True) -> RunSummary:
-    """Train ``recipe`` and write its run folder: checkpoints, TensorBoard logs, recipe."""
+def fit(recipe: Recipe, enable_progress_bar: bool = True, datamodule: ImageDataModule | None = None) -> RunSummary:
+    """Train ``recipe`` and write its run folder: checkpoints, TensorBoard logs, recipe.
+
+    ``datamodule``: the recipe's data, already loaded (the benchmark reuses it).
+    """
     started = time.perf_counter()
     pl.seed_everything(recipe.trainer.seed, workers=True, verbose=False)
-    datamodule = ImageDataModule(recipe.data, with_text=recipe.method == "clip", seed=recipe.trainer.seed)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    datamodule = datamodule or ImageDataModule(recipe.data, with_text=recipe.method == "clip", seed=recipe.trainer.seed)
     datamodule.setup("fit")
     model = METHODS[recipe.method](recipe, num_classes=datamodule.num_classes)
 
@@ -96,4 +103,5 @@ def fit(recipe: Recipe, enable_progress_bar: bool = True) -> RunSummary:
         knn_top1=knn.last_top1 if knn else None,
         knn_top1_random_init=knn.random_init_top1 if knn else None,
         probe_top1=metric("probe/val_top1"),
+        peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if trainer.strategy.root_device.type == "cuda" else None,
     )

@@ -33,7 +33,7 @@ from ssl_zoo.eval.linear import linear_eval
 from ssl_zoo.eval.retrieval import retrieval_recall
 from ssl_zoo.eval.zero_shot import DEFAULT_TEMPLATES, zero_shot_accuracy, zero_shot_classifier
 from ssl_zoo.methods import CLIP, METHODS, SSLMethod
-from ssl_zoo.recipe import DataConfig, recipe_from_dict, recipe_to_dict
+from ssl_zoo.recipe import DataConfig, Recipe, recipe_from_dict, recipe_to_dict
 from ssl_zoo.text import tokenize
 
 # Splits for evaluation: (labelled training split, test split), where they differ from
@@ -131,8 +131,8 @@ def _subset(images: ImageSet, count: int | None, seed: int) -> ImageSet:
     )
 
 
-def _data_config(model: SSLMethod, name: str | None, root: str | None) -> DataConfig:
-    data = model.recipe.data
+def _data_config(recipe: Recipe, name: str | None, root: str | None) -> DataConfig:
+    data = recipe.data
     if name is None or name == data.name:
         return replace(data, root=root or data.root)
     return replace(data, name=name, root=root or data.root, train_split=None, val_split=None)
@@ -252,10 +252,46 @@ class Evaluator:
         }
 
 
-def evaluate(model: SSLMethod, config: EvalConfig, label: str | None = None, with_text: bool | None = None) -> dict[str, Any]:
+@dataclass
+class LabelledSplits:
+    """The labelled data linear eval, kNN and zero-shot score on."""
+
+    train: ImageSet
+    test: ImageSet
+    info: dict[str, Any]  # name, root, splits, sizes, class names: for the results
+
+
+def load_labelled_splits(recipe: Recipe, config: EvalConfig) -> LabelledSplits | str:
+    """The configured (or the recipe's own) labelled train and test splits, subsampled as
+    configured; or, when the recipe's own data has no labels, the reason as a string."""
+    data = _data_config(recipe, config.data, config.root)
+    train_split, test_split = EVAL_SPLITS[data.name]
+    if test_split is None:
+        raise SslZooError(f"Dataset '{data.name}' has no test split to evaluate on; pass --data (e.g. shared_cifar10).")
+    train = _subset(load_split(data, train_split, config.seed), config.max_train, config.seed)
+    if train.labels is None:
+        if config.data is not None:
+            raise SslZooError(
+                f"Dataset '{data.name}' has no labels, so linear and kNN evaluation cannot "
+                "score it. Pass a labelled dataset: --data shared_cifar10, shapes, cifar10, folder."
+            )
+        return f"{data.name} has no labels; pass --data NAME for linear, kNN and zero-shot"
+    test = _subset(load_split(data, test_split, config.seed), config.max_test, config.seed)
+    info = {
+        "name": data.name, "root": data.root, "train_split": train_split, "test_split": test_split,
+        "num_train": len(train), "num_test": len(test), "classes": train.classes,
+    }
+    return LabelledSplits(train, test, info)
+
+
+def evaluate(
+    model: SSLMethod, config: EvalConfig, label: str | None = None, with_text: bool | None = None,
+    splits: LabelledSplits | None = None,
+) -> dict[str, Any]:
     """Every metric of the stage for ``model``; returns a JSON-ready dict.
 
     ``with_text``: run zero-shot and retrieval (default: when the model is CLIP).
+    ``splits``: labelled data already loaded (default: load it as ``config`` says).
     """
     started = time.perf_counter()
     recipe = model.recipe
@@ -273,34 +309,19 @@ def evaluate(model: SSLMethod, config: EvalConfig, label: str | None = None, wit
         "skipped": {},
     }
 
-    data = _data_config(model, config.data, config.root)
-    train_split, test_split = EVAL_SPLITS[data.name]
-    if test_split is None:
-        raise SslZooError(f"Dataset '{data.name}' has no test split to evaluate on; pass --data (e.g. shared_cifar10).")
-    train = _subset(load_split(data, train_split, config.seed), config.max_train, config.seed)
-    if train.labels is None:
-        if config.data is not None:
-            raise SslZooError(
-                f"Dataset '{data.name}' has no labels, so linear and kNN evaluation cannot "
-                "score it. Pass a labelled dataset: --data shared_cifar10, shapes, cifar10, folder."
-            )
-        result["skipped"]["classification"] = (
-            f"{data.name} has no labels; pass --data NAME for linear, kNN and zero-shot"
-        )
+    splits = splits or load_labelled_splits(recipe, config)
+    if isinstance(splits, str):
+        result["skipped"]["classification"] = splits
     else:
-        test = _subset(load_split(data, test_split, config.seed), config.max_test, config.seed)
-        result["data"] = {
-            "name": data.name, "root": data.root, "train_split": train_split, "test_split": test_split,
-            "num_train": len(train), "num_test": len(test), "classes": train.classes,
-        }
-        result["metrics"].update(evaluator.classification(train, test, with_text))
+        result["data"] = splits.info
+        result["metrics"].update(evaluator.classification(splits.train, splits.test, with_text))
 
     if with_text:
         pairs_name = config.pairs or (recipe.data.name if recipe.data.name in RETRIEVAL_SPLIT else None)
         if pairs_name is None:
             result["skipped"]["retrieval"] = f"{recipe.data.name} has no captions; pass --pairs NAME"
         else:
-            pairs_data = _data_config(model, pairs_name, config.pairs_root)
+            pairs_data = _data_config(recipe, pairs_name, config.pairs_root)
             split = RETRIEVAL_SPLIT.get(pairs_name, "test")
             pairs = _subset(load_split(pairs_data, split, config.seed), config.max_test, config.seed)
             if pairs.captions is None:

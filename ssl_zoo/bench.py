@@ -1,0 +1,209 @@
+"""Side-by-side benchmark: several recipes, one budget, one evaluation, one report.
+
+    recipes (+ a supervised baseline per backbone)
+      -> equal budget: the same epochs, or the same wall clock of training steps
+         (each run's speed is measured first and its step count fitted to the budget,
+         so its learning-rate and EMA schedules still run to their end)
+      -> fit each -> evaluate each (and a random-init backbone) on the same labelled data
+      -> report.md, report.html (plots embedded), results.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from ssl_zoo.data.datamodule import ImageDataModule
+from ssl_zoo.errors import RecipeError
+from ssl_zoo.eval.stage import EvalConfig, evaluate, load_labelled_splits, load_method
+from ssl_zoo.methods import METHODS
+from ssl_zoo.recipe import METHOD_SECTIONS, Recipe, parse_recipe, recipe_from_dict, recipe_to_dict
+from ssl_zoo.train import RunSummary, fit
+
+LABELLED_DATASETS = ("shapes", "shared_cifar10", "cifar10", "cifar100", "stl10", "folder")
+
+
+@dataclass
+class BenchConfig:
+    recipes: list[str]
+    out: Path
+    epochs: int | None = None  # equal epochs ...
+    budget_seconds: float | None = None  # ... or equal wall clock of training steps
+    overrides: list[str] = field(default_factory=list)  # recipe overrides applied to every recipe
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    baselines: bool = True  # train a supervised baseline per backbone under the same budget
+    command: str = ""  # the command line that made the report, to reproduce it
+
+
+@dataclass
+class BenchRun:
+    label: str
+    kind: str  # "method" or "baseline"
+    recipe: Recipe
+    training: RunSummary | None = None  # None for the random-init baseline
+    result: dict[str, Any] = field(default_factory=dict)  # the evaluation stage's output
+    steps_per_second: float | None = None  # measured before a budgeted run
+    curves: dict[str, list[list[float]]] = field(default_factory=dict)  # loss and kNN curves, for the report
+
+
+def random_init_model(recipe: Recipe):
+    """The recipe's method, untrained, initialised from the recipe's seed."""
+    pl.seed_everything(recipe.trainer.seed, verbose=False)
+    return METHODS[recipe.method](recipe)
+
+
+def parse_budget(text: str) -> float:
+    """'90s', '10m', '1.5h' or plain seconds -> seconds."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        raise RecipeError(f"Budget '{text}' is not a duration; write e.g. 90s, 10m or 1h.")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+class _StepTimer(pl.Callback):
+    """Seconds per training step after a few warm-up steps (compilation, caches)."""
+
+    def __init__(self, skip: int) -> None:
+        self.skip = skip
+        self.started: float | None = None
+        self.steps = 0
+        self.seconds = 0.0
+
+    def _now(self, pl_module: pl.LightningModule) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.skip:
+            self.started = self._now(pl_module)
+        elif self.started is not None:
+            self.steps = trainer.global_step - self.skip
+            self.seconds = self._now(pl_module) - self.started
+
+
+def measure_steps_per_second(recipe: Recipe, datamodule: ImageDataModule, warmup: int = 3, steps: int = 8) -> float:
+    """Training steps per second of ``recipe`` as ``fit`` runs it, monitors excluded."""
+    pl.seed_everything(recipe.trainer.seed, verbose=False)
+    model = METHODS[recipe.method](recipe, num_classes=datamodule.num_classes)
+    timer = _StepTimer(skip=warmup)
+    cfg = recipe.trainer
+    trainer = pl.Trainer(
+        max_steps=warmup + steps, accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, callbacks=[timer],
+    )
+    trainer.fit(model, datamodule=datamodule)
+    return timer.steps / timer.seconds if timer.seconds else float("inf")
+
+
+def supervised_recipe(recipe: Recipe, data_name: str, data_root: str | None) -> Recipe:
+    """The supervised baseline for ``recipe``: same backbone, augmentation and optimiser,
+    trained with labels on the benchmark's labelled data."""
+    values = recipe_to_dict(recipe)
+    for section in METHOD_SECTIONS:
+        values.pop(section, None)
+    values.update(method="supervised", name=f"supervised_{recipe.backbone}",
+                  description=f"Supervised baseline for {recipe.name}")
+    if values["data"]["name"] != data_name:
+        values["data"].update(name=data_name, train_split=None, val_split=None)
+        values["data"]["root"] = data_root or values["data"]["root"]
+    return recipe_from_dict(values)
+
+
+def _baseline_source(recipes: list[Recipe], backbone: str) -> Recipe:
+    # The views of a non-CLIP recipe are a supervised run's usual augmentation; CLIP's
+    # (a crop only) would handicap the baseline.
+    same = [r for r in recipes if r.backbone == backbone]
+    return next((r for r in same if r.method != "clip"), same[0])
+
+
+def _with_budget(recipe: Recipe, steps_per_epoch: int, max_steps: int | None, epochs: int | None) -> Recipe:
+    """The recipe with the benchmark's budget, ~6 kNN points along the run (for the
+    time-to-accuracy curve) and ~100 logged losses."""
+    trainer = recipe.trainer
+    if max_steps is not None:
+        trainer = dataclasses.replace(trainer, max_epochs=-1, max_steps=max_steps, val_every_n_steps=max(max_steps // 6, 1))
+    elif epochs is not None:
+        trainer = dataclasses.replace(trainer, max_epochs=epochs, check_val_every_n_epoch=max(epochs // 6, 1))
+    total_steps = max_steps or trainer.max_epochs * steps_per_epoch
+    trainer = dataclasses.replace(trainer, log_every_n_steps=max(min(total_steps // 100, steps_per_epoch), 1))
+    return dataclasses.replace(recipe, trainer=trainer)
+
+
+def _say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_bench(config: BenchConfig) -> dict[str, Any]:
+    """Train, evaluate and report; returns the results written to results.json."""
+    from ssl_zoo.report import write_report  # plotting imports only when reporting
+
+    started = time.perf_counter()
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    recipes = [
+        parse_recipe(["--recipe", name, *config.overrides, "--trainer.output_dir", str(out / "runs")])
+        for name in config.recipes
+    ]
+    if len({r.name for r in recipes}) != len(recipes):
+        raise RecipeError("bench: the recipes must have different names (each names its run folder).")
+
+    # One labelled dataset scores every run: the one given, else the first recipe's that has labels.
+    eval_config = config.eval
+    if eval_config.data is None:
+        labelled = next((r for r in recipes if r.data.name in LABELLED_DATASETS), None)
+        if labelled is None:
+            raise RecipeError("bench: no recipe trains on labelled data; name one to score on with --eval-data.")
+        eval_config = dataclasses.replace(eval_config, data=labelled.data.name, root=eval_config.root or labelled.data.root)
+    if eval_config.cache_dir is None:
+        eval_config = dataclasses.replace(eval_config, cache_dir=str(out / "feature_cache"))
+
+    runs = [BenchRun(r.name, "method", r) for r in recipes]
+    backbones = list(dict.fromkeys(r.backbone for r in recipes))
+    if config.baselines:
+        for backbone in backbones:
+            source = _baseline_source(recipes, backbone)
+            baseline = supervised_recipe(source, eval_config.data, eval_config.root)
+            runs.append(BenchRun(f"supervised ({backbone})", "baseline", baseline))
+
+    # Train every run under the same budget.
+    for run in runs:
+        datamodule = ImageDataModule(run.recipe.data, with_text=run.recipe.method == "clip", seed=run.recipe.trainer.seed)
+        datamodule.setup("fit")
+        max_steps = None
+        if config.budget_seconds is not None:
+            run.steps_per_second = measure_steps_per_second(run.recipe, datamodule)
+            max_steps = max(int(config.budget_seconds * run.steps_per_second), 1)
+            _say(f"{run.label}: {run.steps_per_second:.2f} steps/s -> {max_steps} steps in the budget")
+        steps_per_epoch = len(datamodule.train_set) // run.recipe.data.batch_size
+        run.recipe = _with_budget(run.recipe, steps_per_epoch, max_steps, config.epochs)
+        _say(f"training {run.label} ({run.recipe.method}, {run.recipe.backbone}, {run.recipe.data.name})")
+        run.training = fit(run.recipe, enable_progress_bar=False, datamodule=datamodule)
+        _say(f"trained {run.label} in {run.training.wall_seconds:.0f} s")
+
+    # Evaluate every run, and the random-init backbones, with the same stage and data.
+    splits = load_labelled_splits(recipes[0], eval_config)
+    if isinstance(splits, str):
+        raise RecipeError(f"bench: {splits}")
+    for run in runs:
+        _say(f"evaluating {run.label}")
+        run.result = evaluate(load_method(run.training.checkpoint), eval_config, label=run.label, splits=splits)
+    for backbone in backbones:
+        run = BenchRun(f"random init ({backbone})", "baseline", _baseline_source(recipes, backbone))
+        _say(f"evaluating {run.label}")
+        run.result = evaluate(random_init_model(run.recipe), eval_config, label=run.label, with_text=False, splits=splits)
+        runs.append(run)
+
+    _say("writing the report")
+    results = write_report(runs, config, eval_config, splits, seconds=time.perf_counter() - started)
+    _say(f"report: {out / 'report.html'} (also report.md, results.json)")
+    return results
+

@@ -1,0 +1,359 @@
+"""The benchmark report: results.json, report.md (plots as PNG files) and a
+self-contained report.html (plots embedded), written from the runs of one ``bench``."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from kornia.enhance import denormalize  # noqa: E402
+
+from ssl_zoo.augment import ViewAugment  # noqa: E402
+from ssl_zoo.bench import BenchConfig, BenchRun, random_init_model  # noqa: E402
+from ssl_zoo.data.datamodule import load_split  # noqa: E402
+from ssl_zoo.eval.stage import RETRIEVAL_SPLIT, EvalConfig, Evaluator, LabelledSplits, load_method  # noqa: E402
+from ssl_zoo.eval.stage import device_name, pick_device, versions  # noqa: E402
+from ssl_zoo.methods import METHODS  # noqa: E402
+
+TSNE_POINTS = 1000  # test images per t-SNE map
+
+
+# ----------------------------------------------------------------------------- curves
+
+
+def read_curves(run_dir: Path) -> dict[str, list[list[float]]]:
+    """Loss by step and kNN top-1 by seconds since the run started, from TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    scalars = {tag: events.Scalars(tag) for tag in ("train/loss", "knn/top1", "knn/top1_random_init") if tag in tags}
+    start = min((s[0].wall_time for s in scalars.values() if s), default=0.0)
+    knn = scalars.get("knn/top1_random_init", [])[:1] + scalars.get("knn/top1", [])
+    return {
+        "loss": [[e.step, e.value] for e in scalars.get("train/loss", [])],
+        "knn_by_seconds": [[e.wall_time - start, e.value] for e in knn],
+    }
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def plot_losses(runs: list[BenchRun], path: Path) -> Path:
+    trained = [r for r in runs if r.training is not None]
+    figure, axes = plt.subplots(1, len(trained), figsize=(3.6 * len(trained), 3), squeeze=False)
+    for ax, run in zip(axes[0], trained):
+        steps, values = zip(*run.curves["loss"]) if run.curves["loss"] else ((), ())
+        ax.plot(steps, values, color="tab:blue")
+        ax.set_title(run.label, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("training loss")
+    figure.suptitle("Training loss (each method's own objective)", fontsize=11, y=1.03)
+    return _save(figure, path)
+
+
+def plot_time_to_accuracy(runs: list[BenchRun], path: Path) -> Path:
+    figure, ax = plt.subplots(figsize=(6.5, 4))
+    for run in runs:
+        if run.training is not None and run.curves["knn_by_seconds"]:
+            seconds, values = zip(*run.curves["knn_by_seconds"])
+            ax.plot(seconds, [100 * v for v in values], marker="o", label=run.label)
+    for run in runs:
+        if run.training is None and "knn_top1" in run.result["metrics"]:
+            ax.axhline(100 * run.result["metrics"]["knn_top1"], color="gray", linestyle="--", label=run.label)
+    ax.set_xlabel("wall-clock seconds since the run started")
+    ax.set_ylabel("kNN top-1 (%), validation split")
+    ax.set_title("Time to accuracy", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def plot_tsne(runs: list[BenchRun], features: dict[str, torch.Tensor], labels: torch.Tensor, classes: list[str], path: Path) -> Path:
+    from sklearn.manifold import TSNE
+
+    shown = [r for r in runs if r.label in features]
+    columns = min(len(shown), 3)
+    rows = math.ceil(len(shown) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4 * rows), squeeze=False)
+    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for ax, run in zip(axes.flat, shown):
+        x = F.normalize(features[run.label].float(), dim=1).cpu().numpy()
+        perplexity = min(30.0, (len(x) - 1) / 3)
+        points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0).fit_transform(x)
+        ax.scatter(points[:, 0], points[:, 1], c=labels.numpy(), cmap=colours, s=4, vmin=0, vmax=colours.N - 1)
+        ax.set_title(run.label, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(shown):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours(i), label=name) for i, name in enumerate(classes)]
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(classes), 10), fontsize=8)
+    figure.suptitle("t-SNE of test-set features, coloured by class", fontsize=11)
+    figure.subplots_adjust(bottom=0.08 if rows > 1 else 0.14)
+    return _save(figure, path)
+
+
+def _to_pixels(views: torch.Tensor, mean, std) -> torch.Tensor:
+    """(N, 3, S, S) normalised -> (N, S, S, 3) in [0, 1] for imshow."""
+    images = denormalize(views.float(), torch.tensor(mean), torch.tensor(std)).clamp(0, 1)
+    return images.permute(0, 2, 3, 1)
+
+
+def plot_gallery(runs: list[BenchRun], images: torch.Tensor, path: Path) -> Path:
+    """The same images, and the views each run's augmentation makes of them."""
+    trained = [r for r in runs if r.training is not None]
+    rows = [("original", images.permute(0, 2, 3, 1).float() / 255)]
+    for run in trained:
+        augment = run.recipe.augment
+        views = ViewAugment(augment, METHODS[run.recipe.method].num_views, seed=0)(images)  # (V, N, 3, S, S)
+        rows += [(f"{run.label}\nview {v + 1}", _to_pixels(views[v], augment.mean, augment.std)) for v in range(len(views))]
+    count = images.shape[0]
+    figure, axes = plt.subplots(len(rows), count, figsize=(1.1 * count + 1.5, 1.15 * len(rows)), squeeze=False)
+    for (name, row), row_axes in zip(rows, axes):
+        for ax, image in zip(row_axes, row):
+            ax.imshow(image.numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row_axes[0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    figure.suptitle("Augmentation gallery: the views each method trains on", fontsize=11)
+    return _save(figure, path)
+
+
+@torch.no_grad()
+def plot_clip_similarity(run: BenchRun, eval_config: EvalConfig, path: Path, count: int = 8) -> Path:
+    """Cosine similarity of ``count`` test images and their first captions."""
+    model = load_method(run.training.checkpoint)
+    evaluator = Evaluator(model, eval_config)
+    name = run.recipe.data.name
+    pairs = load_split(run.recipe.data, RETRIEVAL_SPLIT.get(name, "test"), eval_config.seed)
+    images = pairs.images[:count]
+    captions = [c[0] for c in pairs.captions[:count]]
+    image_embeddings = model.encode_image(model.eval_transform(images.to(evaluator.device)))
+    similarity = (image_embeddings @ evaluator.encode_texts(captions).T).cpu()  # (images, captions)
+
+    figure = plt.figure(figsize=(1.0 * count + 4, 1.0 * count + 1.6))
+    grid = figure.add_gridspec(2, 1, height_ratios=[1, count], hspace=0.05)
+    strip = figure.add_subplot(grid[0])
+    strip.imshow(torch.cat(list(images.permute(0, 2, 3, 1)), dim=1).numpy())
+    strip.axis("off")
+    ax = figure.add_subplot(grid[1])
+    shown = ax.imshow(similarity.T.numpy(), cmap="viridis")
+    ax.set_yticks(range(count), [c if len(c) < 48 else c[:45] + "..." for c in captions], fontsize=7)
+    ax.set_xticks(range(count), [f"image {i + 1}" for i in range(count)], fontsize=7, rotation=45)
+    for i in range(count):
+        for j in range(count):
+            ax.text(i, j, f"{similarity[i, j]:.2f}", ha="center", va="center", fontsize=6, color="white")
+    figure.colorbar(shown, ax=ax, fraction=0.03, label="cosine similarity")
+    ax.set_title(f"{run.label}: image-caption similarity (diagonal = true pairs)", fontsize=10)
+    return _save(figure, path)
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _percent(metrics: dict[str, float], name: str) -> str:
+    return f"{100 * metrics[name]:.1f}" if name in metrics else "–"
+
+
+def _number(value: float | None, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if value is not None else "–"
+
+
+def headline_rows(runs: list[BenchRun]) -> tuple[list[str], list[list[str]]]:
+    header = ["run", "method", "backbone", "trained on", "epochs", "steps", "wall time (s)", "images/s",
+              "peak GPU mem (GiB)", "linear top-1", "linear top-5", "kNN top-1", "zero-shot top-1",
+              "R@1/5/10 image→text", "R@1/5/10 text→image"]
+    rows = []
+    for run in runs:
+        m, t = run.result["metrics"], run.training
+        recall = {
+            way: "/".join(_percent(m, f"{way}_r{k}") for k in (1, 5, 10)) if f"{way}_r1" in m else "–"
+            for way in ("image_to_text", "text_to_image")
+        }
+        rows.append([
+            run.label, run.recipe.method if t is not None else "none (untrained)", run.recipe.backbone,
+            run.recipe.data.name if t is not None else "–",
+            str(t.epochs) if t else "0", str(t.steps) if t else "0",
+            _number(t.wall_seconds, 0) if t else "0", _number(t.images_per_second, 0) if t else "–",
+            _number(t.peak_memory_gib) if t and t.peak_memory_gib is not None else "–",
+            _percent(m, "linear_top1"), _percent(m, "linear_top5"), _percent(m, "knn_top1"),
+            _percent(m, "zero_shot_top1"), recall["image_to_text"], recall["text_to_image"],
+        ])
+    return header, rows
+
+
+def diagnostic_rows(runs: list[BenchRun]) -> tuple[list[str], list[list[str]]]:
+    header = ["run", "embedding std (×√D; 0 = collapsed)", "effective rank", "feature dim",
+              "alignment (lower = closer views)", "uniformity (lower = more spread)"]
+    rows = []
+    for run in runs:
+        m = run.result["metrics"]
+        rows.append([run.label, _number(m.get("embedding_std")), _number(m.get("effective_rank"), 1),
+                     str(run.result.get("feature_dim", "–")), _number(m.get("alignment"), 3), _number(m.get("uniformity"), 3)])
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def write_report(
+    runs: list[BenchRun], config: BenchConfig, eval_config: EvalConfig, splits: LabelledSplits, seconds: float
+) -> dict[str, Any]:
+    out = config.out
+    plots_dir = out / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    for run in runs:
+        run.curves = read_curves(run.training.run_dir) if run.training is not None else {"loss": [], "knn_by_seconds": []}
+
+    # Test features for t-SNE come from the evaluation's cache (same weights, same images).
+    count = min(TSNE_POINTS, len(splits.test))
+    features = {}
+    for run in runs:
+        model = load_method(run.training.checkpoint) if run.training is not None else random_init_model(run.recipe)
+        features[run.label] = Evaluator(model, eval_config).features(splits.test, "test")[:count]
+        run.result["feature_dim"] = features[run.label].shape[1]
+    plots = {
+        "Training loss": plot_losses(runs, plots_dir / "loss_curves.png"),
+        "Time to accuracy (kNN top-1 against wall time)": plot_time_to_accuracy(runs, plots_dir / "time_to_accuracy.png"),
+        "t-SNE of the features": plot_tsne(runs, features, splits.test.labels[:count], splits.test.classes, plots_dir / "tsne.png"),
+        "Augmentation gallery": plot_gallery(runs, splits.test.images[:8], plots_dir / "augmentation_gallery.png"),
+    }
+    for run in runs:
+        if run.recipe.method == "clip" and run.training is not None:
+            plots[f"CLIP image–caption similarity ({run.label})"] = plot_clip_similarity(
+                run, eval_config, plots_dir / f"clip_similarity_{run.recipe.name}.png"
+            )
+
+    device = pick_device(eval_config.device)
+    if config.budget_seconds is not None:
+        budget = (f"equal wall clock: {config.budget_seconds:.0f} s of training steps per run (each run's "
+                  "speed measured first; its step count fitted to the budget, so schedules complete)")
+    else:
+        budget = f"equal epochs: {config.epochs if config.epochs is not None else 'each recipe’s own'}"
+    data = splits.info
+    results = {
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": config.command,
+        "device": device_name(device),
+        "versions": versions(),
+        "budget": {"mode": "wall_clock" if config.budget_seconds is not None else "epochs",
+                   "seconds": config.budget_seconds, "epochs": config.epochs},
+        "eval_data": data,
+        "bench_seconds": round(seconds, 1),
+        "runs": [
+            {
+                "label": run.label, "kind": run.kind, "recipe": run.result["recipe"],
+                "training": None if run.training is None else {
+                    **{k: str(v) if isinstance(v, Path) else v for k, v in vars(run.training).items()},
+                    "steps_per_second_measured": run.steps_per_second,
+                },
+                "evaluation": run.result, "curves": run.curves,
+            }
+            for run in runs
+        ],
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+
+    headline, diagnostics = headline_rows(runs), diagnostic_rows(runs)
+    reproduce = [config.command] + [
+        f"python -m ssl_zoo fit --recipe {run.training.run_dir / 'recipe.yaml'}" for run in runs if run.training
+    ] + [
+        f"python -m ssl_zoo eval --ckpt {run.training.checkpoint} --data {eval_config.data} --root {eval_config.root}"
+        + (f" --max-train {eval_config.max_train}" if eval_config.max_train else "")
+        + (f" --max-test {eval_config.max_test}" if eval_config.max_test else "")
+        for run in runs if run.training
+    ]
+    setup = [
+        ("Device", results["device"]),
+        ("Budget", budget),
+        ("Evaluated on", f"{data['name']}: {data['num_train']} training images ({data['train_split']}) for the "
+                         f"linear classifier and kNN bank, {data['num_test']} test images ({data['test_split']})"),
+        ("Protocol", "frozen backbone features; linear: L-BFGS logistic regression on standardised features, "
+                     "L2 penalty chosen on 10 % held out; kNN: k=200, T=0.1, cosine-weighted; zero-shot: "
+                     f"{len(eval_config.templates)} prompt templates averaged; retrieval on each CLIP run's own "
+                     "image-text test split"),
+        ("Versions", ", ".join(f"{k} {v}" for k, v in results["versions"].items())),
+        ("Created", f"{results['created']} in {seconds / 60:.1f} min"),
+    ]
+    notes = [
+        "Baselines: *supervised* is the same backbone, augmentation and budget trained with labels "
+        "(cross-entropy); *random init* is the untrained backbone. Accuracies are percentages on the test split.",
+        "Peak GPU memory is blank on the CPU. Images/s counts training images (pairs of views for SimCLR and BYOL).",
+    ]
+    (out / "report.md").write_text(_markdown(setup, headline, diagnostics, plots, out, reproduce, notes))
+    (out / "report.html").write_text(_html(setup, headline, diagnostics, plots, reproduce, notes))
+    return results
+
+
+TITLE = "ssl_zoo benchmark: SimCLR, BYOL and CLIP side by side"
+
+
+def _markdown(setup, headline, diagnostics, plots, out: Path, reproduce, notes) -> str:
+    parts = [f"# {TITLE}", ""]
+    parts += [f"- **{name}:** {value}" for name, value in setup]
+    parts += ["", "## Results", "", markdown_table(*headline), "", *notes, "",
+              "## Representation diagnostics", "", markdown_table(*diagnostics), ""]
+    for name, path in plots.items():
+        parts += [f"## {name}", "", f"![{name}]({path.relative_to(out).as_posix()})", ""]
+    parts += ["## Reproduce", "", "```sh", *reproduce, "```", ""]
+    return "\n".join(parts)
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; border: 1px solid #eee; }
+dt { font-weight: bold; } dd { margin: 0 0 0.5em 1em; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
+"""
+
+
+def _html(setup, headline, diagnostics, plots, reproduce, notes) -> str:
+    def embedded(path: Path) -> str:
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{TITLE}</title><style>{STYLE}</style></head><body>",
+             f"<h1>{TITLE}</h1><dl>"]
+    parts += [f"<dt>{html.escape(name)}</dt><dd>{html.escape(value)}</dd>" for name, value in setup]
+    parts += ["</dl><h2>Results</h2>", html_table(*headline)]
+    parts += [f"<p>{html.escape(note).replace('*', '')}</p>" for note in notes]
+    parts += ["<h2>Representation diagnostics</h2>", html_table(*diagnostics)]
+    for name, path in plots.items():
+        parts += [f"<h2>{html.escape(name)}</h2>", embedded(path)]
+    parts += ["<h2>Reproduce</h2><pre>", html.escape("\n".join(reproduce)), "</pre></body></html>"]
+    return "\n".join(parts)
