@@ -192,7 +192,8 @@ def bench_command(argv: list[str]) -> int:
         args, overrides = parser.parse_known_args(argv)
     except argparse.ArgumentError as error:
         raise SslZooError(f"bench: {error}. See `python -m ssl_zoo bench --help`.") from None
-    stray = [a for a in overrides if a.startswith("--") and "." not in a]
+    # Overrides are section keys (--data.batch_size 64) or the recipe's backbone.
+    stray = [a for a in overrides if a.startswith("--") and "." not in a and a.split("=")[0] != "--backbone"]
     if stray:
         raise SslZooError(f"bench: unknown option {stray[0]}. See `python -m ssl_zoo bench --help`.")
     config = BenchConfig(

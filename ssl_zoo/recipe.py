@@ -45,6 +45,7 @@ class DataConfig:
     num_workers: int = 0  # in-memory data is indexed a batch at a time: 0 is fastest
     hold_on_device: bool = True  # keep the uint8 dataset on the GPU when there is one
     knn_bank_size: int = 10_000  # training images in the kNN monitor's memory bank
+    val_size: int | None = None  # validation images the monitors score (None: the whole split)
     context_length: int = 77  # CLIP only: tokens per caption
 
 
