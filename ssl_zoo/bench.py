@@ -22,7 +22,7 @@ import torch
 
 from ssl_zoo.data.datamodule import ImageDataModule
 from ssl_zoo.errors import RecipeError
-from ssl_zoo.eval.stage import EvalConfig, evaluate, load_labelled_splits, load_method
+from ssl_zoo.eval.stage import EvalConfig, evaluate, load_labelled_splits, load_method, write_tensorboard
 from ssl_zoo.methods import METHODS
 from ssl_zoo.recipe import METHOD_SECTIONS, Recipe, parse_recipe, recipe_from_dict, recipe_to_dict
 from ssl_zoo.train import RunSummary, fit
@@ -196,6 +196,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     for run in runs:
         _say(f"evaluating {run.label}")
         run.result = evaluate(load_method(run.training.checkpoint), eval_config, label=run.label, splits=splits)
+        write_tensorboard(run.result, run.training.run_dir)
     for backbone in backbones:
         run = BenchRun(f"random init ({backbone})", "baseline", _baseline_source(recipes, backbone))
         _say(f"evaluating {run.label}")
