@@ -17,11 +17,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+from lightly.utils.scheduler import CosineWarmupScheduler
 
 from ssl_zoo.augment import AugmentConfig, ViewAugment
-from ssl_zoo.eval.stage import EvalConfig, Evaluator, device_name, load_labelled_splits, load_method
 from ssl_zoo.eval.linear import linear_eval, topk_accuracy
-from lightly.utils.scheduler import CosineWarmupScheduler
+from ssl_zoo.eval.stage import EvalConfig, Evaluator, device_name, load_labelled_splits, load_method
 
 
 def augmented_probe(evaluator: Evaluator, splits, epochs: int, batch_size: int, lr: float) -> float:
@@ -37,7 +37,7 @@ def augmented_probe(evaluator: Evaluator, splits, epochs: int, batch_size: int, 
     train_images, train_labels = splits.train.images, splits.train.labels.to(device)
     probe = torch.nn.Linear(model.feature_dim, splits.train.num_classes).to(device)
     optimizer = torch.optim.SGD(probe.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
-    steps_per_epoch = len(train_images) // batch_size
+    steps_per_epoch = max(len(train_images) // batch_size, 1)
     scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=0, max_epochs=epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(0)
     for _ in range(epochs):
@@ -73,6 +73,8 @@ def main() -> None:
     config = EvalConfig(data=args.data, root=args.root, max_train=args.max_train, max_test=args.max_test, device=args.device)
     model = load_method(args.ckpt)
     splits = load_labelled_splits(model.recipe, config)
+    if isinstance(splits, str):
+        parser.error(splits)
     evaluator = Evaluator(model, config)
 
     started = time.perf_counter()

@@ -22,7 +22,7 @@ import torch
 
 from ssl_zoo.data.datamodule import ImageDataModule
 from ssl_zoo.errors import RecipeError
-from ssl_zoo.eval.stage import EvalConfig, evaluate, load_labelled_splits, load_method, write_tensorboard
+from ssl_zoo.eval.stage import EvalConfig, evaluate, evaluate_checkpoint, load_labelled_splits, write_tensorboard
 from ssl_zoo.methods import METHODS
 from ssl_zoo.recipe import METHOD_SECTIONS, Recipe, parse_recipe, recipe_from_dict, recipe_to_dict
 from ssl_zoo.train import RunSummary, fit
@@ -101,7 +101,12 @@ def measure_steps_per_second(recipe: Recipe, datamodule: ImageDataModule, warmup
         limit_val_batches=0, callbacks=[timer],
     )
     trainer.fit(model, datamodule=datamodule)
-    return timer.steps / timer.seconds if timer.seconds else float("inf")
+    if not timer.seconds:
+        raise RecipeError(
+            f"bench: could not time recipe '{recipe.name}': its training split holds fewer than "
+            f"{warmup + steps} batches of {recipe.data.batch_size}. Lower --data.batch_size or use --epochs."
+        )
+    return timer.steps / timer.seconds
 
 
 def supervised_recipe(recipe: Recipe, data_name: str, data_root: str | None) -> Recipe:
@@ -144,8 +149,6 @@ def _say(message: str) -> None:
 
 def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Train, evaluate and report; returns the results written to results.json."""
-    from ssl_zoo.report import write_report  # plotting imports only when reporting
-
     started = time.perf_counter()
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
@@ -158,13 +161,15 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
 
     # One labelled dataset scores every run: the one given, else the first recipe's that has labels.
     eval_config = config.eval
+    labelled = next((r for r in recipes if r.data.name in LABELLED_DATASETS), None)
     if eval_config.data is None:
-        labelled = next((r for r in recipes if r.data.name in LABELLED_DATASETS), None)
         if labelled is None:
             raise RecipeError("bench: no recipe trains on labelled data; name one to score on with --eval-data.")
         eval_config = dataclasses.replace(eval_config, data=labelled.data.name, root=eval_config.root or labelled.data.root)
     if eval_config.cache_dir is None:
         eval_config = dataclasses.replace(eval_config, cache_dir=str(out / "feature_cache"))
+    # Loaded before any training, so bad evaluation data fails fast, not after the budget.
+    splits = load_labelled_splits(labelled or recipes[0], eval_config)
 
     runs = [BenchRun(r.name, "method", r) for r in recipes]
     backbones = list(dict.fromkeys(r.backbone for r in recipes))
@@ -189,22 +194,59 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         run.training = fit(run.recipe, enable_progress_bar=False, datamodule=datamodule)
         _say(f"trained {run.label} in {run.training.wall_seconds:.0f} s")
 
-    # Evaluate every run, and the random-init backbones, with the same stage and data.
-    splits = load_labelled_splits(recipes[0], eval_config)
-    if isinstance(splits, str):
-        raise RecipeError(f"bench: {splits}")
+    runs += [BenchRun(f"random init ({b})", "baseline", _baseline_source(recipes, b)) for b in backbones]
+    return _evaluate_and_report(runs, config, eval_config, splits, seconds_so_far=time.perf_counter() - started)
+
+
+def _evaluate_and_report(
+    runs: list[BenchRun], config: BenchConfig, eval_config: EvalConfig, splits, seconds_so_far: float
+) -> dict[str, Any]:
+    """Evaluate every run (and the random-init backbones) with the same stage and data."""
+    from ssl_zoo.report import write_report  # plotting imports only when reporting
+
+    started = time.perf_counter()
     for run in runs:
         _say(f"evaluating {run.label}")
-        run.result = evaluate(load_method(run.training.checkpoint), eval_config, label=run.label, splits=splits)
-        write_tensorboard(run.result, run.training.run_dir)
-    for backbone in backbones:
-        run = BenchRun(f"random init ({backbone})", "baseline", _baseline_source(recipes, backbone))
-        _say(f"evaluating {run.label}")
-        run.result = evaluate(random_init_model(run.recipe), eval_config, label=run.label, with_text=False, splits=splits)
-        runs.append(run)
-
+        if run.training is None:
+            run.result = evaluate(random_init_model(run.recipe), eval_config, label=run.label, with_text=False, splits=splits)
+        else:
+            run.result = evaluate_checkpoint(run.training.checkpoint, eval_config, label=run.label, splits=splits)
+            write_tensorboard(run.result, run.training.run_dir)
     _say("writing the report")
-    results = write_report(runs, config, eval_config, splits, seconds=time.perf_counter() - started)
-    _say(f"report: {out / 'report.html'} (also report.md, results.json)")
+    results = write_report(runs, config, eval_config, splits, seconds=seconds_so_far + time.perf_counter() - started)
+    _say(f"report: {config.out / 'report.html'} (also report.md, results.json)")
     return results
 
+
+def reevaluate(results_path: Path) -> dict[str, Any]:
+    """Evaluate the runs of an earlier ``bench`` again and rewrite its report, without
+    retraining: for a changed evaluation stage (features come from the cache when the
+    weights and images are unchanged). The original budget, command and training
+    figures are kept."""
+    import json
+
+    from ssl_zoo.train import RunSummary
+
+    if not results_path.is_file():
+        raise RecipeError(f"bench: '{results_path}' does not exist; pass the results.json of an earlier bench.")
+    saved = json.loads(results_path.read_text())
+    runs = []
+    for entry in saved["runs"]:
+        training = entry["training"]
+        summary = None
+        if training is not None:
+            fields = {f.name for f in dataclasses.fields(RunSummary)}
+            summary = RunSummary(**{k: v for k, v in training.items() if k in fields})
+            summary.run_dir, summary.checkpoint = Path(summary.run_dir), Path(summary.checkpoint)
+        run = BenchRun(entry["label"], entry["kind"], recipe_from_dict(entry["recipe"]), training=summary)
+        run.steps_per_second = training.get("steps_per_second_measured") if training else None
+        runs.append(run)
+    stored = saved["runs"][0]["evaluation"]["eval_config"]
+    eval_config = EvalConfig(**{**stored, "templates": tuple(stored["templates"])})
+    budget = saved["budget"]
+    config = BenchConfig(recipes=[r.recipe.name for r in runs if r.kind == "method"], out=results_path.parent,
+                         epochs=budget["epochs"], budget_seconds=budget["seconds"], command=saved["command"], eval=eval_config)
+    source = next(r.recipe for r in runs if r.training is None)
+    splits = load_labelled_splits(source, eval_config)
+    training_seconds = sum(r.training.wall_seconds for r in runs if r.training is not None)
+    return _evaluate_and_report(runs, config, eval_config, splits, seconds_so_far=training_seconds)

@@ -177,6 +177,8 @@ def bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-test", type=int, help="score on a seeded subset of its test split")
     parser.add_argument("--no-baselines", action="store_true", help="skip the supervised baseline (random init is always scored)")
     parser.add_argument("--device", default="auto", help="evaluation device: cpu, cuda or auto (default)")
+    parser.add_argument("--from-results", metavar="RESULTS_JSON",
+                        help="evaluate the runs of an earlier bench again and rewrite its report, without retraining")
     return parser
 
 
@@ -196,9 +198,16 @@ def bench_command(argv: list[str]) -> int:
     stray = [a for a in overrides if a.startswith("--") and "." not in a and a.split("=")[0] != "--backbone"]
     if stray:
         raise SslZooError(f"bench: unknown option {stray[0]}. See `python -m ssl_zoo bench --help`.")
+    if args.from_results:
+        from ssl_zoo.bench import reevaluate
+
+        reevaluate(Path(args.from_results))
+        return 0
+    if args.epochs is not None and args.epochs < 1:
+        raise SslZooError(f"bench: --epochs {args.epochs} trains nothing; give 1 or more.")
     config = BenchConfig(
         recipes=args.recipes, out=Path(args.out), epochs=args.epochs,
-        budget_seconds=None if args.epochs else parse_budget(args.budget or "1m"),
+        budget_seconds=None if args.epochs is not None else parse_budget(args.budget or "1m"),
         overrides=overrides, baselines=not args.no_baselines,
         eval=EvalConfig(data=args.eval_data, root=args.eval_root, max_train=args.max_train,
                         max_test=args.max_test, device=args.device),

@@ -91,7 +91,9 @@ class ThroughputMeter(pl.Callback):
         self._stop(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.training:
+        # Validation inside fit (mid-epoch or at an epoch's end) hands back to training;
+        # trainer.training is still False in this hook, so ask what the trainer is doing.
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._start()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

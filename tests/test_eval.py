@@ -74,6 +74,15 @@ def test_retrieval_recall_on_a_toy_case():
     assert recall["image_to_text_r1"] == pytest.approx(2 / 3) and recall["image_to_text_r2"] == 1.0
 
 
+def test_retrieval_of_collapsed_embeddings_is_chance_not_perfect():
+    # Every image and caption at the same point: ties must not count as hits.
+    images, texts = torch.ones(10, 4) / 2, torch.ones(20, 4) / 2
+    owner = torch.arange(10).repeat_interleave(2)
+    recall = retrieval_recall(images, texts, owner, ks=(1, 10))
+    assert recall["text_to_image_r1"] == 0.0 and recall["image_to_text_r1"] == 0.0
+    assert recall["text_to_image_r10"] == 1.0  # ranked last of 10 images: still within 10
+
+
 def test_diagnostics_tell_collapse_from_health():
     g = torch.Generator().manual_seed(0)
     healthy = torch.randn(2000, 64, generator=g)
@@ -132,6 +141,10 @@ def test_load_method_rejects_files_that_are_not_ssl_zoo_checkpoints(make_recipe,
         load_method(text)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_method(tmp_path / "missing.ckpt")
+    bare = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), bare)
+    with pytest.raises(CheckpointError, match="not an ssl_zoo checkpoint"):
+        load_method(bare)
     plain = tmp_path / "weights.pt"
     torch.save({"weight": torch.zeros(2)}, plain)
     with pytest.raises(CheckpointError, match="not an ssl_zoo checkpoint"):
@@ -168,3 +181,24 @@ def test_eval_command_scores_a_clip_checkpoint_with_every_metric(make_recipe, tm
     again = subprocess.run([sys.executable, "-m", "ssl_zoo", "eval", *args], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "feature cache: 3 hits" in again.stdout
     assert json.loads((summary.run_dir / "eval" / "shapes.json").read_text())["metrics"] == metrics
+
+
+def test_clip_trained_on_unlabelled_pairs_gets_retrieval_and_a_clear_skip(make_recipe, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from ssl_zoo.eval.stage import evaluate
+
+    rows = ["path,caption"]
+    for i in range(12):
+        path = tmp_path / f"image_{i}.png"
+        Image.fromarray(np.full((16, 16, 3), 20 * i, dtype=np.uint8)).save(path)
+        rows.append(f"{path},a picture number {i}")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows))
+    recipe = make_recipe("clip", **{"data.name": "pairs", "data.root": str(tmp_path / "pairs.csv")})
+    from ssl_zoo.methods import CLIP
+
+    result = evaluate(CLIP(recipe), EvalConfig(batch_size=8))
+    assert "no test split" in result["skipped"]["classification"] and "--eval-data" in result["skipped"]["classification"]
+    assert result["pairs"] == {"name": "pairs", "split": "all", "num_images": 12, "num_captions": 12}
+    assert 0 <= result["metrics"]["text_to_image_r1"] <= 1

@@ -114,10 +114,8 @@ class ImageDataModule(pl.LightningDataModule):
                 "shapes, shared_flickr8k or pairs (a CSV/JSONL of path,caption)."
             )
         self.val_set = load_split(self.config, val_split, self.seed) if val_split else None
-        if self.val_set is not None and self.config.val_size is not None and self.config.val_size < len(self.val_set):
-            keep = torch.randperm(len(self.val_set), generator=torch.Generator().manual_seed(self.seed))[: self.config.val_size]
-            v = self.val_set
-            self.val_set = ImageSet(v.images[keep], v.labels[keep] if v.labels is not None else None, classes=v.classes, name=v.name)
+        if self.val_set is not None:
+            self.val_set = self.val_set.subset(self.config.val_size, self.seed)
         self.bank_set = self._labelled_bank()
 
     def _labelled_bank(self) -> ImageSet | None:

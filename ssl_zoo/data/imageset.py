@@ -59,3 +59,18 @@ class ImageSet:
     @property
     def num_classes(self) -> int:
         return len(self.classes) if self.classes is not None else 0
+
+    def subset(self, count: int | None, seed: int = 0) -> "ImageSet":
+        """``count`` images drawn without replacement by ``seed``, kept in their order
+        (the whole set when ``count`` is None or not smaller)."""
+        if count is None or count >= len(self):
+            return self
+        keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+        return ImageSet(
+            images=self.images[keep],
+            labels=self.labels[keep] if self.labels is not None else None,
+            classes=self.classes,
+            captions=[self.captions[i] for i in keep.tolist()] if self.captions is not None else None,
+            masks=self.masks[keep] if self.masks is not None else None,
+            name=self.name,
+        )

@@ -52,9 +52,12 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
 
-    @staticmethod
-    def key(parts: dict[str, Any]) -> str:
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+    # Raised when the way features are computed changes (same weights, other features).
+    VERSION = 1
+
+    @classmethod
+    def key(cls, parts: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps({**parts, "cache_version": cls.VERSION}, sort_keys=True).encode()).hexdigest()[:32]
 
     def get_or_compute(self, parts: dict[str, Any], compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
         if self.folder is None:
@@ -62,7 +65,10 @@ class FeatureCache:
             return compute()
         path = self.folder / f"{self.key(parts)}.pt"
         if path.is_file():
-            entry = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                entry = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # damaged (a disk full, a copy cut short): computed again below
+                entry = {}
             if entry.get("parts") == json.loads(json.dumps(parts)):  # guards against a hash collision
                 self.hits += 1
                 return entry["tensors"]
@@ -71,6 +77,10 @@ class FeatureCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         # Written beside its final name, then renamed: a reader never sees half a file.
         with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".tmp", delete=False) as tmp:
-            torch.save({"parts": parts, "tensors": {k: v.cpu() for k, v in tensors.items()}}, tmp)
+            try:
+                torch.save({"parts": parts, "tensors": {k: v.cpu() for k, v in tensors.items()}}, tmp)
+            except BaseException:
+                Path(tmp.name).unlink(missing_ok=True)
+                raise
         os.replace(tmp.name, path)
         return tensors

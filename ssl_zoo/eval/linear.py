@@ -46,7 +46,8 @@ def fit_logistic_regression(
         loss.backward()
         return loss
 
-    optimizer.step(closure)
+    with torch.enable_grad():  # callers may be inside no_grad (a callback, an eval loop)
+        optimizer.step(closure)
     return weight.detach(), bias.detach()
 
 

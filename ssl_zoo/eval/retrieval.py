@@ -18,16 +18,18 @@ def retrieval_recall(
     - image->text R@K: share of images with at least one of their captions among the K
       most similar captions.
     """
+    # NOTE: ties count against the model (a rank counts every other item scored at least
+    # as high), so collapsed embeddings score chance, not perfect recall.
     similarity = text_embeddings @ image_embeddings.T  # (M, N)
-    # Rank of the right image for each caption: images scored strictly higher.
+    # Rank of the right image for each caption: the other images scored >= it.
     right = similarity.gather(1, text_to_image[:, None])  # (M, 1)
-    text_rank = (similarity > right).sum(dim=1)  # (M,)
-    # Best rank among each image's captions: captions scored strictly higher than it.
+    text_rank = (similarity >= right).sum(dim=1) - 1  # (M,)
+    # Best rank among each image's captions: other images' captions scored >= its best.
     by_image = similarity.T  # (N, M)
     own = torch.zeros_like(by_image, dtype=torch.bool)
     own[text_to_image, torch.arange(len(text_to_image), device=own.device)] = True
     best_own = by_image.masked_fill(~own, float("-inf")).max(dim=1, keepdim=True).values  # (N, 1)
-    image_rank = (by_image > best_own).sum(dim=1)  # (N,)
+    image_rank = ((by_image >= best_own) & ~own).sum(dim=1)  # (N,)
     result = {}
     for k in ks:
         result[f"image_to_text_r{k}"] = (image_rank < k).float().mean().item()

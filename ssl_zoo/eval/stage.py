@@ -101,7 +101,7 @@ def load_method(path: str | Path) -> SSLMethod:
             "wrote; if it is one, it may be truncated (copy it again)."
         ) from None
     saved = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-    if "state_dict" not in checkpoint or "recipe" not in saved:
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "recipe" not in saved:
         raise CheckpointError(
             f"'{path}' is a PyTorch file but not an ssl_zoo checkpoint (it has no saved "
             "recipe). Pass the .ckpt file that `fit` wrote."
@@ -115,20 +115,8 @@ def load_method(path: str | Path) -> SSLMethod:
             f"'{path}' does not match its own recipe ({recipe.method}, {recipe.backbone}): "
             f"{str(error).splitlines()[0][:300]}"
         ) from None
+    model.trained_steps = int(checkpoint.get("global_step", 0))  # where eval results go in TensorBoard
     return model.eval()
-
-
-def _subset(images: ImageSet, count: int | None, seed: int) -> ImageSet:
-    if count is None or count >= len(images):
-        return images
-    keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:count].sort().values
-    return ImageSet(
-        images=images.images[keep],
-        labels=images.labels[keep] if images.labels is not None else None,
-        classes=images.classes,
-        captions=[images.captions[i] for i in keep.tolist()] if images.captions is not None else None,
-        name=images.name,
-    )
 
 
 def _data_config(recipe: Recipe, name: str | None, root: str | None) -> DataConfig:
@@ -205,10 +193,10 @@ class Evaluator:
         self._timed("diagnostics", started)
         return metrics
 
+    @torch.no_grad()
     def project_images(self, features: Tensor) -> Tensor:
         """CLIP: backbone features (N, D) -> unit embeddings (N, E) in the joint space."""
-        with torch.no_grad():
-            return F.normalize(self.model.image_projection(features), dim=-1)
+        return F.normalize(self.model.image_projection(features), dim=-1)
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> Tensor:
@@ -232,8 +220,8 @@ class Evaluator:
     def diagnostics(self, test: ImageSet, test_features: Tensor) -> dict[str, float]:
         n = min(self.config.diagnostics_size, len(test))
         features = test_features[:n]
-        # Alignment uses one augmentation for every method (SimCLR's defaults at the
-        # model's input size), so methods trained with different views compare fairly.
+        # Alignment uses one augmentation for every method (SimCLR-style views without
+        # blur, at the model's input size), so methods trained on other views compare fairly.
         recipe_augment = self.model.recipe.augment
         augment = ViewAugment(
             AugmentConfig(size=recipe_augment.size, blur_p=(0.0, 0.0), mean=recipe_augment.mean, std=recipe_augment.std),
@@ -266,17 +254,20 @@ def load_labelled_splits(recipe: Recipe, config: EvalConfig) -> LabelledSplits |
     configured; or, when the recipe's own data has no labels, the reason as a string."""
     data = _data_config(recipe, config.data, config.root)
     train_split, test_split = EVAL_SPLITS[data.name]
+    hint = "eval --data NAME --root DIR, bench --eval-data NAME --eval-root DIR"
     if test_split is None:
-        raise SslZooError(f"Dataset '{data.name}' has no test split to evaluate on; pass --data (e.g. shared_cifar10).")
-    train = _subset(load_split(data, train_split, config.seed), config.max_train, config.seed)
+        if config.data is None:  # the recipe's own data (pairs): retrieval may still run
+            return f"{data.name} has no test split; for linear, kNN and zero-shot pass a labelled dataset ({hint})"
+        raise SslZooError(f"Dataset '{data.name}' has no test split to evaluate on; pass a labelled dataset ({hint}).")
+    train = load_split(data, train_split, config.seed).subset(config.max_train, config.seed)
     if train.labels is None:
         if config.data is not None:
             raise SslZooError(
-                f"Dataset '{data.name}' has no labels, so linear and kNN evaluation cannot "
-                "score it. Pass a labelled dataset: --data shared_cifar10, shapes, cifar10, folder."
+                f"Dataset '{data.name}' has no labels, so linear and kNN evaluation cannot score it. "
+                f"Pass a labelled dataset such as shared_cifar10, shapes, cifar10 or folder ({hint})."
             )
-        return f"{data.name} has no labels; pass --data NAME for linear, kNN and zero-shot"
-    test = _subset(load_split(data, test_split, config.seed), config.max_test, config.seed)
+        return f"{data.name} has no labels; for linear, kNN and zero-shot pass a labelled dataset ({hint})"
+    test = load_split(data, test_split, config.seed).subset(config.max_test, config.seed)
     info = {
         "name": data.name, "root": data.root, "train_split": train_split, "test_split": test_split,
         "num_train": len(train), "num_test": len(test), "classes": train.classes,
@@ -323,7 +314,7 @@ def evaluate(
         else:
             pairs_data = _data_config(recipe, pairs_name, config.pairs_root)
             split = RETRIEVAL_SPLIT.get(pairs_name, "test")
-            pairs = _subset(load_split(pairs_data, split, config.seed), config.max_test, config.seed)
+            pairs = load_split(pairs_data, split, config.seed).subset(config.max_test, config.seed)
             if pairs.captions is None:
                 raise SslZooError(f"Dataset '{pairs_name}' has no captions; retrieval needs image-text pairs.")
             result["pairs"] = {"name": pairs_name, "split": split, "num_images": len(pairs),
@@ -336,11 +327,13 @@ def evaluate(
     return result
 
 
-def evaluate_checkpoint(path: str | Path, config: EvalConfig) -> dict[str, Any]:
+def evaluate_checkpoint(
+    path: str | Path, config: EvalConfig, label: str | None = None, splits: LabelledSplits | None = None
+) -> dict[str, Any]:
     """Load a ``fit`` checkpoint and evaluate it; the result names the file and its hash."""
     model = load_method(path)
-    result = evaluate(model, config)
-    result["checkpoint"] = {"path": str(path), "sha256": hash_file(path)}
+    result = evaluate(model, config, label=label, splits=splits)
+    result["checkpoint"] = {"path": str(path), "sha256": hash_file(path), "global_step": model.trained_steps}
     return result
 
 
@@ -349,7 +342,7 @@ def write_tensorboard(result: dict[str, Any], log_dir: str | Path) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     data = result.get("data", {}).get("name") or result.get("pairs", {}).get("name", "data")
-    step = result["recipe"]["trainer"].get("max_epochs", 0)
+    step = result.get("checkpoint", {}).get("global_step", 0)  # the training step the weights are from
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         writer = SummaryWriter(str(log_dir))
