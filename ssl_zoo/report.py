@@ -236,17 +236,19 @@ def write_report(
         run.curves = read_curves(run.training.run_dir) if run.training is not None else {"loss": [], "knn_by_seconds": []}
 
     # Test features for t-SNE come from the evaluation's cache (same weights, same images).
-    count = min(TSNE_POINTS, len(splits.test))
+    # A seeded sample, not the first images: a test split may be stored sorted by class.
+    sample = torch.randperm(len(splits.test), generator=torch.Generator().manual_seed(0))[:TSNE_POINTS]
     features = {}
     for run in runs:
         model = load_method(run.training.checkpoint) if run.training is not None else random_init_model(run.recipe)
-        features[run.label] = Evaluator(model, eval_config).features(splits.test, "test")[:count]
+        evaluator = Evaluator(model, eval_config)
+        features[run.label] = evaluator.features(splits.test, "test")[sample.to(evaluator.device)]
         run.result["feature_dim"] = features[run.label].shape[1]
     plots = {
         "Training loss": plot_losses(runs, plots_dir / "loss_curves.png"),
         "Time to accuracy (kNN top-1 against wall time)": plot_time_to_accuracy(runs, plots_dir / "time_to_accuracy.png"),
-        "t-SNE of the features": plot_tsne(runs, features, splits.test.labels[:count], splits.test.classes, plots_dir / "tsne.png"),
-        "Augmentation gallery": plot_gallery(runs, splits.test.images[:8], plots_dir / "augmentation_gallery.png"),
+        "t-SNE of the features": plot_tsne(runs, features, splits.test.labels[sample], splits.test.classes, plots_dir / "tsne.png"),
+        "Augmentation gallery": plot_gallery(runs, splits.test.images[sample[:8]], plots_dir / "augmentation_gallery.png"),
     }
     for run in runs:
         if run.recipe.method == "clip" and run.training is not None:

@@ -218,8 +218,11 @@ class Evaluator:
 
     @torch.no_grad()
     def diagnostics(self, test: ImageSet, test_features: Tensor) -> dict[str, float]:
-        n = min(self.config.diagnostics_size, len(test))
-        features = test_features[:n]
+        # A seeded sample, not the first images: a test split may be stored sorted by class.
+        sample = torch.randperm(len(test), generator=torch.Generator().manual_seed(self.config.seed))
+        sample = sample[: self.config.diagnostics_size]
+        features = test_features[sample.to(self.device)]
+        images = test.images[sample]
         # Alignment uses one augmentation for every method (SimCLR-style views without
         # blur, at the model's input size), so methods trained on other views compare fairly.
         recipe_augment = self.model.recipe.augment
@@ -228,8 +231,8 @@ class Evaluator:
             num_views=2, seed=self.config.seed,
         )
         first, second = [], []
-        for start in range(0, n, self.config.batch_size):
-            views = augment(test.images[start : min(start + self.config.batch_size, n)].to(self.device))  # (2, B, 3, S, S)
+        for start in range(0, len(images), self.config.batch_size):
+            views = augment(images[start : start + self.config.batch_size].to(self.device))  # (2, B, 3, S, S)
             first.append(self.model.backbone(views[0]).float())
             second.append(self.model.backbone(views[1]).float())
         return {
