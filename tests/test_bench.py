@@ -105,6 +105,26 @@ def test_report_renders_in_headless_chromium(bench_report, tmp_path):
     assert shot.is_file() and shot.stat().st_size > 50_000  # a blank page compresses to a few KB
 
 
+def test_an_earlier_bench_is_evaluated_again_without_retraining(bench_report):
+    before = json.loads((bench_report / "results.json").read_text())
+    checkpoints = {p: p.stat().st_mtime for p in bench_report.glob("runs/*/version_0/checkpoints/last.ckpt")}
+    result = subprocess.run(
+        [sys.executable, "-m", "ssl_zoo", "bench", "--from-results", str(bench_report / "results.json")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training" not in result.stdout  # nothing retrained
+    after = json.loads((bench_report / "results.json").read_text())
+    assert [r["label"] for r in after["runs"]] == RUN_LABELS and after["command"] == before["command"]
+    for old, new in zip(before["runs"], after["runs"]):
+        assert new["training"] == old["training"]
+        # Same weights, same images: the same numbers, from cached features.
+        assert new["evaluation"]["metrics"] == pytest.approx(old["evaluation"]["metrics"], abs=1e-6)
+        if new["training"] is not None:
+            assert new["evaluation"]["feature_cache"]["misses"] == 0
+    assert checkpoints == {p: p.stat().st_mtime for p in checkpoints}
+
+
 def test_budgets_parse_and_set_the_step_count():
     assert parse_budget("90s") == 90 and parse_budget("10m") == 600 and parse_budget("1.5h") == 5400
     assert parse_budget("45") == 45
