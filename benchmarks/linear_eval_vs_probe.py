@@ -35,7 +35,11 @@ def augmented_probe(evaluator: Evaluator, splits, epochs: int, batch_size: int, 
         num_views=1, seed=0,
     )
     train_images, train_labels = splits.train.images, splits.train.labels.to(device)
-    probe = torch.nn.Linear(model.feature_dim, splits.train.num_classes).to(device)
+    # NOTE: as in MAE's linear probing, a BatchNorm without affine parameters standardises
+    # the frozen features first (it folds into the linear layer at test time).
+    probe = torch.nn.Sequential(
+        torch.nn.BatchNorm1d(model.feature_dim, affine=False), torch.nn.Linear(model.feature_dim, splits.train.num_classes)
+    ).to(device)
     optimizer = torch.optim.SGD(probe.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
     steps_per_epoch = max(len(train_images) // batch_size, 1)
     scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=0, max_epochs=epochs * steps_per_epoch)
@@ -51,6 +55,7 @@ def augmented_probe(evaluator: Evaluator, splits, epochs: int, batch_size: int, 
             loss.backward()
             optimizer.step()
             scheduler.step()
+    probe.eval()
     with torch.no_grad():
         test_features = evaluator.features(splits.test, "test")
         return topk_accuracy(probe(test_features), splits.test.labels.to(device), 1)
