@@ -220,7 +220,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def html_table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='table-scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 # ----------------------------------------------------------------------------- report
@@ -340,8 +340,9 @@ def _markdown(setup, headline, diagnostics, plots, out: Path, reproduce, notes) 
 
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; padding: 0 1em; }
+.table-scroll { overflow-x: auto; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.8em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; border: 1px solid #eee; }
