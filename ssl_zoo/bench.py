@@ -82,9 +82,10 @@ class _StepTimer(pl.Callback):
         return time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # The device is synchronised only where the clock is read: at the start and the end.
         if trainer.global_step == self.skip:
             self.started = self._now(pl_module)
-        elif self.started is not None:
+        elif self.started is not None and trainer.global_step == trainer.max_steps:
             self.steps = trainer.global_step - self.skip
             self.seconds = self._now(pl_module) - self.started
 

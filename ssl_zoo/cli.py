@@ -86,6 +86,9 @@ def fit_command(argv: list[str]) -> int:
     return 0
 
 
+DEFAULT_CACHE = Path("~/.cache/ssl_zoo/features")
+
+
 def eval_parser() -> argparse.ArgumentParser:
     from ssl_zoo.eval.stage import EvalConfig
 
@@ -110,9 +113,6 @@ def eval_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DEFAULT_CACHE = Path("~/.cache/ssl_zoo/features")
-
-
 def format_eval(result: dict) -> str:
     lines = [f"{result['label']} ({result['method']}, {result['backbone']}) on {result['device']}:"]
     for name, value in result["metrics"].items():
@@ -124,18 +124,32 @@ def format_eval(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]] | None:
+    """Known options and the rest; None when help was asked for (and printed)."""
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        return None
+    try:
+        return parser.parse_known_args(argv)
+    except argparse.ArgumentError as error:
+        raise SslZooError(f"{parser.prog}: {error}. See `python -m {parser.prog} --help`.") from None
+
+
+def _unknown_option(parser: argparse.ArgumentParser, option: str) -> SslZooError:
+    return SslZooError(f"{parser.prog}: unknown option {option}. See `python -m {parser.prog} --help`.")
+
+
 def eval_command(argv: list[str]) -> int:
     from ssl_zoo.eval.stage import EvalConfig, evaluate_checkpoint, write_tensorboard
     from ssl_zoo.eval.zero_shot import load_templates
 
     parser = eval_parser()
-    if "-h" in argv or "--help" in argv:
-        parser.print_help()
+    parsed = _parse(parser, argv)
+    if parsed is None:
         return 0
-    try:
-        args = parser.parse_args(argv)
-    except argparse.ArgumentError as error:
-        raise SslZooError(f"eval: {error}. See `python -m ssl_zoo eval --help`.") from None
+    args, rest = parsed
+    if rest:
+        raise _unknown_option(parser, rest[0])
     config = EvalConfig(
         data=args.data, root=args.root, pairs=args.pairs, pairs_root=args.pairs_root,
         max_train=args.max_train, max_test=args.max_test, device=args.device,
@@ -145,12 +159,14 @@ def eval_command(argv: list[str]) -> int:
         config.templates = load_templates(args.templates)
     result = evaluate_checkpoint(args.ckpt, config)
     ckpt = Path(args.ckpt)
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    in_run_folder = ckpt.parent.name == "checkpoints"  # runs/<recipe>/version_N/checkpoints/
+    run_dir = ckpt.parent.parent if in_run_folder else ckpt.parent
     data_name = result.get("data", result.get("pairs", {})).get("name", "eval")
     out = Path(args.out) if args.out else run_dir / "eval" / f"{data_name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    write_tensorboard(result, run_dir)
+    if in_run_folder:  # beside the run's own logs; never into a folder that is not a run's
+        write_tensorboard(result, run_dir)
     print(format_eval(result))
     print(f"  results                {out}")
     return 0
@@ -187,17 +203,14 @@ def bench_command(argv: list[str]) -> int:
     from ssl_zoo.eval.stage import EvalConfig
 
     parser = bench_parser()
-    if "-h" in argv or "--help" in argv:
-        parser.print_help()
+    parsed = _parse(parser, argv)
+    if parsed is None:
         return 0
-    try:
-        args, overrides = parser.parse_known_args(argv)
-    except argparse.ArgumentError as error:
-        raise SslZooError(f"bench: {error}. See `python -m ssl_zoo bench --help`.") from None
+    args, overrides = parsed
     # Overrides are section keys (--data.batch_size 64) or the recipe's backbone.
     stray = [a for a in overrides if a.startswith("--") and "." not in a and a.split("=")[0] != "--backbone"]
     if stray:
-        raise SslZooError(f"bench: unknown option {stray[0]}. See `python -m ssl_zoo bench --help`.")
+        raise _unknown_option(parser, stray[0])
     if args.from_results:
         from ssl_zoo.bench import reevaluate
 

@@ -6,11 +6,14 @@ import time
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from kornia.enhance import denormalize
+from torch import Tensor
 from torchvision.utils import make_grid
 
 from ssl_zoo.data.datamodule import ImageDataModule
-from ssl_zoo.eval.features import extract_features
+from ssl_zoo.data.imageset import ImageSet
+from ssl_zoo.eval.features import image_features
 from ssl_zoo.eval.knn import knn_top1
 
 
@@ -30,10 +33,17 @@ class KNNMonitor(pl.Callback):
         self.last_top1: float | None = None
 
     def measure(self, pl_module: "pl.LightningModule") -> float:
-        dm = self.datamodule
-        bank = extract_features(pl_module.backbone, pl_module.eval_transform, dm.eval_dataloader(dm.bank_set), pl_module.device)
-        query = extract_features(pl_module.backbone, pl_module.eval_transform, dm.eval_dataloader(dm.val_set), pl_module.device)
-        return knn_top1(*bank, *query, num_classes=dm.num_classes, k=self.k, temperature=self.temperature)
+        dm, device = self.datamodule, pl_module.device
+
+        def features(images: ImageSet) -> Tensor:
+            raw = image_features(pl_module.backbone, pl_module.eval_transform, images.images, device, dm.config.batch_size)
+            return F.normalize(raw, dim=1)
+
+        bank, query = dm.bank_set, dm.val_set
+        return knn_top1(
+            features(bank), bank.labels.to(device), features(query), query.labels.to(device),
+            num_classes=dm.num_classes, k=self.k, temperature=self.temperature,
+        )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.random_init_top1 is None and trainer.global_step == 0:

@@ -156,8 +156,8 @@ class Evaluator:
         started = time.perf_counter()
 
         def compute() -> dict[str, Tensor]:
-            network = lambda batch: self.model.backbone(transform(batch))  # noqa: E731
-            return {"features": image_features(network, images.images, self.device, self.config.batch_size)}
+            features = image_features(self.model.backbone, transform, images.images, self.device, self.config.batch_size)
+            return {"features": features}
 
         features = self.cache.get_or_compute(parts, compute)["features"].to(self.device)
         self._timed("features", started)
