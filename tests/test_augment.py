@@ -6,7 +6,10 @@ import pytest
 import torch
 from torchvision.transforms import RandomResizedCrop
 
-from ssl_zoo.augment import AugmentConfig, EvalTransform, ViewAugment, sample_crop_boxes
+from kornia.enhance import adjust_hue
+from torchvision.transforms.v2.functional import adjust_hue as tv_adjust_hue
+
+from ssl_zoo.augment import AugmentConfig, EvalTransform, ViewAugment, sample_crop_boxes, shift_hue
 from ssl_zoo.errors import RecipeError
 
 IDENTITY = dict(
@@ -113,6 +116,32 @@ def test_color_jitter_changes_colours_only_with_its_probability():
     jittered = ViewAugment(config, num_views=1)(images)[0]
     changed = (jittered - base).abs().amax(dim=(1, 2, 3)) > 1e-3
     assert abs(changed.float().mean() - 0.8) < 0.04
+
+
+def test_brightness_factors_are_uniform_over_the_jitter_range():
+    # A mid-grey image, brightness jitter only: each view's value is 0.5 * factor, with the
+    # factor uniform in [1 - b, 1 + b] when jitter applies (probability 0.8), else 1.
+    n, b = 4000, 0.4
+    images = torch.full((n, 3, 8, 8), 128, dtype=torch.uint8)
+    config = AugmentConfig(size=8, **{**IDENTITY, "jitter_p": 0.8, "jitter": (b, 0.0, 0.0, 0.0)})
+    factors = ViewAugment(config, num_views=1)(images)[0].mean(dim=(1, 2, 3)) / (128 / 255)
+    jittered = factors[(factors - 1).abs() > 1e-4]
+    assert abs(len(jittered) / n - 0.8) < 0.03
+    assert jittered.min() >= 1 - b - 1e-4 and jittered.max() <= 1 + b + 1e-4
+    # Uniform: each fifth of the range holds a fifth of the factors.
+    counts = torch.histc(jittered, bins=5, min=1 - b, max=1 + b) / len(jittered)
+    assert (counts - 0.2).abs().max() < 0.03
+
+
+def test_shift_hue_equals_kornia_and_torchvision():
+    x = torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    x[0] = 0.5  # grey: no hue
+    x[1, :, :4] = x[1, :1, :4]  # grey rows inside a coloured image
+    shift = torch.rand(32, generator=torch.Generator().manual_seed(1)) - 0.5
+    ours = shift_hue(x, shift)
+    assert torch.allclose(ours, adjust_hue(x, shift * 2 * math.pi), atol=1e-5)
+    reference = torch.stack([tv_adjust_hue(image, float(s)) for image, s in zip(x, shift)])
+    assert torch.allclose(ours, reference, atol=1e-5)
 
 
 def test_invalid_config_is_a_clear_error():
