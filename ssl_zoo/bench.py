@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 
 from ssl_zoo.data.datamodule import ImageDataModule
 from ssl_zoo.errors import RecipeError
 from ssl_zoo.eval.stage import EvalConfig, evaluate, evaluate_checkpoint, load_labelled_splits, write_tensorboard
 from ssl_zoo.methods import METHODS
+from ssl_zoo.monitor import StepTimer
 from ssl_zoo.recipe import METHOD_SECTIONS, Recipe, parse_recipe, recipe_from_dict, recipe_to_dict
 from ssl_zoo.train import RunSummary, fit
 
@@ -67,34 +67,11 @@ def parse_budget(text: str) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
-class _StepTimer(pl.Callback):
-    """Seconds per training step after a few warm-up steps (compilation, caches)."""
-
-    def __init__(self, skip: int) -> None:
-        self.skip = skip
-        self.started: float | None = None
-        self.steps = 0
-        self.seconds = 0.0
-
-    def _now(self, pl_module: pl.LightningModule) -> float:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-        return time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        # The device is synchronised only where the clock is read: at the start and the end.
-        if trainer.global_step == self.skip:
-            self.started = self._now(pl_module)
-        elif self.started is not None and trainer.global_step == trainer.max_steps:
-            self.steps = trainer.global_step - self.skip
-            self.seconds = self._now(pl_module) - self.started
-
-
 def measure_steps_per_second(recipe: Recipe, datamodule: ImageDataModule, warmup: int = 3, steps: int = 8) -> float:
     """Training steps per second of ``recipe`` as ``fit`` runs it, monitors excluded."""
     pl.seed_everything(recipe.trainer.seed, verbose=False)
     model = METHODS[recipe.method](recipe, num_classes=datamodule.num_classes)
-    timer = _StepTimer(skip=warmup)
+    timer = StepTimer(skip=warmup)
     cfg = recipe.trainer
     trainer = pl.Trainer(
         max_steps=warmup + steps, accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision,

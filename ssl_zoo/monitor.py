@@ -1,4 +1,4 @@
-"""Callbacks that watch a run: kNN accuracy of the features and grids of the views."""
+"""Callbacks that watch a run: kNN accuracy of the features, grids of the views, speed."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from kornia.enhance import denormalize
+from pytorch_lightning.callbacks import TQDMProgressBar
 from torch import Tensor
 from torchvision.utils import make_grid
 
@@ -74,6 +75,62 @@ class ViewGridLogger(pl.Callback):
         # One row per view, one column per image: a column shows what the method pairs.
         grid = make_grid(images, nrow=len(images) // batch["views"].shape[0], padding=1)
         trainer.logger.experiment.add_image("views", grid, global_step=trainer.global_step)
+
+
+class StepTimer(pl.Callback):
+    """Seconds of training steps ``skip + 1 .. max_steps``: the steps after a few warm-up
+    steps (compilation, caches, allocator), timed as the trainer runs them."""
+
+    def __init__(self, skip: int) -> None:
+        self.skip = skip
+        self.started: float | None = None
+        self.steps = 0
+        self.seconds = 0.0
+
+    def _now(self, pl_module: pl.LightningModule) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # The device is synchronised only where the clock is read: at the start and the end.
+        if trainer.global_step == self.skip:
+            self.started = self._now(pl_module)
+        elif self.started is not None and trainer.global_step == trainer.max_steps:
+            self.steps = trainer.global_step - self.skip
+            self.seconds = self._now(pl_module) - self.started
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / self.seconds if self.seconds else 0.0
+
+
+class SparseProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, showing the training loss every ``metrics_every`` steps.
+
+    Reading a logged tensor on the host waits for the GPU to finish the queued work; done
+    every step it serialises the host and the GPU. So the methods log their loss without
+    ``prog_bar=True`` (Lightning would convert it to a number at every step) and this bar
+    reads it at its own interval; moving the step count costs nothing.
+    """
+
+    def __init__(self, metrics_every: int) -> None:
+        super().__init__()
+        self.metrics_every = max(metrics_every, 1)
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        if "train/loss" in trainer.callback_metrics:
+            metrics["train/loss"] = f"{float(trainer.callback_metrics['train/loss']):.3f}"
+        return metrics
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        bar, n = self.train_progress_bar, batch_idx + 1
+        if bar is None or bar.disable:
+            return
+        bar.update(n - bar.n)  # redraws at most every tqdm.mininterval (0.1 s)
+        if n % self.metrics_every == 0:
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
 
 
 class ThroughputMeter(pl.Callback):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from ssl_zoo.data.datamodule import ImageDataModule
 from ssl_zoo.methods import METHODS
-from ssl_zoo.monitor import KNNMonitor, ThroughputMeter, ViewGridLogger
+from ssl_zoo.monitor import KNNMonitor, SparseProgressBar, ThroughputMeter, ViewGridLogger
 from ssl_zoo.recipe import Recipe, save_recipe
 
 
@@ -43,10 +44,16 @@ class RunSummary:
     peak_memory_gib: float | None  # peak GPU memory allocated by the run (None on the CPU)
 
 
-def fit(recipe: Recipe, enable_progress_bar: bool = True, datamodule: ImageDataModule | None = None) -> RunSummary:
+def fit(
+    recipe: Recipe,
+    enable_progress_bar: bool = True,
+    datamodule: ImageDataModule | None = None,
+    callbacks: Sequence[pl.Callback] = (),
+) -> RunSummary:
     """Train ``recipe`` and write its run folder: checkpoints, TensorBoard logs, recipe.
 
     ``datamodule``: the recipe's data, already loaded (the benchmark reuses it).
+    ``callbacks``: more callbacks, after the run's own (the throughput benchmark's timer).
     """
     started = time.perf_counter()
     pl.seed_everything(recipe.trainer.seed, workers=True, verbose=False)
@@ -63,12 +70,14 @@ def fit(recipe: Recipe, enable_progress_bar: bool = True, datamodule: ImageDataM
 
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
     throughput = ThroughputMeter()
-    callbacks = [checkpoint, throughput, ViewGridLogger(), LearningRateMonitor(logging_interval="step")]
+    run_callbacks = [checkpoint, throughput, ViewGridLogger(), LearningRateMonitor(logging_interval="step")]
     knn = KNNMonitor(datamodule) if datamodule.num_classes else None
     if knn is not None:
-        callbacks.append(knn)
-
+        run_callbacks.append(knn)
     cfg = recipe.trainer
+    if enable_progress_bar:
+        run_callbacks.append(SparseProgressBar(metrics_every=cfg.log_every_n_steps))
+
     trainer = pl.Trainer(
         max_epochs=cfg.max_epochs,
         max_steps=cfg.max_steps,
@@ -81,7 +90,7 @@ def fit(recipe: Recipe, enable_progress_bar: bool = True, datamodule: ImageDataM
         val_check_interval=cfg.val_every_n_steps,
         num_sanity_val_steps=0,
         logger=logger,
-        callbacks=callbacks,
+        callbacks=[*run_callbacks, *callbacks],
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
     )

@@ -55,26 +55,35 @@ def load_split(config: DataConfig, split: str, seed: int = 0) -> ImageSet:
 
 
 class InMemoryDataset(Dataset):
-    """Indexes uint8 images (and labels, tokens) a whole batch at a time."""
+    """Indexes uint8 images (and labels, tokens) a whole batch at a time.
+
+    Everything is held on one device: the CPU, or the GPU when the dataset fits there.
+    """
 
     def __init__(self, images: Tensor, labels: Tensor | None = None, tokens: Tensor | None = None, seed: int = 0):
-        self.images = images  # uint8 (N, 3, H, W), on the CPU or the GPU
-        self.labels = labels  # int64 (N,)
-        self.tokens = tokens  # int64 (N, C, L): C captions per image
+        self.device = images.device
+        self.images = images  # uint8 (N, 3, H, W)
+        self.labels = labels.to(self.device) if labels is not None else None  # int64 (N,)
+        self.tokens = tokens.to(self.device) if tokens is not None else None  # int64 (N, C, L): C captions per image
         self._caption_generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def _to_device(self, index: Tensor) -> Tensor:
+        # The sampler's indices live on the host. Copied from pinned memory, they reach the
+        # GPU asynchronously: the host queues the step without waiting for the GPU.
+        return index.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else index
+
     def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
-        index = torch.as_tensor(indices)
-        batch = {"image": self.images[index.to(self.images.device)]}  # (B, 3, H, W) uint8
+        index = self._to_device(torch.as_tensor(indices))
+        batch = {"image": self.images[index]}  # (B, 3, H, W) uint8
         if self.labels is not None:
-            batch["label"] = self.labels[index.to(self.labels.device)]
+            batch["label"] = self.labels[index]
         if self.tokens is not None:
             # One of each image's captions, drawn anew every time the image is seen.
             column = torch.randint(self.tokens.shape[1], (len(indices),), generator=self._caption_generator)
-            batch["tokens"] = self.tokens[index.to(self.tokens.device), column.to(self.tokens.device)]
+            batch["tokens"] = self.tokens[index, self._to_device(column)]
         return batch
 
 

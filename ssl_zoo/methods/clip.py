@@ -43,7 +43,7 @@ class CLIP(SSLMethod):
         image_embeddings = F.normalize(self.image_projection(features), dim=-1)  # (B, E)
         text_embeddings = self.encode_text(batch["tokens"])  # (B, E)
         loss = clip_loss(image_embeddings, text_embeddings, self.logit_scale.exp())
-        self.log_dict({"train/loss": loss, "train/logit_scale": self.logit_scale.exp()}, prog_bar=True)
+        self.log_dict({"train/loss": loss, "train/logit_scale": self.logit_scale.exp()})
         return loss + self.probe_step(features, batch)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

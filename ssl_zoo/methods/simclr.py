@@ -29,5 +29,5 @@ class SimCLR(SSLMethod):
         features = self.backbone(views.flatten(0, 1))  # (2B, D)
         z0, z1 = self.projection_head(features).chunk(2)  # (B, P) each
         loss = self.criterion(z0, z1)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss)
         return loss + self.probe_step(features[: views.shape[1]], batch)

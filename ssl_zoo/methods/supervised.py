@@ -32,5 +32,5 @@ class Supervised(SSLMethod):
         features = self.backbone(batch["views"][0])  # (B, D)
         logits = self.classifier(features)  # (B, C)
         loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.recipe.supervised.label_smoothing)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss)
         return loss + self.probe_step(features, batch)

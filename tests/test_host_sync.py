@@ -1,0 +1,99 @@
+"""The training step never makes the host wait for the device.
+
+On a GPU the host queues a step's kernels while the previous ones run. Three kinds of call
+stop that, because the host must wait until the GPU has drained its queue: reading a
+value on the host (``.item()``, ``float(t)``, ``if t:``), making a tensor from Python
+numbers on the device (a blocking host-to-device copy), and ops whose output size depends
+on the data (``nonzero``, boolean masks). On the CPU the same calls are ATen ops, so this
+test counts them in the steps of ``fit`` as it runs (augmentation, loss, backward,
+optimiser, EMA, callbacks and logging included), away from the logging interval.
+"""
+
+import traceback
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ssl_zoo.train import fit
+
+aten = torch.ops.aten
+HOST_SYNCS = {
+    aten._local_scalar_dense.default: "reads a tensor's value on the host",
+    aten.lift_fresh.default: "makes a tensor from Python data (a blocking copy to the GPU)",
+    aten.nonzero.default: "has a data-dependent output size",
+    aten.masked_select.default: "has a data-dependent output size",
+    aten.is_nonzero.default: "reads a tensor's truth value on the host",
+}
+# Host-side work that is meant to be there: (file, function) of the innermost caller.
+BY_DESIGN = {
+    # The sampler's indices are a Python list; made into a tensor on the host, they go to
+    # the GPU from pinned memory without waiting.
+    ("ssl_zoo/data/datamodule.py", "__getitems__"),
+    # Kornia checks blur sigmas > 0 on the host copy of sigma; ssl_zoo draws the sigmas on
+    # the host for that reason, so on a GPU the check reads no device memory.
+    ("kornia/filters/gaussian.py", "_gaussian_blur2d"),
+}
+
+
+class HostSyncCounter(TorchDispatchMode):
+    """Records every host-syncing op while ``counting`` is set, with where it was called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counting = False
+        self.calls: list[str] = []
+        self.ops_seen = 0  # every op while counting: proves the window was open
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops_seen += self.counting
+        if self.counting and func in HOST_SYNCS:
+            frames = [f for f in traceback.extract_stack()[:-1] if "torch/" not in f.filename][-3:]
+            caller = frames[-1]
+            if any(caller.filename.endswith(path) and caller.name == name for path, name in BY_DESIGN):
+                return func(*args, **(kwargs or {}))
+            where = " <- ".join(f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}" for f in reversed(frames))
+            self.calls.append(f"{func} {HOST_SYNCS[func]}: {where}")
+        return func(*args, **(kwargs or {}))
+
+
+class CountBetweenSteps(pl.Callback):
+    """Counts from the end of step ``first`` to the end of step ``last``: whole steps."""
+
+    def __init__(self, counter: HostSyncCounter, first: int, last: int) -> None:
+        self.counter, self.first, self.last = counter, first, last
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.first:
+            self.counter.counting = True
+        elif trainer.global_step == self.last:
+            self.counter.counting = False
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "clip"])
+def test_fit_steps_make_no_host_syncs(method, make_recipe):
+    # 14 batches an epoch, logging every 50 steps: steps 3-10 are plain steps (logging and
+    # the progress bar's metrics happen at their interval, and may sync there).
+    recipe = make_recipe(method, **{
+        "data.num_images": 448, "trainer.max_steps": 12, "trainer.log_every_n_steps": 50,
+        "augment.blur_p": "[0.5, 0.5]", "augment.solarize_p": "[0.0, 0.2]",
+    })
+    counter = HostSyncCounter()
+    with counter:
+        fit(recipe, enable_progress_bar=True, callbacks=[CountBetweenSteps(counter, first=2, last=10)])
+    assert counter.ops_seen > 1000  # 8 steps of a ResNet-18 ran under the counter
+    assert not counter.calls, f"{len(counter.calls)} host syncs in 8 steps of {method}:\n" + "\n".join(counter.calls[:10])
+
+
+class ReadLossEveryStep(pl.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        float(trainer.callback_metrics["train/loss"])  # what a progress bar does every step
+
+
+def test_the_counter_sees_a_host_sync(make_recipe):
+    recipe = make_recipe("simclr", **{"data.num_images": 448, "trainer.max_steps": 12, "trainer.log_every_n_steps": 50})
+    counter = HostSyncCounter()
+    with counter:
+        fit(recipe, enable_progress_bar=False, callbacks=[CountBetweenSteps(counter, 2, 10), ReadLossEveryStep()])
+    assert len(counter.calls) == 8 and all("_local_scalar_dense" in call for call in counter.calls)
