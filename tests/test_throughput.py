@@ -1,0 +1,85 @@
+"""The throughput benchmark compares like with like, and runs on the CPU."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.transforms import v2 as T
+
+from ssl_zoo.augment import AugmentConfig
+from ssl_zoo.data.shapes import make_shapes
+
+SCRIPT = Path(__file__).parent.parent / "benchmarks" / "throughput.py"
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["throughput"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def view_ops(view_transform) -> dict[type, object]:
+    """The torchvision ops of one lightly view transform, by type (RandomApply unwrapped)."""
+    ops = {}
+    for op in view_transform.transform.transforms:
+        ops[type(op)] = op
+        if isinstance(op, T.RandomApply):
+            ops[type(op.transforms[0])] = op
+    return ops
+
+
+def test_lightly_transform_draws_from_the_same_distribution(throughput):
+    config = throughput.VIEWS_CONFIG
+    transform = throughput.lightly_transform(config, num_views=2)
+    assert type(transform).__name__ == "SimCLRTransform" and len(transform.transforms) == 2
+    ops = view_ops(transform.transforms[0])
+    crop = ops[T.RandomResizedCrop]
+    assert crop.size == (config.size, config.size) and crop.scale == config.crop_scale
+    assert all(math.isclose(a, b) for a, b in zip(crop.ratio, config.crop_ratio))
+    assert ops[T.RandomHorizontalFlip].p == config.flip_p
+    jitter_apply, jitter = ops[T.ColorJitter], ops[T.RandomApply].transforms[0]
+    assert jitter_apply.p == config.jitter_p
+    b, c, s, h = config.jitter
+    assert jitter.brightness == pytest.approx((1 - b, 1 + b)) and jitter.contrast == pytest.approx((1 - c, 1 + c))
+    assert jitter.saturation == pytest.approx((1 - s, 1 + s)) and jitter.hue == pytest.approx((-h, h))
+    assert ops[T.RandomGrayscale].p == config.grayscale_p
+    normalize = ops[T.Normalize]
+    assert normalize.mean == list(config.mean) and normalize.std == list(config.std)
+
+
+def test_lightly_transform_keeps_byols_per_view_probabilities(throughput):
+    config = AugmentConfig(size=32, jitter=(0.4, 0.4, 0.2, 0.1), blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2))
+    transform = throughput.lightly_transform(config, num_views=2)
+    assert type(transform).__name__ == "BYOLTransform"
+    for view, (blur, solarize) in zip(transform.transforms, [(1.0, 0.0), (0.1, 0.2)]):
+        ops = {type(op).__name__: op for op in view.transform.transforms}
+        assert ops["GaussianBlur"].prob == blur and ops["RandomSolarization"].prob == solarize
+
+
+def test_lightly_transform_refuses_what_it_cannot_match(throughput):
+    with pytest.raises(ValueError, match="crop ratio"):
+        throughput.lightly_transform(AugmentConfig(crop_ratio=(1.0, 1.0)), num_views=2)
+
+
+def test_view_rates_and_a_row_on_the_cpu(throughput, tmp_path):
+    settings = throughput.Settings(
+        device=torch.device("cpu"), warmup=1, steps=2, view_batch=64, view_rounds=2, cores=1
+    )
+    views = throughput.measure_views(make_shapes(64 * 10, 32, seed=0), settings)
+    assert views["ssl_zoo"] > 0 and views["lightly"] > 0 and views["kornia"] > 0
+    assert views["ratio_over_lightly"] == pytest.approx(views["ssl_zoo"] / views["lightly"])
+
+    case = throughput.Case("byol", "resnet18", size=32, batch=8, base_recipe="byol_resnet18_cifar10")
+    row = throughput.measure_case(case, settings)
+    for key in ("pairs_per_s_model", "pairs_per_s_full", "pairs_per_s_lightly"):
+        assert row[key] > 0, key
+    assert row["ratio_full_over_model"] == pytest.approx(row["pairs_per_s_full"] / row["pairs_per_s_model"])
+    assert row["peak_mem_gib"] is None  # no GPU memory on the CPU
+    json.dumps(row)  # the result file's rows are plain JSON
