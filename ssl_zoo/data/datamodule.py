@@ -7,12 +7,13 @@ and turned into views there by the method's ``on_after_batch_transfer``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssl_zoo.data import sources
 from ssl_zoo.data.imageset import ImageSet
@@ -58,14 +59,14 @@ class InMemoryDataset(Dataset):
     """Indexes uint8 images (and labels, tokens) a whole batch at a time.
 
     Everything is held on one device: the CPU, or the GPU when the dataset fits there.
+    Items are image indices, or (image, caption) index pairs when there are tokens.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor | None = None, tokens: Tensor | None = None, seed: int = 0):
+    def __init__(self, images: Tensor, labels: Tensor | None = None, tokens: Tensor | None = None):
         self.device = images.device
         self.images = images  # uint8 (N, 3, H, W)
         self.labels = labels.to(self.device) if labels is not None else None  # int64 (N,)
         self.tokens = tokens.to(self.device) if tokens is not None else None  # int64 (N, C, L): C captions per image
-        self._caption_generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -75,16 +76,58 @@ class InMemoryDataset(Dataset):
         # GPU asynchronously: the host queues the step without waiting for the GPU.
         return index.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else index
 
-    def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
-        index = self._to_device(torch.as_tensor(indices))
-        batch = {"image": self.images[index]}  # (B, 3, H, W) uint8
+    def __getitems__(self, items: list[int] | list[tuple[int, int]]) -> dict[str, Tensor]:
+        index = self._to_device(torch.as_tensor(items))  # (B,) images or (B, 2) image, caption
+        image = index[:, 0] if index.ndim == 2 else index
+        batch = {"image": self.images[image]}  # (B, 3, H, W) uint8
         if self.labels is not None:
-            batch["label"] = self.labels[index]
+            batch["label"] = self.labels[image]
         if self.tokens is not None:
-            # One of each image's captions, drawn anew every time the image is seen.
-            column = torch.randint(self.tokens.shape[1], (len(indices),), generator=self._caption_generator)
-            batch["tokens"] = self.tokens[index, self._to_device(column)]
+            batch["tokens"] = self.tokens[image, index[:, 1]]  # (B, L)
         return batch
+
+
+class EpochBatchSampler(Sampler[list]):
+    """Training batches: a seeded permutation per epoch, split between processes, resumable.
+
+    Epoch e visits the images in the order of a permutation drawn from (seed, e), so the
+    order does not depend on what ran before; with captions, each image's caption for the
+    epoch is drawn alike. Global batch b of the epoch is images [b * B * W, (b + 1) * B * W)
+    of the permutation, and process r takes its r-th B (B per process, W processes), so
+    W processes see the same global batches as one process with batch B * W. A run resumed
+    mid-epoch starts at the batch after the last one trained (``resume``).
+    """
+
+    def __init__(
+        self, size: int, batch_size: int, seed: int, num_captions: int = 0, rank: int = 0, world_size: int = 1,
+        current_epoch: Callable[[], int] = lambda: 0,
+    ):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.num_captions = num_captions
+        self.rank, self.world_size = rank, world_size
+        # Asked at the start of every pass (Lightning calls set_epoch on samplers, not on
+        # batch samplers); the trainer's epoch counter is restored on resume.
+        self.current_epoch = current_epoch
+        self.resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
+
+    def __len__(self) -> int:
+        return self.size // (self.batch_size * self.world_size)  # incomplete batches dropped
+
+    def __iter__(self):
+        epoch = self.current_epoch()
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.size, generator=generator)
+        items = order
+        if self.num_captions:
+            captions = torch.randint(self.num_captions, (self.size,), generator=generator)
+            items = torch.stack([order, captions[order]], dim=1)  # (N, 2)
+        start = 0
+        if self.resume is not None and self.resume[0] == epoch:
+            start, self.resume = self.resume[1], None
+        global_batch = self.batch_size * self.world_size
+        for b in range(start, len(self)):
+            first = b * global_batch + self.rank * self.batch_size
+            yield items[first : first + self.batch_size].tolist()
 
 
 def _already_batched(batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -103,6 +146,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.train_set: ImageSet | None = None
         self.val_set: ImageSet | None = None
         self.bank_set: ImageSet | None = None
+        self.train_sampler: EpochBatchSampler | None = None
+        self._resume: tuple[int, int] | None = None  # (epoch, batches done) of a resumed run
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -156,17 +201,37 @@ class ImageDataModule(pl.LightningDataModule):
             from ssl_zoo.text import tokenize_captions
 
             tokens = tokenize_captions(train.captions, self.config.context_length)
-        dataset = InMemoryDataset(images, train.labels, tokens, seed=self.seed)
+        dataset = InMemoryDataset(images, train.labels, tokens)
+        trainer = self.trainer
+        # Every batch has the same size (incomplete ones are dropped): no recompiles, fair negatives.
+        self.train_sampler = EpochBatchSampler(
+            len(dataset), self.config.batch_size, self.seed, num_captions=tokens.shape[1] if tokens is not None else 0,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+            current_epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+        )
+        self.train_sampler.resume = self._resume
         return DataLoader(
             dataset,
-            batch_size=self.config.batch_size,
-            shuffle=True,
-            drop_last=True,  # every batch has the same size: no recompiles, fair negatives
+            batch_sampler=self.train_sampler,
             collate_fn=_already_batched,
             num_workers=self.config.num_workers,
-            generator=torch.Generator().manual_seed(self.seed),
             pin_memory=images.device.type == "cpu" and torch.cuda.is_available(),
         )
+
+    # Where the data order stands travels in checkpoints: a run resumed mid-epoch goes on
+    # with the next batch of the same permutation, as an unbroken run would.
+    def state_dict(self) -> dict[str, int]:
+        if self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state:
+            self._resume = (state["epoch"], state["batches_done"])
+            if self.train_sampler is not None:
+                self.train_sampler.resume = self._resume
 
     def eval_dataloader(self, images: ImageSet) -> DataLoader:
         """Batches of a labelled set in order, for validation and the monitors."""

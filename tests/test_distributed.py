@@ -1,0 +1,129 @@
+"""Two processes (gloo, CPU) train like one process holding the whole global batch."""
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from lightly.loss import NTXentLoss
+
+from ssl_zoo.data.datamodule import EpochBatchSampler, ImageDataModule
+from ssl_zoo.losses import clip_loss
+from ssl_zoo.methods import BYOL
+
+WORLD = 2
+B = 8  # per process; the global batch is 2B
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def global_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "x0": torch.randn(WORLD * B, 16, generator=g), "x1": torch.randn(WORLD * B, 16, generator=g),
+        "weight": torch.randn(8, 16, generator=g), "scale": torch.tensor(2.5),
+    }
+
+
+def losses_and_grads(batch: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
+    """SimCLR's and CLIP's losses on ``rows`` of the global batch, and their gradients as
+    DDP leaves them (averaged over processes), for a linear "encoder" shared by all."""
+    out = {}
+    for name in ("simclr", "clip"):
+        weight = batch["weight"].clone().requires_grad_()
+        scale = batch["scale"].clone().requires_grad_()
+        z0, z1 = batch["x0"][rows] @ weight.T, batch["x1"][rows] @ weight.T  # (b, 8) each
+        if name == "simclr":
+            loss = NTXentLoss(temperature=0.5, gather_distributed=True)(z0, z1)
+        else:
+            loss = clip_loss(torch.nn.functional.normalize(z0, dim=1), torch.nn.functional.normalize(z1, dim=1), scale)
+        loss.backward()
+        scale_grad = scale.grad if scale.grad is not None else torch.zeros(())  # SimCLR has no learned scale
+        grads = torch.cat([weight.grad.flatten(), scale_grad.flatten()])
+        if dist.is_initialized():  # what DDP does with the gradients of each process
+            dist.all_reduce(grads)
+            grads /= dist.get_world_size()
+            dist.all_reduce(loss := loss.detach().clone())
+            loss /= dist.get_world_size()
+        out[f"{name}_loss"], out[f"{name}_grads"] = loss.detach(), grads
+    return out
+
+
+def _ranked(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        result = losses_and_grads(global_batch(), slice(rank * B, (rank + 1) * B))
+        torch.save(result, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_give_the_losses_and_gradients_of_one_with_the_global_batch(tmp_path):
+    single = losses_and_grads(global_batch(), slice(None))
+    mp.spawn(_ranked, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        ranked = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for key, value in single.items():
+            # Negatives gathered with gradients: the same loss and the same update.
+            assert torch.allclose(ranked[key], value, atol=1e-6), f"rank {rank}: {key}"
+
+
+def test_local_negatives_alone_would_give_another_loss():
+    # The check above can fail: with only its own batch as negatives, a process computes
+    # another loss than one process holding the global batch.
+    batch = global_batch()
+    weight = batch["weight"].clone().requires_grad_()
+    z0, z1 = batch["x0"] @ weight.T, batch["x1"] @ weight.T
+    local = slice(0, B)
+    negatives_detached = NTXentLoss(temperature=0.5)(z0[local], z1[local])  # only local negatives
+    full = NTXentLoss(temperature=0.5)(z0, z1)
+    assert not torch.allclose(negatives_detached, full)
+
+
+def test_the_sampler_splits_each_global_batch_between_processes():
+    one = EpochBatchSampler(64, 2 * B, seed=3)
+    ranks = [EpochBatchSampler(64, B, seed=3, rank=r, world_size=WORLD) for r in range(WORLD)]
+    for whole, *parts in zip(one, *ranks):
+        assert sum(parts, []) == whole  # rank 0 takes the first half, rank 1 the second
+    assert len(one) == len(ranks[0]) == 64 // (2 * B)
+    epochs = [list(EpochBatchSampler(64, 8, seed=3, current_epoch=lambda e=e: e)) for e in (0, 1)]
+    assert epochs[0] != epochs[1]  # a new order every epoch
+    resumed = EpochBatchSampler(64, 8, seed=3, current_epoch=lambda: 1)
+    resumed.resume = (1, 3)
+    assert list(resumed) == epochs[1][3:]  # a resumed epoch goes on with the next batch
+
+
+class SaveTargetChecksum(pl.Callback):
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_end(self, trainer, pl_module):
+        target = torch.cat([p.detach().flatten() for p in pl_module.target_backbone.parameters()])
+        online = torch.cat([p.detach().flatten() for p in pl_module.backbone.parameters()])
+        torch.save({"target": target, "online": online}, Path(self.out) / f"rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_byol_target_stays_identical_across_ddp_processes(make_recipe, tmp_path):
+    recipe = make_recipe("byol", **{"data.num_images": 128, "data.batch_size": 16, "trainer.max_steps": 4})
+    datamodule = ImageDataModule(recipe.data, seed=0)
+    model = BYOL(recipe, num_classes=0)
+    trainer = pl.Trainer(
+        max_steps=4, accelerator="cpu", devices=WORLD, strategy="ddp_spawn", use_distributed_sampler=False,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, callbacks=[SaveTargetChecksum(str(tmp_path))],
+    )
+    trainer.fit(model, datamodule=datamodule)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    assert torch.equal(ranks[0]["online"], ranks[1]["online"])  # DDP keeps the online net in sync
+    assert torch.equal(ranks[0]["target"], ranks[1]["target"])  # and so the EMA target
+    assert not torch.equal(ranks[0]["target"], ranks[0]["online"])  # which did move, but slower
