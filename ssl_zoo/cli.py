@@ -19,6 +19,8 @@ usage:
   python -m ssl_zoo recipes                      list the bundled recipes
   python -m ssl_zoo fit --recipe NAME [--KEY VALUE ...]
                                                  train a recipe; any key can be overridden
+  python -m ssl_zoo fit --recipe NAME --resume   continue the latest run of NAME where it stopped
+  python -m ssl_zoo fit --resume RUN_FOLDER      continue that run (runs/<recipe>/version_N)
   python -m ssl_zoo fit --help                   every recipe key, its type and default
   python -m ssl_zoo eval --ckpt PATH [--data NAME --root DIR] [--pairs NAME]
                                                  linear, kNN, zero-shot, retrieval, diagnostics
@@ -72,17 +74,42 @@ def format_summary(summary) -> str:
     return "\n".join(line for line in lines if line)
 
 
+def _pop_resume(argv: list[str]) -> tuple[list[str], bool, str | None]:
+    """Take ``--resume [PATH]`` out of the fit arguments: (the rest, resume?, PATH)."""
+    if "--resume" not in argv:
+        return argv, False, None
+    at = argv.index("--resume")
+    path = argv[at + 1] if at + 1 < len(argv) and not argv[at + 1].startswith("--") else None
+    return argv[:at] + argv[at + (2 if path else 1) :], True, path
+
+
 def fit_command(argv: list[str]) -> int:
     from ssl_zoo.recipe import parse_recipe, recipe_parser
 
     if not argv or "-h" in argv or "--help" in argv:
         recipe_parser().print_help()
+        print("\n  --resume [PATH]       continue a run exactly where it stopped: PATH is a run folder or its\n"
+              "                        last.ckpt; without PATH, the latest run of --recipe under trainer.output_dir")
         return 0
+    from ssl_zoo.checkpointing import checkpoint_in, latest_checkpoint
+
+    argv, resume, resume_path = _pop_resume(argv)
+    checkpoint = checkpoint_in(resume_path) if resume_path else None
+    if resume and "--recipe" not in argv:
+        if checkpoint is None:
+            raise SslZooError("fit --resume needs a run folder (fit --resume runs/<recipe>/version_N) or --recipe NAME.")
+        saved = checkpoint.parent.parent / "recipe.yaml"  # the run folder's resolved recipe
+        if not saved.is_file():
+            raise SslZooError(f"Cannot resume from '{resume_path}': its run folder has no recipe.yaml. Add --recipe NAME.")
+        argv = ["--recipe", str(saved), *argv]
     recipe = parse_recipe(argv)
+    if resume and checkpoint is None:
+        checkpoint = latest_checkpoint(recipe.trainer.output_dir, recipe.name)
     from ssl_zoo.train import fit
 
-    print(f"Training recipe '{recipe.name}': {recipe.method} with {recipe.backbone} on {recipe.data.name}.")
-    print(format_summary(fit(recipe)))
+    action = f"Resuming from {checkpoint}" if checkpoint else "Training"
+    print(f"{action}: recipe '{recipe.name}', {recipe.method} with {recipe.backbone} on {recipe.data.name}.")
+    print(format_summary(fit(recipe, resume=checkpoint)))
     return 0
 
 

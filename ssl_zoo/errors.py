@@ -24,3 +24,7 @@ class DataFormatError(SslZooError):
 
 class CheckpointError(SslZooError):
     """A file passed as a checkpoint is missing, not a checkpoint, or does not fit."""
+
+
+class TrainingError(SslZooError):
+    """Training cannot go on (a NaN loss); the message says what was kept and what to try."""

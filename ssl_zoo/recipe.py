@@ -66,13 +66,17 @@ class TrainerConfig:
     max_steps: int = -1  # optimiser steps; when set (> 0) it ends the run and sets the schedules' length
     max_time: str | None = None  # wall-clock budget "DD:HH:MM:SS"; stops early when reached
     accelerator: str = "auto"
-    devices: int | str = "auto"
+    devices: int | str = "auto"  # processes per node (GPUs, or CPU processes with accelerator cpu)
+    num_nodes: int = 1
+    strategy: str = "auto"  # Lightning's: "ddp" on several devices (what auto picks), "ddp_spawn", ...
+    sync_batchnorm: bool = False  # batch-norm statistics over the global batch (SimCLR's paper does)
     precision: str = "32-true"  # "bf16-mixed" on recent GPUs
     seed: int = 0
     log_every_n_steps: int = 50
     check_val_every_n_epoch: int = 1  # also how often the kNN monitor runs
     val_every_n_steps: int | None = None  # validate every N optimiser steps instead of by epoch
     output_dir: str = "runs"  # run folders go to output_dir/<recipe name>/version_N
+    checkpoint_every_n_steps: int | None = 500  # also at every epoch's end; None: only there
 
 
 @dataclass

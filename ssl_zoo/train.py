@@ -14,10 +14,12 @@ import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from ssl_zoo.checkpointing import AtomicCheckpointIO, FiniteLossGuard, read_checkpoint
 from ssl_zoo.data.datamodule import ImageDataModule
+from ssl_zoo.errors import CheckpointError
 from ssl_zoo.methods import METHODS
 from ssl_zoo.monitor import KNNMonitor, SparseProgressBar, ThroughputMeter, ViewGridLogger
-from ssl_zoo.recipe import Recipe, save_recipe
+from ssl_zoo.recipe import Recipe, recipe_from_dict, save_recipe
 
 
 # Lightning's notices that say nothing about this run (tips, a deprecation inside
@@ -49,11 +51,15 @@ def fit(
     enable_progress_bar: bool = True,
     datamodule: ImageDataModule | None = None,
     callbacks: Sequence[pl.Callback] = (),
+    resume: Path | None = None,
 ) -> RunSummary:
     """Train ``recipe`` and write its run folder: checkpoints, TensorBoard logs, recipe.
 
     ``datamodule``: the recipe's data, already loaded (the benchmark reuses it).
     ``callbacks``: more callbacks, after the run's own (the throughput benchmark's timer).
+    ``resume``: a checkpoint of this recipe to continue from, exactly where it stopped
+    (weights, optimiser, schedules, EMA target, data order and augmentation streams); the
+    run goes on in the checkpoint's run folder.
     """
     started = time.perf_counter()
     pl.seed_everything(recipe.trainer.seed, workers=True, verbose=False)
@@ -63,18 +69,27 @@ def fit(
     datamodule.setup("fit")
     model = METHODS[recipe.method](recipe, num_classes=datamodule.num_classes)
 
-    logger = TensorBoardLogger(save_dir=recipe.trainer.output_dir, name=recipe.name, default_hp_metric=False)
+    version = None
+    if resume is not None:
+        check_resumable(resume, recipe)
+        version = _run_version(resume, recipe)
+    logger = TensorBoardLogger(save_dir=recipe.trainer.output_dir, name=recipe.name, version=version, default_hp_metric=False)
     run_dir = Path(logger.log_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, run_dir / "recipe.yaml")
 
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
+    cfg = recipe.trainer
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every_n_steps
+    )
     throughput = ThroughputMeter()
-    run_callbacks = [checkpoint, throughput, ViewGridLogger(), LearningRateMonitor(logging_interval="step")]
+    run_callbacks = [
+        FiniteLossGuard(check_every=cfg.log_every_n_steps), checkpoint, throughput, ViewGridLogger(),
+        LearningRateMonitor(logging_interval="step"),
+    ]
     knn = KNNMonitor(datamodule) if datamodule.num_classes else None
     if knn is not None:
         run_callbacks.append(knn)
-    cfg = recipe.trainer
     if enable_progress_bar:
         run_callbacks.append(SparseProgressBar(metrics_every=cfg.log_every_n_steps))
 
@@ -84,6 +99,12 @@ def fit(
         max_time=cfg.max_time,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        sync_batchnorm=cfg.sync_batchnorm,
+        # The data module's sampler splits each global batch between processes itself.
+        use_distributed_sampler=False,
+        plugins=[AtomicCheckpointIO()],
         precision=cfg.precision,
         log_every_n_steps=cfg.log_every_n_steps,
         check_val_every_n_epoch=None if cfg.val_every_n_steps else cfg.check_val_every_n_epoch,
@@ -94,7 +115,8 @@ def fit(
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
     )
-    trainer.fit(model, datamodule=datamodule)
+    # weights_only: a checkpoint is data; resuming never runs code from the file.
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
 
     def metric(name: str) -> float | None:
         value = trainer.callback_metrics.get(name)
@@ -114,3 +136,33 @@ def fit(
         probe_top1=metric("probe/val_top1"),
         peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if trainer.strategy.root_device.type == "cuda" else None,
     )
+
+
+def check_resumable(path: Path, recipe: Recipe) -> None:
+    """Refuse a checkpoint that is not a run of ``recipe``'s method, backbone and heads."""
+    saved = read_checkpoint(path)["hyper_parameters"]["recipe"]
+    old = recipe_from_dict(saved)
+    mismatches = [
+        f"{key}: checkpoint {a!r}, recipe {b!r}"
+        for key, a, b in [
+            ("method", old.method, recipe.method), ("backbone", old.backbone, recipe.backbone),
+            # The heads' sizes, when the methods agree.
+            (f"{recipe.method} section", getattr(old, old.method), getattr(recipe, old.method)),
+        ]
+        if a != b and (key == "method" or old.method == recipe.method)
+    ]
+    if mismatches:
+        raise CheckpointError(
+            f"Cannot resume from '{path}' with recipe '{recipe.name}': the checkpoint is a different model "
+            f"({'; '.join(mismatches)}). Resume it with its own recipe (fit --resume RUN_FOLDER), or start a new run."
+        )
+
+
+def _run_version(checkpoint: Path, recipe: Recipe) -> int | str | None:
+    """The run folder's version when ``checkpoint`` lies in one of this recipe's run folders."""
+    run_dir = checkpoint.resolve().parent.parent
+    runs = (Path(recipe.trainer.output_dir) / recipe.name).resolve()
+    if run_dir.parent == runs and run_dir.name.startswith("version_"):
+        suffix = run_dir.name.removeprefix("version_")
+        return int(suffix) if suffix.isdigit() else suffix
+    return None  # a checkpoint from elsewhere: the resumed run gets a new folder

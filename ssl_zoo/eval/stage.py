@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import platform
+import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -24,6 +25,7 @@ from torch import Tensor
 from ssl_zoo.augment import AugmentConfig, ViewAugment
 from ssl_zoo.data.datamodule import DEFAULT_SPLITS, load_split
 from ssl_zoo.data.imageset import ImageSet
+from ssl_zoo.checkpointing import read_checkpoint
 from ssl_zoo.errors import CheckpointError, SslZooError
 from ssl_zoo.eval.cache import FeatureCache, hash_file, hash_module, hash_tensor
 from ssl_zoo.eval.diagnostics import alignment, effective_rank, embedding_std, uniformity
@@ -85,38 +87,35 @@ def device_name(device: torch.device) -> str:
 
 def load_method(path: str | Path) -> SSLMethod:
     """The method a ``fit`` checkpoint holds, rebuilt from its saved recipe."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"Checkpoint '{path}' does not exist. A run writes "
-            "runs/<recipe>/version_N/checkpoints/last.ckpt."
-        )
-    try:
-        # weights_only: a checkpoint is data; loading it never runs code from the file.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a text file, a truncated file, a pickle of arbitrary objects
-        raise CheckpointError(
-            f"'{path}' is not a checkpoint ssl_zoo can read: torch.load found no plain "
-            f"tensor data in it ({type(error).__name__}). Pass the .ckpt file that `fit` "
-            "wrote; if it is one, it may be truncated (copy it again)."
-        ) from None
-    saved = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "recipe" not in saved:
-        raise CheckpointError(
-            f"'{path}' is a PyTorch file but not an ssl_zoo checkpoint (it has no saved "
-            "recipe). Pass the .ckpt file that `fit` wrote."
-        )
+    checkpoint = read_checkpoint(path)
+    saved = checkpoint["hyper_parameters"]
     recipe = recipe_from_dict(saved["recipe"])
     model = METHODS[recipe.method](recipe, num_classes=saved.get("num_classes", 0))
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
         raise CheckpointError(
-            f"'{path}' does not match its own recipe ({recipe.method}, {recipe.backbone}): "
-            f"{str(error).splitlines()[0][:300]}"
+            f"'{path}' does not match its own recipe: its weights are not those of a {recipe.method} "
+            f"with backbone {recipe.backbone} ({_state_dict_mismatch(str(error))}). The checkpoint or "
+            "the recipe saved in it was changed after training; pass the checkpoint as `fit` wrote it."
         ) from None
     model.trained_steps = int(checkpoint.get("global_step", 0))  # where eval results go in TensorBoard
     return model.eval()
+
+
+def _state_dict_mismatch(message: str) -> str:
+    """PyTorch's load_state_dict error, summarised: counts and the first key."""
+    missing = re.search(r"Missing key\(s\) in state_dict: (.*?)\.\s*$", message, re.MULTILINE)
+    unexpected = re.search(r"Unexpected key\(s\) in state_dict: (.*?)\.\s*$", message, re.MULTILINE)
+    shapes = re.findall(r"size mismatch for ([\w.]+)", message)
+    parts = []
+    for what, found in (("missing", missing), ("unexpected", unexpected)):
+        if found:
+            keys = re.findall(r'"([^"]+)"', found.group(1))
+            parts.append(f"{len(keys)} {what}, e.g. {keys[0]}")
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape, e.g. {shapes[0]}")
+    return "; ".join(parts) or message.splitlines()[0][:200]
 
 
 def _data_config(recipe: Recipe, name: str | None, root: str | None) -> DataConfig:

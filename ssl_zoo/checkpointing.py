@@ -1,0 +1,155 @@
+"""Checkpoints that survive crashes: atomic writes, no saved broken state, resume lookup.
+
+- ``AtomicCheckpointIO`` writes a checkpoint to a temporary file beside it, flushes it to
+  disk and renames it over the old one: a kill at any moment leaves the old or the new
+  checkpoint, whole.
+- ``FiniteLossGuard`` stops a run whose loss became NaN or infinite, naming the step, and
+  refuses to save a checkpoint of that state, so the last good checkpoint stays.
+- ``checkpoint_in`` and ``latest_checkpoint`` find what ``fit --resume`` continues from.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins import TorchCheckpointIO
+
+from ssl_zoo.errors import CheckpointError, TrainingError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic: temporary file, fsync, rename."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Same folder, so the rename stays on one file system (a rename across file
+        # systems is a copy, which a kill can tear).
+        partial = path.with_name(f".{path.name}.partial")
+        with open(partial, "wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)  # atomic on POSIX and Windows
+        if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
+            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+
+
+class FiniteLossGuard(pl.Callback):
+    """Stops training when the loss is NaN or infinite; never saves such a state.
+
+    The check stays on the device at every step (a host read per step would stall the
+    GPU). The host looks at it every ``check_every`` steps and before every checkpoint is
+    written, so a broken state never overwrites the last good checkpoint.
+    """
+
+    def __init__(self, check_every: int = 50) -> None:
+        self.check_every = max(check_every, 1)
+        self._first_bad_step: torch.Tensor | None = None  # -1 while every loss was finite
+        self.last_good_checkpoint: tuple[str, int] | None = None  # (path, step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        if self._first_bad_step is None:
+            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        step = trainer.global_step  # the step just taken
+        bad_now = ~torch.isfinite(loss.detach()) & (self._first_bad_step < 0)
+        self._first_bad_step = torch.where(bad_now, step, self._first_bad_step)
+        if step % self.check_every == 0:
+            self._raise_if_bad(trainer)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self._raise_if_bad(trainer)  # raising here aborts the write: the old file stays
+
+    def _raise_if_bad(self, trainer: pl.Trainer) -> None:
+        if self._first_bad_step is None or int(self._first_bad_step) < 0:
+            return
+        last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        kept = (
+            f"The last good checkpoint is kept: {last}." if last and Path(last).is_file()
+            else "No checkpoint was written before it."
+        )
+        raise TrainingError(
+            f"Training stopped: the loss became NaN or infinite at step {int(self._first_bad_step)} "
+            f"(noticed at step {trainer.global_step}). No checkpoint of that state was saved. {kept} "
+            "Lower optim.lr, lengthen optim.warmup_epochs, or train in trainer.precision 32-true; "
+            "resume from the last checkpoint with `fit --resume`."
+        )
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint ``fit`` wrote, loaded as data only (``weights_only=True``).
+
+    Loading never runs code from the file: a pickle of arbitrary objects is refused with a
+    message that says so, as is a file that is not a checkpoint, or is truncated.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"Checkpoint '{path}' does not exist. A run writes runs/<recipe>/version_N/checkpoints/last.ckpt."
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" in str(error):  # a valid pickle of objects that are not plain data
+            raise CheckpointError(
+                f"'{path}' holds Python objects besides tensors and plain values. ssl_zoo loads "
+                "checkpoints with weights_only=True and does not unpickle such objects, because "
+                "unpickling can run code from the file. Pass a checkpoint that `fit` wrote."
+            ) from None
+        raise CheckpointError(_unreadable(path, error)) from None
+    except Exception as error:  # a text file, a truncated archive
+        raise CheckpointError(_unreadable(path, error)) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "recipe" not in checkpoint.get("hyper_parameters", {}):
+        raise CheckpointError(
+            f"'{path}' is a PyTorch file but not an ssl_zoo checkpoint (it has no saved recipe). "
+            "Pass the .ckpt file that `fit` wrote."
+        )
+    return checkpoint
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    return (
+        f"'{path}' is not a checkpoint ssl_zoo can read ({type(error).__name__}). Pass the .ckpt "
+        "file that `fit` wrote; if it is one, it may be truncated (copy it again)."
+    )
+
+
+def checkpoint_in(run: str | Path) -> Path:
+    """The checkpoint to resume: ``run`` is a checkpoint file or a run folder."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise CheckpointError(
+            f"Cannot resume from '{run}': no such checkpoint. Pass a run folder "
+            "(runs/<recipe>/version_N) or its checkpoints/last.ckpt."
+        )
+    return path
+
+
+def latest_checkpoint(output_dir: str | Path, recipe_name: str) -> Path:
+    """The last checkpoint of the newest run of ``recipe_name`` under ``output_dir``."""
+    runs = Path(output_dir) / recipe_name
+    candidates = [
+        (int(folder.name.removeprefix("version_")), folder / "checkpoints" / "last.ckpt")
+        for folder in runs.glob("version_*")
+        if folder.name.removeprefix("version_").isdigit() and (folder / "checkpoints" / "last.ckpt").is_file()
+    ]
+    if not candidates:
+        raise CheckpointError(
+            f"Nothing to resume: no run of recipe '{recipe_name}' under '{runs}' has a "
+            "checkpoints/last.ckpt. Start it without --resume, or pass the run folder."
+        )
+    return max(candidates)[1]

@@ -1,0 +1,192 @@
+"""Crashes cost nothing: exact resume after SIGKILL, checkpoints never torn, NaN stops cleanly."""
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+
+from ssl_zoo.checkpointing import AtomicCheckpointIO
+from ssl_zoo.errors import RecipeError, TrainingError
+from ssl_zoo.recipe import parse_recipe, recipe_to_dict
+from ssl_zoo.train import fit
+
+# 256 images in batches of 32: 8 steps an epoch, 3 epochs, a checkpoint every 3 steps.
+RESUME_KEYS = {
+    "data.num_images": 256, "trainer.max_epochs": 3, "trainer.checkpoint_every_n_steps": 3,
+    "augment.blur_p": "[0.5, 0.5]", "augment.solarize_p": "[0.0, 0.2]",
+}
+
+
+def write_recipe(make_recipe, method: str, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(recipe_to_dict(make_recipe(method, **RESUME_KEYS))))
+    return path
+
+
+def run_fit(recipe_file: Path, output_dir: Path, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "ssl_zoo", "fit", "--recipe", str(recipe_file),
+               "--trainer.output_dir", str(output_dir), *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def saved_step(path: Path) -> int:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+    except FileNotFoundError:
+        return -1
+
+
+def assert_same_state(a: dict, b: dict, where: str = "checkpoint") -> None:
+    """Bit-equal tensors and equal values, recursively."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{where}: keys differ"
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def final_state(checkpoint: Path) -> dict:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    # The state that training carries on: weights (EMA target and augmentation generators
+    # included), optimiser, schedules, step counters and the data order.
+    return {key: state[key] for key in ("state_dict", "optimizer_states", "lr_schedulers", "global_step", "epoch", "ImageDataModule")}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_is_bit_exact(make_recipe, tmp_path):
+    recipe_file = write_recipe(make_recipe, "byol", tmp_path / "byol.yaml")
+    unbroken = run_fit(recipe_file, tmp_path / "a")
+    assert unbroken.wait(timeout=300) == 0, unbroken.stdout.read()
+
+    broken = run_fit(recipe_file, tmp_path / "b")
+    last = tmp_path / "b" / "tiny_byol" / "version_0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while saved_step(last) < 9 and broken.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    broken.send_signal(signal.SIGKILL)
+    assert broken.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = saved_step(last)
+    assert 9 <= killed_at < 24 and killed_at % 8 != 0, f"not killed mid-epoch (checkpoint at step {killed_at})"
+
+    resumed = run_fit(recipe_file, tmp_path / "b", "--resume")
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    assert "Resuming from" in output and "version_0" in output
+    assert not (tmp_path / "b" / "tiny_byol" / "version_1").exists()  # same run folder
+    assert_same_state(final_state(tmp_path / "a" / "tiny_byol" / "version_0" / "checkpoints" / "last.ckpt"), final_state(last))
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAt(pl.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise Crash  # a crash between two steps: no checkpoint of it is written
+
+
+@pytest.mark.parametrize("method", ["simclr", "clip"])
+def test_resume_from_a_mid_epoch_checkpoint_is_bit_exact(method, make_recipe, tmp_path):
+    # In process (faster than the SIGKILL test): CLIP also resumes its caption draws.
+    recipe = make_recipe(method, **{**RESUME_KEYS, "trainer.max_epochs": 2})
+    unbroken = fit(recipe, enable_progress_bar=False)
+    crashed = make_recipe(method, **{**RESUME_KEYS, "trainer.max_epochs": 2, "trainer.output_dir": tmp_path / "b"})
+    with pytest.raises(Crash):
+        fit(crashed, enable_progress_bar=False, callbacks=[CrashAt(step=11)])
+    last = tmp_path / "b" / f"tiny_{method}" / "version_0" / "checkpoints" / "last.ckpt"
+    assert saved_step(last) == 9  # mid-epoch 2
+    resumed = fit(crashed, enable_progress_bar=False, resume=last)
+    assert resumed.run_dir == last.parent.parent
+    assert_same_state(final_state(unbroken.checkpoint), final_state(resumed.checkpoint))
+
+
+WRITER = textwrap.dedent("""
+    import sys, torch
+    from ssl_zoo.checkpointing import AtomicCheckpointIO
+    path, start = sys.argv[1], int(sys.argv[2])
+    io = AtomicCheckpointIO()
+    print("ready", flush=True)
+    for step in range(start, start + 10_000):
+        io.save_checkpoint({"step": step, "weights": torch.full((4_000_000,), float(step))}, path)
+""")
+
+
+def test_killing_the_checkpoint_writer_never_tears_the_checkpoint(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    path = tmp_path / "last.ckpt"
+    step = 0
+    for delay in (0.05, 0.13, 0.21, 0.34, 0.55, 0.08):  # kills land at different moments of a write
+        writer = subprocess.Popen([sys.executable, str(script), str(path), str(step)], stdout=subprocess.PIPE, text=True)
+        assert writer.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        if not path.exists():  # killed before its first write finished
+            continue
+        state = torch.load(path, map_location="cpu", weights_only=True)  # whole, not torn
+        assert torch.all(state["weights"] == state["step"])
+        assert state["step"] >= step
+        step = state["step"] + 1
+    assert step > 0, "no checkpoint was ever completed"
+
+
+def test_a_failed_write_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError):
+        AtomicCheckpointIO().save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+
+
+class PoisonWeightsAt(pl.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.backbone.parameters()).fill_(float("nan"))
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(make_recipe):
+    recipe = make_recipe("simclr", **{"data.num_images": 256, "trainer.checkpoint_every_n_steps": 2, "trainer.log_every_n_steps": 50})
+    with pytest.raises(TrainingError, match=r"NaN or infinite at step 6 .*last good checkpoint is kept"):
+        fit(recipe, enable_progress_bar=False, callbacks=[PoisonWeightsAt(step=5)])
+    last = Path(recipe.trainer.output_dir) / "tiny_simclr" / "version_0" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 4  # the step-6 checkpoint was refused, step 4's stays
+    weights = [t for t in state["state_dict"].values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    assert all(torch.isfinite(t).all() for t in weights)
+
+
+def test_recipes_load_with_a_safe_yaml_loader(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f"method: simclr\nname: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(RecipeError):
+        parse_recipe(["--recipe", str(evil)])
+    assert not marker.exists()
