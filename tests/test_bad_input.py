@@ -1,0 +1,258 @@
+"""Every row of docs/bad_input.md: bad input gets a clear error and loses nothing.
+
+Each case runs the command line as a user would (``ssl_zoo.cli.main``) or, for data
+that loads with a warning, the loader. An error case must exit with status 2, print one
+``ssl_zoo: error:`` paragraph with no traceback, say what to do, and leave files as
+they were.
+"""
+
+import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from ssl_zoo.cli import main
+from ssl_zoo.data.sources import load_image_folder
+from ssl_zoo.recipe import recipe_to_dict
+from ssl_zoo.train import fit
+
+DOC = Path(__file__).parent.parent / "docs" / "bad_input.md"
+CASES: dict[str, Callable] = {}
+
+
+def case(name: str):
+    def register(function):
+        CASES[name] = function
+        return function
+
+    return register
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def assert_clear_error(code: int, output: str, *fragments: str) -> None:
+    assert code == 2, output
+    assert "Traceback" not in output
+    message = output[output.index("ssl_zoo: error:"):]
+    for fragment in fragments:
+        assert re.search(fragment, message), f"{fragment!r} not in: {message}"
+
+
+def save_image(path: Path, array: np.ndarray) -> None:
+    """(H, W) uint8 -> L, (H, W) uint16 -> I;16, (H, W, 3) -> RGB, (H, W, 4) -> RGBA."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def colour_image(size: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def tiny_recipe_file(make_recipe, tmp_path) -> Callable[..., Path]:
+    def write(method: str = "simclr", **keys) -> Path:
+        path = tmp_path / f"{method}.yaml"
+        path.write_text(yaml.safe_dump(recipe_to_dict(make_recipe(method, **keys))))
+        return path
+
+    return write
+
+
+@case("unknown-recipe")
+def _(capsys, tmp_path, **_):
+    assert_clear_error(*run(capsys, "fit", "--recipe", "simclr_imagenet"), "Unknown recipe 'simclr_imagenet'", "Valid recipes: .*quickstart")
+
+
+@case("unknown-key")
+def _(capsys, tmp_path, **_):
+    assert_clear_error(*run(capsys, "fit", "--recipe", "quickstart", "--data.batchsize", "64"), "batchsize", "Did you mean 'batch_size'")
+
+
+@case("wrong-type")
+def _(capsys, tmp_path, **_):
+    assert_clear_error(*run(capsys, "fit", "--recipe", "quickstart", "--data.batch_size", "many"), "data.batch_size", "many")
+
+
+@case("missing-dataset")
+def _(capsys, tmp_path, **_):
+    root = tmp_path / "nowhere"
+    code, output = run(capsys, "fit", "--recipe", "quickstart", "--data.name", "cifar10", "--data.root", root)
+    assert_clear_error(code, output, "cifar10 not found under", re.escape(str(root)), "--data.download true")
+
+
+@case("empty-folder")
+def _(capsys, tmp_path, **_):
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    code, output = run(capsys, "fit", "--recipe", "quickstart", "--data.name", "folder", "--data.root", tmp_path / "data",
+                       "--trainer.output_dir", tmp_path / "runs")
+    assert_clear_error(code, output, "no class sub-folders", "cats")
+    assert not (tmp_path / "runs").exists()  # nothing written for a run that never started
+
+
+@case("no-readable-image")
+def _(capsys, tmp_path, **_):
+    broken = tmp_path / "data" / "train" / "cats" / "a.jpg"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a jpeg")
+    code, output = run(capsys, "fit", "--recipe", "quickstart", "--data.name", "folder", "--data.root", tmp_path / "data")
+    assert_clear_error(code, output, "1 image files, none readable", "add readable images")
+
+
+@case("corrupt-image")
+def _(capsys, tmp_path, **_):
+    folder = tmp_path / "train"
+    for i in range(2):
+        save_image(folder / "cats" / f"{i}.png", colour_image(seed=i))
+    truncated = folder / "cats" / "truncated.png"
+    truncated.write_bytes((folder / "cats" / "0.png").read_bytes()[:100])
+    with pytest.warns(UserWarning, match=r"Skipped 1 unreadable image file.*truncated.png"):
+        images = load_image_folder(folder, 32)
+    assert len(images) == 2 and truncated.exists()  # skipped and counted, never deleted
+
+
+@case("grayscale-rgba-16bit")
+def _(capsys, tmp_path, **_):
+    folder = tmp_path / "train" / "things"
+    save_image(folder / "gray.png", np.full((32, 32), 100, dtype=np.uint8))
+    save_image(folder / "rgba.png", np.dstack([colour_image(), np.full((32, 32), 128, np.uint8)]))
+    save_image(folder / "deep.png", np.full((32, 32), 50_000, dtype=np.uint16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # all three load, without a warning
+        images = load_image_folder(tmp_path / "train", 32)
+    assert images.images.shape == (3, 3, 32, 32) and images.images.dtype == torch.uint8
+    deep = images.images[0]  # files sorted: deep, gray, rgba
+    assert int(deep[0, 0, 0]) == round(50_000 / 257)  # 16 bits scaled to 8, not clipped to white
+    assert int(images.images[1][:, 0, 0].unique()) == 100  # gray copied to three channels
+
+
+@case("images-smaller-than-crop")
+def _(capsys, tmp_path, **_):
+    save_image(tmp_path / "train" / "tiny" / "a.png", colour_image(size=8))
+    images = load_image_folder(tmp_path / "train", 32)
+    assert images.images.shape == (1, 3, 32, 32)  # resized up to data.image_size
+
+
+def pairs_file(tmp_path: Path, text: str | bytes) -> Path:
+    save_image(tmp_path / "a.png", colour_image())
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def fit_pairs(capsys, tiny_recipe_file, path: Path) -> tuple[int, str]:
+    return run(capsys, "fit", "--recipe", tiny_recipe_file("clip"), "--data.name", "pairs", "--data.root", path)
+
+
+@case("csv-missing-column")
+def _(capsys, tmp_path, tiny_recipe_file, **_):
+    path = pairs_file(tmp_path, "path,text\na.png,a red square\n")
+    assert_clear_error(*fit_pairs(capsys, tiny_recipe_file, path), r"missing column\(s\) \['caption'\]", "path,caption")
+
+
+@case("csv-missing-image")
+def _(capsys, tmp_path, tiny_recipe_file, **_):
+    path = pairs_file(tmp_path, "path,caption\na.png,a red square\nb.png,a blue circle\n")
+    assert_clear_error(*fit_pairs(capsys, tiny_recipe_file, path), "row 2", "image file not found", "b.png")
+
+
+@case("empty-caption")
+def _(capsys, tmp_path, tiny_recipe_file, **_):
+    path = pairs_file(tmp_path, "path,caption\na.png,\n")
+    assert_clear_error(*fit_pairs(capsys, tiny_recipe_file, path), "row 1", "empty caption")
+
+
+@case("non-utf8-caption")
+def _(capsys, tmp_path, tiny_recipe_file, **_):
+    path = pairs_file(tmp_path, "path,caption\na.png,un carr\xe9 rouge\n".encode("latin-1"))
+    assert_clear_error(*fit_pairs(capsys, tiny_recipe_file, path), "not valid UTF-8", "save it as UTF-8")
+
+
+@case("batch-larger-than-dataset")
+def _(capsys, tmp_path, **_):
+    code, output = run(capsys, "fit", "--recipe", "quickstart", "--data.num_images", "100", "--data.batch_size", "256")
+    assert_clear_error(code, output, "batch_size 256 is larger than", "100 images", "Lower --data.batch_size")
+
+
+@case("resume-another-model")
+def _(capsys, tmp_path, simclr_run, tiny_recipe_file, **_):
+    before = simclr_run.read_bytes()
+    code, output = run(capsys, "fit", "--recipe", tiny_recipe_file("byol"), "--resume", simclr_run)
+    assert_clear_error(code, output, "different model", "method: checkpoint 'simclr', recipe 'byol'", "its own recipe")
+    assert simclr_run.read_bytes() == before
+
+
+@case("eval-another-backbone")
+def _(capsys, tmp_path, simclr_run, **_):
+    # A checkpoint whose weights are not those of the backbone its recipe names.
+    state = torch.load(simclr_run, map_location="cpu", weights_only=True)
+    state["hyper_parameters"]["recipe"]["backbone"] = "resnet50"
+    edited = tmp_path / "edited.ckpt"
+    torch.save(state, edited)
+    assert_clear_error(*run(capsys, "eval", "--ckpt", edited, "--no-cache"), "does not match its own recipe", "backbone resnet50", r"\d+ missing, e\.g\. ", "as `fit` wrote it")
+
+
+@case("not-a-checkpoint")
+def _(capsys, tmp_path, **_):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    for command in (["eval", "--ckpt", notes], ["fit", "--recipe", "quickstart", "--resume", notes]):
+        assert_clear_error(*run(capsys, *command), "not a checkpoint ssl_zoo can read", "the .ckpt file that `fit` wrote")
+    assert notes.read_text() == "my notes"
+
+
+@case("unsafe-checkpoint")
+def _(capsys, tmp_path, **_):
+    pickled = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": {}, "payload": Path("/etc/passwd")}, pickled)  # an arbitrary object
+    assert_clear_error(*run(capsys, "eval", "--ckpt", pickled, "--no-cache"), "holds Python objects besides tensors", "weights_only=True")
+
+
+@case("unsafe-recipe")
+def _(capsys, tmp_path, **_):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f"method: simclr\nname: !!python/object/apply:os.system ['touch {marker}']\n")
+    assert_clear_error(*run(capsys, "fit", "--recipe", evil), "Invalid recipe", "evil.yaml")
+    assert not marker.exists()  # no object was built, no command ran
+
+
+@case("nothing-to-resume")
+def _(capsys, tmp_path, tiny_recipe_file, **_):
+    code, output = run(capsys, "fit", "--recipe", tiny_recipe_file(), "--resume")
+    assert_clear_error(code, output, "Nothing to resume", "tiny_simclr", "Start it without --resume")
+
+
+@case("nan-loss")
+def _(capsys, tmp_path, tiny_recipe_file, **_):
+    code, output = run(capsys, "fit", "--recipe", tiny_recipe_file(**{"optim.lr": 1e30, "trainer.checkpoint_every_n_steps": 1}))
+    assert_clear_error(code, output, r"loss became NaN or infinite at step \d+", "No checkpoint of that state was saved", "Lower optim.lr")
+
+
+@pytest.fixture(scope="module")
+def trained_simclr(tmp_path_factory) -> Path:
+    from conftest import tiny_recipe
+
+    recipe = tiny_recipe("simclr", tmp_path_factory.mktemp("simclr"), **{"data.num_images": 64, "trainer.max_steps": 2})
+    return fit(recipe, enable_progress_bar=False).checkpoint
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name, capsys, tmp_path, tiny_recipe_file, trained_simclr, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a run that wrongly started would write ./runs here
+    CASES[name](capsys=capsys, tmp_path=tmp_path, tiny_recipe_file=tiny_recipe_file, simclr_run=trained_simclr)
+    assert not (tmp_path / "runs").exists() or name == "nan-loss"
+
+
+def test_every_case_is_in_the_docs_table_and_every_row_has_a_case():
+    rows = re.findall(r"^\| `([a-z0-9-]+)` \|", DOC.read_text(), flags=re.MULTILINE)
+    assert sorted(rows) == sorted(CASES) and len(CASES) >= 12
