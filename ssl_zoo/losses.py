@@ -1,7 +1,9 @@
-"""Losses that lightly does not provide, as pure, shape-documented functions.
+"""Contrastive losses as pure, shape-documented functions, gathered across processes.
 
-SimCLR's NT-Xent and BYOL's negative cosine similarity come from lightly
-(``lightly.loss.NTXentLoss``, ``lightly.loss.NegativeCosineSimilarity``).
+BYOL's negative cosine similarity comes from lightly (``NegativeCosineSimilarity``).
+SimCLR's NT-Xent is written here although lightly has one: lightly's ``NTXentLoss`` cuts
+the self-similarities out with a boolean index, which on a GPU makes the host wait for the
+device at every step. ``nt_xent_loss`` masks them instead and is tested equal to it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,37 @@ import torch
 import torch.nn.functional as F
 from lightly.utils import dist
 from torch import Tensor
+
+
+def _gather(x: Tensor) -> Tensor:
+    """(B, D) per process -> (world * B, D), rank-major, with gradients flowing back."""
+    return torch.cat(dist.gather(x)) if dist.world_size() > 1 else x
+
+
+def nt_xent_loss(z0: Tensor, z1: Tensor, temperature: float) -> Tensor:
+    """SimCLR's NT-Xent: each view's positive is the other view of its image, and the
+    other 2N - 2 views of the global batch (N images over all processes) are negatives.
+
+    z0, z1: (B, P) projections of the two views of this process's B images (normalised
+    here). Returns the mean loss over this process's 2B views.
+
+    Under DDP each process scores its own views against the views of all processes, so
+    local row i's positive is column rank * B + i; the gather keeps gradients, so the
+    mean over processes equals one process holding the whole global batch.
+    """
+    z0, z1 = F.normalize(z0, dim=1), F.normalize(z1, dim=1)
+    all0, all1 = _gather(z0), _gather(z1)  # (N, P)
+    batch = z0.shape[0]
+    labels = torch.arange(batch, device=z0.device) + dist.rank() * batch  # (B,)
+    # A view is not its own negative. NOTE: masked to -inf (softmax weight 0) rather than
+    # cut out as lightly does: same loss, and no data-dependent shape.
+    itself = torch.arange(all0.shape[0], device=z0.device)[None, :] == labels[:, None]  # (B, N)
+    logits_01 = z0 @ all1.T / temperature  # (B, N): view 0 against every view 1
+    logits_00 = (z0 @ all0.T / temperature).masked_fill(itself, float("-inf"))
+    logits_10 = z1 @ all0.T / temperature
+    logits_11 = (z1 @ all1.T / temperature).masked_fill(itself, float("-inf"))
+    logits = torch.cat([torch.cat([logits_01, logits_00], 1), torch.cat([logits_10, logits_11], 1)])  # (2B, 2N)
+    return F.cross_entropy(logits, labels.repeat(2))
 
 
 def clip_loss(image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor) -> Tensor:
@@ -24,11 +57,7 @@ def clip_loss(image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Te
     right column of local row i is rank * B + i. The gather keeps gradients, so the
     result equals one process holding the whole global batch.
     """
-    if dist.world_size() > 1:
-        all_images = torch.cat(dist.gather(image_embeddings))  # (world * B, E)
-        all_texts = torch.cat(dist.gather(text_embeddings))  # (world * B, E)
-    else:
-        all_images, all_texts = image_embeddings, text_embeddings
+    all_images, all_texts = _gather(image_embeddings), _gather(text_embeddings)  # (world * B, E)
     logits_per_image = logit_scale * image_embeddings @ all_texts.T  # (B, world * B)
     logits_per_text = logit_scale * text_embeddings @ all_images.T  # (B, world * B)
     batch = image_embeddings.shape[0]

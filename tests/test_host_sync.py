@@ -7,6 +7,11 @@ numbers on the device (a blocking host-to-device copy), and ops whose output siz
 on the data (``nonzero``, boolean masks). On the CPU the same calls are ATen ops, so this
 test counts them in the steps of ``fit`` as it runs (augmentation, loss, backward,
 optimiser, EMA, callbacks and logging included), away from the logging interval.
+
+What the CPU cannot show: ``.tolist()``, ``.cpu()`` and ``.numpy()`` read memory without
+dispatching an op, and where a tensor lives (host or device) is the same here, so copies
+the code makes on purpose from host tensors look alike. Those need a GPU run with
+``torch.cuda.set_sync_debug_mode("warn")``.
 """
 
 import traceback
@@ -25,7 +30,18 @@ HOST_SYNCS = {
     aten.nonzero.default: "has a data-dependent output size",
     aten.masked_select.default: "has a data-dependent output size",
     aten.is_nonzero.default: "reads a tensor's truth value on the host",
+    aten.repeat_interleave.Tensor: "has a data-dependent output size",
+    aten.repeat_interleave.self_Tensor: "has a data-dependent output size",
 }
+
+
+def syncs(func, args) -> str | None:
+    """Why ``func`` would make the host wait for a GPU, or None."""
+    if func in HOST_SYNCS:
+        return HOST_SYNCS[func]
+    if func is aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1]):
+        return "indexes with a boolean mask (a data-dependent output size)"
+    return None
 # Host-side work that is meant to be there: (file, function) of the innermost caller.
 BY_DESIGN = {
     # The sampler's indices are a Python list; made into a tensor on the host, they go to
@@ -48,13 +64,14 @@ class HostSyncCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops_seen += self.counting
-        if self.counting and func in HOST_SYNCS:
+        reason = syncs(func, args) if self.counting else None
+        if reason:
             frames = [f for f in traceback.extract_stack()[:-1] if "torch/" not in f.filename][-3:]
             caller = frames[-1]
             if any(caller.filename.endswith(path) and caller.name == name for path, name in BY_DESIGN):
                 return func(*args, **(kwargs or {}))
             where = " <- ".join(f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}" for f in reversed(frames))
-            self.calls.append(f"{func} {HOST_SYNCS[func]}: {where}")
+            self.calls.append(f"{func} {reason}: {where}")
         return func(*args, **(kwargs or {}))
 
 

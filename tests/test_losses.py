@@ -4,9 +4,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from lightly.loss import NegativeCosineSimilarity
+from lightly.loss import NegativeCosineSimilarity, NTXentLoss
 
-from ssl_zoo.losses import clip_loss
+from ssl_zoo.losses import clip_loss, nt_xent_loss
 from ssl_zoo.methods.simclr import SimCLR
 from ssl_zoo.recipe import Recipe
 
@@ -24,13 +24,21 @@ def naive_nt_xent(z0: torch.Tensor, z1: torch.Tensor, temperature: float) -> flo
     return total / (2 * n)
 
 
-def test_simclr_criterion_matches_naive_nt_xent():
+def test_nt_xent_matches_the_naive_reference_and_lightly():
     torch.manual_seed(0)
-    model = SimCLR(Recipe(method="simclr", backbone="resnet18"))
     for temperature in (0.1, 0.5):
-        model.criterion.temperature = temperature
         z0, z1 = torch.randn(6, 16), torch.randn(6, 16)
-        assert abs(model.criterion(z0, z1).item() - naive_nt_xent(z0, z1, temperature)) < 1e-4
+        loss = nt_xent_loss(z0, z1, temperature)
+        assert abs(loss.item() - naive_nt_xent(z0, z1, temperature)) < 1e-4
+        assert torch.allclose(loss, NTXentLoss(temperature=temperature)(z0, z1), atol=1e-6)
+
+
+def test_simclr_trains_on_nt_xent_with_its_recipes_temperature(monkeypatch):
+    model = SimCLR(Recipe(method="simclr", backbone="resnet18"))
+    seen = {}
+    monkeypatch.setattr("ssl_zoo.methods.simclr.nt_xent_loss", lambda z0, z1, t: seen.setdefault("t", t) * z0.sum() * 0)
+    model.training_step({"views": torch.rand(2, 4, 3, 32, 32)}, 0)
+    assert seen["t"] == model.recipe.simclr.temperature
 
 
 def naive_clip_loss(images: torch.Tensor, texts: torch.Tensor, scale: float) -> float:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import Tensor
 
+from ssl_zoo.losses import nt_xent_loss
 from ssl_zoo.methods.base import SSLMethod
 from ssl_zoo.recipe import Recipe
 
@@ -19,8 +19,6 @@ class SimCLR(SSLMethod):
         self.projection_head = SimCLRProjectionHead(self.feature_dim, cfg.hidden_dim, cfg.output_dim)
         # NOTE: the loss is computed on the projections, but the features used
         # downstream are the backbone's: the head discards what the augmentations vary.
-        # gather_distributed: negatives come from every process's batch, with gradients.
-        self.criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=True)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         views = batch["views"]  # (2, B, 3, S, S)
@@ -28,6 +26,7 @@ class SimCLR(SSLMethod):
         # so batch-norm statistics mix the views.
         features = self.backbone(views.flatten(0, 1))  # (2B, D)
         z0, z1 = self.projection_head(features).chunk(2)  # (B, P) each
-        loss = self.criterion(z0, z1)
+        # Negatives come from every process's batch, with gradients (ssl_zoo.losses).
+        loss = nt_xent_loss(z0, z1, self.recipe.simclr.temperature)
         self.log("train/loss", loss)
         return loss + self.probe_step(features[: views.shape[1]], batch)
