@@ -76,7 +76,7 @@ def measure_steps_per_second(recipe: Recipe, datamodule: ImageDataModule, warmup
     trainer = pl.Trainer(
         max_steps=warmup + steps, accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, callbacks=[timer],
+        limit_val_batches=0, callbacks=[timer], use_distributed_sampler=False,  # the sampler splits batches itself
     )
     trainer.fit(model, datamodule=datamodule)
     if not timer.seconds:

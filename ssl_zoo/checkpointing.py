@@ -3,8 +3,9 @@
 - ``AtomicCheckpointIO`` writes a checkpoint to a temporary file beside it, flushes it to
   disk and renames it over the old one: a kill at any moment leaves the old or the new
   checkpoint, whole.
-- ``FiniteLossGuard`` stops a run whose loss became NaN or infinite, naming the step, and
-  refuses to save a checkpoint of that state, so the last good checkpoint stays.
+- ``LastCheckpoint`` keeps ``last.ckpt`` current: every N steps, at epoch ends, at the end.
+- ``FiniteLossGuard`` stops a run whose loss or weights became NaN or infinite, naming the
+  step, and refuses to save a checkpoint of that state, so the last good checkpoint stays.
 - ``checkpoint_in`` and ``latest_checkpoint`` find what ``fit --resume`` continues from.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ssl_zoo.errors import CheckpointError, TrainingError
 
@@ -31,11 +33,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         # Same folder, so the rename stays on one file system (a rename across file
         # systems is a copy, which a kill can tear).
         partial = path.with_name(f".{path.name}.partial")
-        with open(partial, "wb") as file:
-            torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)  # atomic on POSIX and Windows
+        try:
+            with open(partial, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, path)  # atomic on POSIX and Windows
+        except BaseException:
+            partial.unlink(missing_ok=True)  # a full disk keeps the old checkpoint and no debris
+            raise
         if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
             folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -44,12 +50,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.close(folder)
 
 
-class FiniteLossGuard(pl.Callback):
-    """Stops training when the loss is NaN or infinite; never saves such a state.
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``: every ``every_n_steps`` steps, at every epoch's end and when training ends.
 
-    The check stays on the device at every step (a host read per step would stall the
-    GPU). The host looks at it every ``check_every`` steps and before every checkpoint is
-    written, so a broken state never overwrites the last good checkpoint.
+    Lightning's step-interval checkpointing alone skips epoch ends and the final step when
+    they fall between intervals: a run would lose up to N - 1 steps. The file is always
+    overwritten in place (atomically, by ``AtomicCheckpointIO``), never versioned.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_steps: int | None) -> None:
+        super().__init__(
+            dirpath=dirpath, save_last=True, save_top_k=0, every_n_train_steps=every_n_steps, enable_version_counter=False
+        )
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_unless_saved(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._save_unless_saved(trainer)
+
+    def _save_unless_saved(self, trainer: pl.Trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):  # also skips a step already saved
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class FiniteLossGuard(pl.Callback):
+    """Stops training when the loss or the weights are NaN or infinite; never saves such a state.
+
+    The loss check stays on the device at every step (a host read per step would stall
+    the GPU). The host reads it every ``check_every`` steps and before every checkpoint is
+    written, when the weights about to be saved are checked too (an update can break them
+    after a finite loss). Under DDP the processes decide together, so they stop together.
     """
 
     def __init__(self, check_every: int = 50) -> None:
@@ -70,19 +103,28 @@ class FiniteLossGuard(pl.Callback):
             self._raise_if_bad(trainer)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        self._raise_if_bad(trainer)  # raising here aborts the write: the old file stays
+        # Raising here aborts the write: the old file stays.
+        weights = [t for t in checkpoint["state_dict"].values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        finite = bool(torch.stack([t.isfinite().all() for t in weights]).all()) if weights else True
+        self._raise_if_bad(trainer, weights_finite=finite)
 
-    def _raise_if_bad(self, trainer: pl.Trainer) -> None:
-        if self._first_bad_step is None or int(self._first_bad_step) < 0:
-            return
+    def _raise_if_bad(self, trainer: pl.Trainer, weights_finite: bool = True) -> None:
+        loss_bad = self._first_bad_step is not None and int(self._first_bad_step) >= 0
+        if not trainer.strategy.reduce_boolean_decision(loss_bad or not weights_finite, all=False):
+            return  # every process is fine
         last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
         kept = (
             f"The last good checkpoint is kept: {last}." if last and Path(last).is_file()
             else "No checkpoint was written before it."
         )
+        if loss_bad:
+            what = f"the loss became NaN or infinite at step {int(self._first_bad_step)} (noticed at step {trainer.global_step})"
+        elif not weights_finite:
+            what = f"the weights became NaN or infinite by step {trainer.global_step} (the loss was still finite)"
+        else:
+            what = f"another process saw a NaN or infinite loss or weights by step {trainer.global_step}"
         raise TrainingError(
-            f"Training stopped: the loss became NaN or infinite at step {int(self._first_bad_step)} "
-            f"(noticed at step {trainer.global_step}). No checkpoint of that state was saved. {kept} "
+            f"Training stopped: {what}. No checkpoint of that state was saved. {kept} "
             "Lower optim.lr, lengthen optim.warmup_epochs, or train in trainer.precision 32-true; "
             "resume from the last checkpoint with `fit --resume`."
         )

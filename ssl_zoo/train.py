@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from ssl_zoo.checkpointing import AtomicCheckpointIO, FiniteLossGuard, read_checkpoint
+from ssl_zoo.checkpointing import AtomicCheckpointIO, FiniteLossGuard, LastCheckpoint, read_checkpoint
 from ssl_zoo.data.datamodule import ImageDataModule
 from ssl_zoo.errors import CheckpointError
 from ssl_zoo.methods import METHODS
@@ -79,9 +79,7 @@ def fit(
     save_recipe(recipe, run_dir / "recipe.yaml")
 
     cfg = recipe.trainer
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every_n_steps
-    )
+    checkpoint = LastCheckpoint(run_dir / "checkpoints", every_n_steps=cfg.checkpoint_every_n_steps)
     throughput = ThroughputMeter()
     run_callbacks = [
         FiniteLossGuard(check_every=cfg.log_every_n_steps), checkpoint, throughput, ViewGridLogger(),

@@ -2,6 +2,7 @@
 
 import os
 import socket
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,11 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from lightly.loss import NTXentLoss
 
-from ssl_zoo.data.datamodule import EpochBatchSampler, ImageDataModule
-from ssl_zoo.losses import clip_loss
-from ssl_zoo.methods import BYOL
+from ssl_zoo.data.datamodule import EpochBatchSampler
+from ssl_zoo.losses import clip_loss, nt_xent_loss
+from ssl_zoo.methods import SimCLR
+from ssl_zoo.train import fit
 
 WORLD = 2
 B = 8  # per process; the global batch is 2B
@@ -42,7 +43,7 @@ def losses_and_grads(batch: dict[str, torch.Tensor], rows: slice) -> dict[str, t
         scale = batch["scale"].clone().requires_grad_()
         z0, z1 = batch["x0"][rows] @ weight.T, batch["x1"][rows] @ weight.T  # (b, 8) each
         if name == "simclr":
-            loss = NTXentLoss(temperature=0.5, gather_distributed=True)(z0, z1)
+            loss = nt_xent_loss(z0, z1, temperature=0.5)  # what SimCLR.training_step calls
         else:
             loss = clip_loss(torch.nn.functional.normalize(z0, dim=1), torch.nn.functional.normalize(z1, dim=1), scale)
         loss.backward()
@@ -84,9 +85,9 @@ def test_local_negatives_alone_would_give_another_loss():
     weight = batch["weight"].clone().requires_grad_()
     z0, z1 = batch["x0"] @ weight.T, batch["x1"] @ weight.T
     local = slice(0, B)
-    negatives_detached = NTXentLoss(temperature=0.5)(z0[local], z1[local])  # only local negatives
-    full = NTXentLoss(temperature=0.5)(z0, z1)
-    assert not torch.allclose(negatives_detached, full)
+    local_only = nt_xent_loss(z0[local], z1[local], 0.5)  # only local negatives
+    full = nt_xent_loss(z0, z1, 0.5)
+    assert not torch.allclose(local_only, full)
 
 
 def test_the_sampler_splits_each_global_batch_between_processes():
@@ -113,17 +114,34 @@ class SaveTargetChecksum(pl.Callback):
 
 
 @pytest.mark.slow
-def test_byol_target_stays_identical_across_ddp_processes(make_recipe, tmp_path):
-    recipe = make_recipe("byol", **{"data.num_images": 128, "data.batch_size": 16, "trainer.max_steps": 4})
-    datamodule = ImageDataModule(recipe.data, seed=0)
-    model = BYOL(recipe, num_classes=0)
-    trainer = pl.Trainer(
-        max_steps=4, accelerator="cpu", devices=WORLD, strategy="ddp_spawn", use_distributed_sampler=False,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, callbacks=[SaveTargetChecksum(str(tmp_path))],
-    )
-    trainer.fit(model, datamodule=datamodule)
+def test_byol_under_fit_with_two_processes(make_recipe, tmp_path):
+    # fit as a user runs it, with 2 CPU processes (gloo): the sampler, the NaN guard and
+    # the atomic checkpoint writer all take part.
+    recipe = make_recipe("byol", **{
+        "data.num_images": 128, "data.batch_size": 16, "trainer.max_steps": 4, "trainer.devices": WORLD,
+        "trainer.strategy": "ddp_spawn", "trainer.checkpoint_every_n_steps": 2,
+    })
+    summary = fit(recipe, enable_progress_bar=False, callbacks=[SaveTargetChecksum(str(tmp_path))])
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert torch.equal(ranks[0]["online"], ranks[1]["online"])  # DDP keeps the online net in sync
     assert torch.equal(ranks[0]["target"], ranks[1]["target"])  # and so the EMA target
     assert not torch.equal(ranks[0]["target"], ranks[0]["online"])  # which did move, but slower
+    checkpoint = torch.load(summary.checkpoint, map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 4
+    # Each process's augmentation stream is saved, so a resumed run draws distinct views per rank.
+    states = checkpoint["augment_states_per_rank"]["cpu"]
+    assert states.shape[0] == WORLD and not torch.equal(states[0], states[1])
+
+
+def test_a_resumed_process_gets_its_own_augmentation_stream(make_recipe):
+    states = [torch.Generator().manual_seed(seed).get_state() for seed in (1, 2)]
+    model = SimCLR(make_recipe("simclr"))
+
+    def load(world: int) -> dict:
+        checkpoint = {"augment_states_per_rank": {"cpu": torch.stack(states)}, "state_dict": {"augment._extra_state": {"cpu": states[0]}}}
+        model._trainer = SimpleNamespace(global_rank=1, world_size=world)
+        model.on_load_checkpoint(checkpoint)
+        return checkpoint["state_dict"]["augment._extra_state"]
+
+    assert torch.equal(load(world=2)["cpu"], states[1])  # rank 1's own stream, not rank 0's
+    assert load(world=3) == {}  # another number of processes: fresh streams, seeded per rank

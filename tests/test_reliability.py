@@ -132,9 +132,10 @@ def test_killing_the_checkpoint_writer_never_tears_the_checkpoint(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     path = tmp_path / "last.ckpt"
-    step = 0
+    last_seen = -1  # the step of the last whole checkpoint read
     for delay in (0.05, 0.13, 0.21, 0.34, 0.55, 0.08):  # kills land at different moments of a write
-        writer = subprocess.Popen([sys.executable, str(script), str(path), str(step)], stdout=subprocess.PIPE, text=True)
+        start = last_seen + 1
+        writer = subprocess.Popen([sys.executable, str(script), str(path), str(start)], stdout=subprocess.PIPE, text=True)
         assert writer.stdout.readline().strip() == "ready"
         time.sleep(delay)
         writer.send_signal(signal.SIGKILL)
@@ -143,9 +144,9 @@ def test_killing_the_checkpoint_writer_never_tears_the_checkpoint(tmp_path):
             continue
         state = torch.load(path, map_location="cpu", weights_only=True)  # whole, not torn
         assert torch.all(state["weights"] == state["step"])
-        assert state["step"] >= step
-        step = state["step"] + 1
-    assert step > 0, "no checkpoint was ever completed"
+        assert state["step"] >= last_seen  # the old checkpoint or a newer one, never an older one
+        last_seen = state["step"]
+    assert last_seen >= 0, "no checkpoint was ever completed"
 
 
 def test_a_failed_write_leaves_the_old_checkpoint(tmp_path, monkeypatch):
@@ -160,6 +161,7 @@ def test_a_failed_write_leaves_the_old_checkpoint(tmp_path, monkeypatch):
         AtomicCheckpointIO().save_checkpoint({"step": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # the partial file is gone
 
 
 class PoisonWeightsAt(pl.Callback):
@@ -181,6 +183,32 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(make_recipe):
     assert state["global_step"] == 4  # the step-6 checkpoint was refused, step 4's stays
     weights = [t for t in state["state_dict"].values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
     assert all(torch.isfinite(t).all() for t in weights)
+
+
+def test_weights_broken_by_an_update_after_a_finite_loss_are_not_saved(make_recipe):
+    recipe = make_recipe("simclr", **{"data.num_images": 256, "trainer.checkpoint_every_n_steps": 2, "trainer.log_every_n_steps": 50})
+    with pytest.raises(TrainingError, match=r"weights became NaN or infinite by step 4 \(the loss was still finite\)"):
+        fit(recipe, enable_progress_bar=False, callbacks=[PoisonWeightsAt(step=4)])  # poisoned before step 4's save
+    last = Path(recipe.trainer.output_dir) / "tiny_simclr" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
+
+
+class RecordSavedSteps(pl.Callback):
+    def __init__(self) -> None:
+        self.steps = []
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self.steps.append(checkpoint["global_step"])
+
+
+def test_last_checkpoint_is_saved_every_n_steps_at_epoch_ends_and_at_the_end(make_recipe):
+    # 8 steps an epoch, 19 steps in all, every 5 steps: 5, 8 (epoch), 10, 15, 16 (epoch), 19 (end).
+    recipe = make_recipe("simclr", **{"data.num_images": 256, "trainer.max_epochs": 3, "trainer.max_steps": 19, "trainer.checkpoint_every_n_steps": 5})
+    saved = RecordSavedSteps()
+    summary = fit(recipe, enable_progress_bar=False, callbacks=[saved])
+    assert saved.steps == [5, 8, 10, 15, 16, 19]
+    assert summary.checkpoint.name == "last.ckpt" and saved_step(summary.checkpoint) == summary.steps == 19
+    assert sorted(p.name for p in summary.checkpoint.parent.iterdir()) == ["last.ckpt"]  # no versions, no debris
 
 
 def test_recipes_load_with_a_safe_yaml_loader(tmp_path):

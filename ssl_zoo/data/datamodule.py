@@ -211,6 +211,12 @@ class ImageDataModule(pl.LightningDataModule):
             current_epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
         )
         self.train_sampler.resume = self._resume
+        if len(self.train_sampler) == 0:
+            raise RecipeError(
+                f"data.batch_size {self.config.batch_size} x {self.train_sampler.world_size} processes is "
+                f"larger than the training split of {self.config.name} ({len(dataset)} images): no batch is "
+                "left for an epoch. Lower --data.batch_size or use fewer devices."
+            )
         return DataLoader(
             dataset,
             batch_sampler=self.train_sampler,
@@ -225,13 +231,22 @@ class ImageDataModule(pl.LightningDataModule):
         if self.trainer is None:
             return {}
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
+        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed, "world_size": self.trainer.world_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        if state:
-            self._resume = (state["epoch"], state["batches_done"])
-            if self.train_sampler is not None:
-                self.train_sampler.resume = self._resume
+        if not state:
+            return
+        batches = state["batches_done"]
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if state.get("world_size", 1) != world:
+            # Other processes, other global batches: go on at the first image not yet seen.
+            batches = batches * state["world_size"] // world
+        self._resume = (state["epoch"], batches)
+        if self.train_sampler is not None:
+            self.train_sampler.resume = self._resume
+
+    def teardown(self, stage: str) -> None:
+        self._resume = None  # a later fit with this data module starts from its beginning
 
     def eval_dataloader(self, images: ImageSet) -> DataLoader:
         """Batches of a labelled set in order, for validation and the monitors."""

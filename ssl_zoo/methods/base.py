@@ -52,6 +52,25 @@ class SSLMethod(pl.LightningModule):
             batch["image"] = self.eval_transform(batch["image"])  # (B, 3, S, S)
         return batch
 
+    # Every process draws its own views. Only rank 0's module state is saved, so the other
+    # ranks' generator states travel beside it, and each rank gets its own back on resume.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.world_size > 1:
+            states = self.augment.get_extra_state()  # {device: uint8 state}
+            checkpoint["augment_states_per_rank"] = {
+                key: self.all_gather(state.to(self.device)).cpu() for key, state in states.items()  # (W, n)
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        per_rank = checkpoint.get("augment_states_per_rank")
+        if not per_rank or self._trainer is None:
+            return
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        if world == next(iter(per_rank.values())).shape[0]:
+            checkpoint["state_dict"]["augment._extra_state"] = {key: states[rank] for key, states in per_rank.items()}
+        else:  # another number of processes: fresh streams, distinct per rank (from the seed)
+            checkpoint["state_dict"]["augment._extra_state"] = {}
+
     def probe_step(self, features: Tensor, batch: dict[str, Tensor]) -> Tensor:
         """Train the online probe on detached features; returns its loss (0 without one)."""
         if self.online_probe is None or "label" not in batch:
