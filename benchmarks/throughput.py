@@ -38,7 +38,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 
@@ -194,11 +194,20 @@ class PILViews(Dataset):
         return item
 
 
+PREFETCH = 4  # batches each loader worker prepares ahead
+
+
 def lightly_loader(dataset: PILViews, batch: int, settings: Settings) -> DataLoader:
     return DataLoader(
         dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=settings.cores,
-        persistent_workers=True, pin_memory=settings.device.type == "cuda", prefetch_factor=4,
+        persistent_workers=True, pin_memory=settings.device.type == "cuda", prefetch_factor=PREFETCH,
     )
+
+
+def queued_batches(settings: Settings) -> int:
+    """Batches a loader can hold ready before it is timed: skipped, so that the clock
+    measures what the workers sustain, not a full queue."""
+    return settings.cores * PREFETCH + 2
 
 
 def to_device(item: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
@@ -251,10 +260,10 @@ def measure_views(images: ImageSet, settings: Settings, config: AugmentConfig = 
     kornia_rate = _median_rate(lambda: [pipeline(uint8.float() / 255) for _ in range(2)], batch, settings)
 
     dataset = PILViews(images, lightly_transform(config, num_views=2))
-    timed = settings.view_rounds * 3
-    if len(dataset) < batch * (timed + 4):
-        raise ValueError(f"the view benchmark needs {batch * (timed + 4)} images, got {len(dataset)}")
-    lightly_rate = _loader_rate(lightly_loader(dataset, batch, settings), device, skip=4, batches=timed)
+    timed, skip = settings.view_rounds * 3, queued_batches(settings)
+    if len(dataset) < batch * (timed + skip):
+        raise ValueError(f"the view benchmark needs {batch * (timed + skip)} images, got {len(dataset)}")
+    lightly_rate = _loader_rate(lightly_loader(dataset, batch, settings), device, skip=skip, batches=timed)
     return {
         "ssl_zoo": ssl_zoo_rate, "lightly": lightly_rate, "kornia": kornia_rate,
         "ratio_over_lightly": ssl_zoo_rate / lightly_rate, "ratio_over_kornia": ssl_zoo_rate / kornia_rate,
@@ -272,8 +281,9 @@ def case_recipe(case: Case, settings: Settings, output_dir: str) -> Recipe:
     return parse_recipe([
         "--recipe", case.base_recipe, "--backbone", case.backbone, "--augment.size", str(case.size),
         "--data.name", "shapes", "--data.image_size", str(case.size), "--data.batch_size", str(case.batch),
-        # One epoch holds every step: the clock never sees an epoch's end (validation, checkpoint).
-        "--data.num_images", str(case.batch * (settings.warmup + settings.steps + 2)),
+        # One epoch holds every step (the lightly loop's longer warm-up included): the clock
+        # never sees an epoch's end (validation, checkpoint).
+        "--data.num_images", str(case.batch * (max(settings.warmup, queued_batches(settings)) + settings.steps + 2)),
         "--data.knn_bank_size", "256", "--data.val_size", "256", "--data.num_workers", "0",
         "--trainer.max_steps", str(settings.warmup + settings.steps), "--trainer.log_every_n_steps", "50",
         "--trainer.accelerator", "gpu" if on_gpu else "cpu", "--trainer.devices", "1",
@@ -339,7 +349,9 @@ def lightly_rate(recipe: Recipe, datamodule: ImageDataModule, tokens: Tensor | N
     dataset = PILViews(datamodule.train_set, lightly_transform(recipe.augment, model.num_views), tokens)
     batches = iter(lightly_loader(dataset, recipe.data.batch_size, settings))
     next_batch = lambda: to_device(next(batches), device)  # noqa: E731
-    return recipe.data.batch_size * _plain_steps(model, optimizer, next_batch, settings, bf16=device.type == "cuda")
+    # Warm up past the loader's full queue, so that the timed steps wait on the workers.
+    warm = replace(settings, warmup=max(settings.warmup, queued_batches(settings)))
+    return recipe.data.batch_size * _plain_steps(model, optimizer, next_batch, warm, bf16=device.type == "cuda")
 
 
 def measure_case(case: Case, settings: Settings) -> dict:
@@ -441,7 +453,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from ssl_zoo.data.shapes import make_shapes
 
-    view_images = make_shapes(settings.view_batch * (settings.view_rounds * 3 + 4), VIEWS_CONFIG.size, seed=0)
+    view_images = make_shapes(
+        settings.view_batch * (settings.view_rounds * 3 + queued_batches(settings)), VIEWS_CONFIG.size, seed=0
+    )
     results = {
         "device": device_label(device), "date": date.today().isoformat(), "versions": versions(),
         "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
