@@ -231,17 +231,16 @@ class ImageDataModule(pl.LightningDataModule):
         if self.trainer is None:
             return {}
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed, "world_size": self.trainer.world_size}
+        images = progress.processed * self.config.batch_size * self.trainer.world_size
+        return {"epoch": self.trainer.current_epoch, "images_done": images}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if not state:
             return
-        batches = state["batches_done"]
+        # Counted in images, so a run resumed with another batch size or number of processes
+        # goes on at the first image of the epoch's permutation it has not trained on.
         world = self.trainer.world_size if self.trainer is not None else 1
-        if state.get("world_size", 1) != world:
-            # Other processes, other global batches: go on at the first image not yet seen.
-            batches = batches * state["world_size"] // world
-        self._resume = (state["epoch"], batches)
+        self._resume = (state["epoch"], state["images_done"] // (self.config.batch_size * world))
         if self.train_sampler is not None:
             self.train_sampler.resume = self._resume
 
