@@ -139,3 +139,17 @@ def test_run_shorter_than_its_warmup_trains(make_recipe):
     assert trainer.global_step == 4
     # warm-up spans the whole run: the learning rate still rises at the last step
     assert 0 < trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] < recipe.optim.lr * 32 / 256
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "clip", "supervised"])
+def test_the_optimiser_trains_every_trainable_parameter_once(method, make_recipe):
+    # CLIP's logit_scale sits on the method itself, outside every submodule: it was once
+    # left out of the optimiser, so the "learned" temperature never moved.
+    model = METHODS[method](make_recipe(method), num_classes=8)
+    groups = model.configure_optimizers()[0][0].param_groups
+    optimised = [id(p) for group in groups for p in group["params"]]
+    trainable = [id(p) for p in model.parameters() if p.requires_grad]
+    assert sorted(optimised) == sorted(trainable) and len(set(optimised)) == len(optimised)
+    if method == "clip":
+        no_decay = next(g for g in groups if g["name"] == "ssl_no_weight_decay")
+        assert any(p is model.logit_scale for p in no_decay["params"])

@@ -90,6 +90,9 @@ class SSLMethod(pl.LightningModule):
         optim = self.recipe.optim
         ssl_modules = [m for name, m in self.named_children() if name != "online_probe"]
         decay, no_decay = get_weight_decay_parameters(ssl_modules)
+        # Parameters held by the method itself, not by a submodule (CLIP's logit_scale), are
+        # trained without weight decay, as open_clip does.
+        no_decay = [*no_decay, *self.parameters(recurse=False)]
         groups = [
             {"name": "ssl", "params": [p for p in decay if p.requires_grad]},
             {"name": "ssl_no_weight_decay", "params": [p for p in no_decay if p.requires_grad], "weight_decay": 0.0},
