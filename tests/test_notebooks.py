@@ -4,7 +4,6 @@ The suite runs the notebooks' shorter version (``SSL_ZOO_NOTEBOOK_QUICK=1``: few
 the same cells); the outputs committed under notebooks/ come from the full run.
 """
 
-import os
 from pathlib import Path
 
 import nbformat
