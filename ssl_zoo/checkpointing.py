@@ -88,7 +88,6 @@ class FiniteLossGuard(pl.Callback):
     def __init__(self, check_every: int = 50) -> None:
         self.check_every = max(check_every, 1)
         self._first_bad_step: torch.Tensor | None = None  # -1 while every loss was finite
-        self.last_good_checkpoint: tuple[str, int] | None = None  # (path, step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
