@@ -136,8 +136,8 @@ def shift_hue(x: Tensor, shift: Tensor) -> Tensor:
 
     NOTE: the same function as Kornia's ``adjust_hue`` (tested equal), written in its
     closed form: value and chroma are kept, only the hue moves, so RGB -> HSV needs just
-    the hue and HSV -> RGB is one formula for all three channels. Kornia's general
-    conversions took 47 of the 82 ms of a 2 x 512 view batch on 2 CPU cores; this takes 6.
+    the hue and HSV -> RGB is one formula for all three channels. On 1,024 views of 32 px
+    and 2 CPU cores, Kornia's takes 39-47 ms (most of the whole pipeline), this 11-25 ms.
     """
     red, green, blue = x.unbind(dim=1)  # (N, H, W) each
     value, chroma = x.amax(dim=1), x.amin(dim=1).neg_().add_(x.amax(dim=1))  # (N, H, W)

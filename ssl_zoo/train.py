@@ -140,15 +140,11 @@ def check_resumable(path: Path, recipe: Recipe) -> None:
     """Refuse a checkpoint that is not a run of ``recipe``'s method, backbone and heads."""
     saved = read_checkpoint(path)["hyper_parameters"]["recipe"]
     old = recipe_from_dict(saved)
-    mismatches = [
-        f"{key}: checkpoint {a!r}, recipe {b!r}"
-        for key, a, b in [
-            ("method", old.method, recipe.method), ("backbone", old.backbone, recipe.backbone),
-            # The heads' sizes, when the methods agree.
-            (f"{recipe.method} section", getattr(old, old.method), getattr(recipe, old.method)),
-        ]
-        if a != b and (key == "method" or old.method == recipe.method)
-    ]
+    if old.method != recipe.method:
+        mismatches = [f"method: checkpoint {old.method!r}, recipe {recipe.method!r}"]
+    else:  # the same method: the backbone and the heads' sizes must agree too
+        pairs = [("backbone", old.backbone, recipe.backbone), (old.method, getattr(old, old.method), getattr(recipe, old.method))]
+        mismatches = [f"{key}: checkpoint {a!r}, recipe {b!r}" for key, a, b in pairs if a != b]
     if mismatches:
         raise CheckpointError(
             f"Cannot resume from '{path}' with recipe '{recipe.name}': the checkpoint is a different model "

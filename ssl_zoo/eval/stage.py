@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import platform
-import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -23,9 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssl_zoo.augment import AugmentConfig, ViewAugment
+from ssl_zoo.checkpointing import read_checkpoint
 from ssl_zoo.data.datamodule import DEFAULT_SPLITS, load_split
 from ssl_zoo.data.imageset import ImageSet
-from ssl_zoo.checkpointing import read_checkpoint
 from ssl_zoo.errors import CheckpointError, SslZooError
 from ssl_zoo.eval.cache import FeatureCache, hash_file, hash_module, hash_tensor
 from ssl_zoo.eval.diagnostics import alignment, effective_rank, embedding_std, uniformity
@@ -91,31 +90,27 @@ def load_method(path: str | Path) -> SSLMethod:
     saved = checkpoint["hyper_parameters"]
     recipe = recipe_from_dict(saved["recipe"])
     model = METHODS[recipe.method](recipe, num_classes=saved.get("num_classes", 0))
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as error:
+    mismatch = _state_dict_mismatch(model.state_dict(), checkpoint["state_dict"])
+    if mismatch:
         raise CheckpointError(
             f"'{path}' does not match its own recipe: its weights are not those of a {recipe.method} "
-            f"with backbone {recipe.backbone} ({_state_dict_mismatch(str(error))}). The checkpoint or "
-            "the recipe saved in it was changed after training; pass the checkpoint as `fit` wrote it."
-        ) from None
+            f"with backbone {recipe.backbone} ({mismatch}). The checkpoint or the recipe saved in it "
+            "was changed after training; pass the checkpoint as `fit` wrote it."
+        )
+    model.load_state_dict(checkpoint["state_dict"])
     model.trained_steps = int(checkpoint.get("global_step", 0))  # where eval results go in TensorBoard
     return model.eval()
 
 
-def _state_dict_mismatch(message: str) -> str:
-    """PyTorch's load_state_dict error, summarised: counts and the first key."""
-    missing = re.search(r"Missing key\(s\) in state_dict: (.*?)\.\s*$", message, re.MULTILINE)
-    unexpected = re.search(r"Unexpected key\(s\) in state_dict: (.*?)\.\s*$", message, re.MULTILINE)
-    shapes = re.findall(r"size mismatch for ([\w.]+)", message)
-    parts = []
-    for what, found in (("missing", missing), ("unexpected", unexpected)):
-        if found:
-            keys = re.findall(r'"([^"]+)"', found.group(1))
-            parts.append(f"{len(keys)} {what}, e.g. {keys[0]}")
-    if shapes:
-        parts.append(f"{len(shapes)} of another shape, e.g. {shapes[0]}")
-    return "; ".join(parts) or message.splitlines()[0][:200]
+def _state_dict_mismatch(expected: dict[str, Any], saved: dict[str, Any]) -> str:
+    """How ``saved`` weights differ from a model's: counts and a first key ('' if they fit)."""
+    tensors = [k for k in expected.keys() & saved.keys() if isinstance(expected[k], Tensor)]
+    problems = {
+        "missing": sorted(expected.keys() - saved.keys()),
+        "unexpected": sorted(saved.keys() - expected.keys()),
+        "of another shape": sorted(k for k in tensors if expected[k].shape != saved[k].shape),
+    }
+    return "; ".join(f"{len(keys)} {what}, e.g. {keys[0]}" for what, keys in problems.items() if keys)
 
 
 def _data_config(recipe: Recipe, name: str | None, root: str | None) -> DataConfig:
