@@ -22,6 +22,9 @@ from ssl_zoo.errors import RecipeError
 class Backbone:
     network: nn.Module  # (B, 3, S, S) float images -> (B, feature_dim); text: (B, L) int64 -> (B, feature_dim)
     feature_dim: int
+    # True when the network's last layer already is CLIP's projection into the joint
+    # image-text space (the modified ResNet's attention pool), so none is added after it.
+    projects: bool = False
 
 
 def _resnet(build: Callable[[], nn.Module], cifar_stem: bool) -> Backbone:
@@ -53,6 +56,26 @@ def _vit(image_size: int, patch_size: int, width: int, layers: int, heads: int) 
     )
     net.heads = nn.Identity()  # class-token features, (B, width)
     return Backbone(net, width)
+
+
+def _clip_modified_resnet(image_size: int, layers: tuple[int, int, int, int], embed_dim: int, heads: int) -> Backbone:
+    """CLIP's modified ResNet (Radford et al. 2021, section 2.4), open_clip's implementation.
+
+    NOTE: it differs from torchvision's ResNet in three places: a stem of three 3x3 convs
+    with an average pool, anti-aliased strided convolutions (an average pool before each
+    stride-1 conv instead of a strided one), and attention pooling (one multi-head
+    attention layer queried by the mean feature) instead of global average pooling. The
+    attention pool ends in CLIP's image projection, so its output is the embedding.
+    """
+    if image_size % 32:
+        raise RecipeError(
+            f"CLIP's modified ResNet downsamples 32x before its attention pool, so it needs an image "
+            f"size divisible by 32; got {image_size}. Set augment.size to a multiple of 32 (224 in the paper)."
+        )
+    from open_clip.modified_resnet import ModifiedResNet
+
+    net = ModifiedResNet(list(layers), output_dim=embed_dim, heads=heads, image_size=image_size, width=64)
+    return Backbone(net, embed_dim, projects=True)
 
 
 class TextTransformer(nn.Module):
@@ -91,6 +114,8 @@ IMAGE_BACKBONES: dict[str, Callable[[int], Backbone]] = {
     "resnet18_cifar": lambda size: _resnet(resnet18, cifar_stem=True),
     "resnet50": lambda size: _resnet(resnet50, cifar_stem=False),
     "resnet50_cifar": lambda size: _resnet(resnet50, cifar_stem=True),
+    # CLIP's RN50: embedding 1024, 32 attention-pool heads (width 64 * 32 / 64), as open_clip's RN50.
+    "clip_rn50": lambda size: _clip_modified_resnet(size, (3, 4, 6, 3), embed_dim=1024, heads=32),
     # Small ViTs (DeiT-Tiny / -Small widths). Patch 4 suits 32-64 px images, 16 suits 224 px.
     "vit_tiny_p4": lambda size: _vit(size, patch_size=4, width=192, layers=12, heads=3),
     "vit_small_p4": lambda size: _vit(size, patch_size=4, width=384, layers=12, heads=6),

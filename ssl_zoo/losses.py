@@ -1,6 +1,6 @@
 """Contrastive losses as pure, shape-documented functions, gathered across processes.
 
-BYOL's negative cosine similarity comes from lightly (``NegativeCosineSimilarity``).
+BYOL's regression loss is lightly's ``NegativeCosineSimilarity`` put on the paper's scale.
 SimCLR's NT-Xent is written here although lightly has one: lightly's ``NTXentLoss`` cuts
 the self-similarities out with a boolean index, which on a GPU makes the host wait for the
 device at every step. ``nt_xent_loss`` masks them instead and is tested equal to it.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from lightly.loss import NegativeCosineSimilarity
 from lightly.utils import dist
 from torch import Tensor
 
@@ -63,3 +64,23 @@ def clip_loss(image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Te
     batch = image_embeddings.shape[0]
     labels = torch.arange(batch, device=image_embeddings.device) + dist.rank() * batch
     return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+
+
+_negative_cosine = NegativeCosineSimilarity()  # mean over the batch of -cos(p, t)
+
+
+def byol_loss(prediction: Tensor, target: Tensor) -> Tensor:
+    """BYOL's loss for one direction: the mean squared error of the L2-normalised vectors,
+    ``||p/|p| - t/|t|||^2 = 2 - 2 cos(p, t)``, averaged over the batch (Grill et al. 2020, eq. 2).
+
+    prediction: (B, P), the online network's prediction of one view.
+    target: (B, P), the target network's projection of the other view (no gradient).
+    Returns the scalar loss, in [0, 4].
+
+    NOTE: the method sums both directions, as the paper and its code do. Taking -cos, or
+    averaging the two directions, gives the same minimum but a smaller gradient (4x smaller
+    for 0.5 * (-cos - cos)), which changes the step size under SGD and the balance of
+    weight decay under LARS.
+    """
+    return 2 + 2 * _negative_cosine(prediction, target)
+

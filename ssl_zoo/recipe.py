@@ -69,7 +69,9 @@ class TrainerConfig:
     devices: int | str = "auto"  # processes per node (GPUs, or CPU processes with accelerator cpu)
     num_nodes: int = 1
     strategy: str = "auto"  # Lightning's: "ddp" on several devices (what auto picks), "ddp_spawn", ...
-    sync_batchnorm: bool = False  # batch-norm statistics over the global batch (SimCLR's paper does)
+    # Batch-norm statistics over the global batch when there are several processes. None:
+    # as the method's paper does (on for SimCLR and BYOL, off for CLIP and supervised).
+    sync_batchnorm: bool | None = None
     precision: str = "32-true"  # "bf16-mixed" on recent GPUs
     seed: int = 0
     log_every_n_steps: int = 50

@@ -201,12 +201,12 @@ def headline_rows(runs: list[BenchRun]) -> tuple[list[str], list[list[str]]]:
 
 
 def diagnostic_rows(runs: list[BenchRun]) -> tuple[list[str], list[list[str]]]:
-    header = ["run", "embedding std (×√D; 0 = collapsed)", "effective rank", "feature dim",
+    header = ["run", "embedding std (×√D; 0 = collapsed)", "RankMe", "feature dim",
               "alignment (lower = closer views)", "uniformity (lower = more spread)"]
     rows = []
     for run in runs:
         m = run.result["metrics"]
-        rows.append([run.label, _number(m.get("embedding_std")), _number(m.get("effective_rank"), 1),
+        rows.append([run.label, _number(m.get("embedding_std")), _number(m.get("rankme"), 1),
                      str(run.result.get("feature_dim", "–")), _number(m.get("alignment"), 3), _number(m.get("uniformity"), 3)])
     return header, rows
 

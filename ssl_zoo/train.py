@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from ssl_zoo.checkpointing import AtomicCheckpointIO, FiniteLossGuard, LastCheckpoint, read_checkpoint
 from ssl_zoo.data.datamodule import ImageDataModule
 from ssl_zoo.errors import CheckpointError
-from ssl_zoo.methods import METHODS
+from ssl_zoo.methods import METHODS, SSLMethod
 from ssl_zoo.monitor import KNNMonitor, SparseProgressBar, ThroughputMeter, ViewGridLogger
 from ssl_zoo.recipe import Recipe, recipe_from_dict, save_recipe
 
@@ -91,6 +91,7 @@ def fit(
     if enable_progress_bar:
         run_callbacks.append(SparseProgressBar(metrics_every=cfg.log_every_n_steps))
 
+    sync_batchnorm, sync_batchnorm_reason = resolve_sync_batchnorm(recipe, type(model), on_gpu=_uses_gpu(cfg.accelerator))
     trainer = pl.Trainer(
         max_epochs=cfg.max_epochs,
         max_steps=cfg.max_steps,
@@ -99,7 +100,7 @@ def fit(
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
-        sync_batchnorm=cfg.sync_batchnorm,
+        sync_batchnorm=sync_batchnorm,
         # The data module's sampler splits each global batch between processes itself.
         use_distributed_sampler=False,
         plugins=[AtomicCheckpointIO()],
@@ -113,6 +114,9 @@ def fit(
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
     )
+    if trainer.world_size > 1 and trainer.is_global_zero:
+        state = "on" if sync_batchnorm else "off"
+        print(f"ssl_zoo: sync batch norm {state} over {trainer.world_size} processes ({sync_batchnorm_reason}).", flush=True)
     # weights_only: a checkpoint is data; resuming never runs code from the file.
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
 
@@ -134,6 +138,20 @@ def fit(
         probe_top1=metric("probe/val_top1"),
         peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if trainer.strategy.root_device.type == "cuda" else None,
     )
+
+
+def _uses_gpu(accelerator: str) -> bool:
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def resolve_sync_batchnorm(recipe: Recipe, method: type[SSLMethod], on_gpu: bool) -> tuple[bool, str]:
+    """Whether batch norm runs over the global batch, and why. It only matters with several
+    processes (Lightning converts the layers only under a multi-process strategy)."""
+    wanted = method.global_batchnorm if recipe.trainer.sync_batchnorm is None else recipe.trainer.sync_batchnorm
+    source = "the recipe's trainer.sync_batchnorm" if recipe.trainer.sync_batchnorm is not None else f"{recipe.method}'s paper"
+    if wanted and not on_gpu:
+        return False, f"{source} asks for it, but torch's SyncBatchNorm runs only on GPUs"
+    return wanted, f"{source}; --trainer.sync_batchnorm overrides it"
 
 
 def check_resumable(path: Path, recipe: Recipe) -> None:

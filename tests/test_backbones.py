@@ -47,3 +47,26 @@ def test_unknown_backbone_is_a_clear_error():
         build_image_backbone("resnet19", 32)
     with pytest.raises(RecipeError, match="divisible"):
         build_image_backbone("vit_small_p16", 40)
+
+
+def test_clip_rn50_is_clips_modified_resnet():
+    from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet
+
+    backbone = build_image_backbone("clip_rn50", image_size=64)
+    net = backbone.network
+    assert isinstance(net, ModifiedResNet) and isinstance(net.attnpool, AttentionPool2d)
+    assert net.attnpool.num_heads == 32 and backbone.feature_dim == 1024 and backbone.projects
+    assert [len(layer) for layer in (net.layer1, net.layer2, net.layer3, net.layer4)] == [3, 4, 6, 3]
+    assert [net.conv1.kernel_size, net.conv2.kernel_size, net.conv3.kernel_size] == [(3, 3)] * 3  # 3-conv stem
+    with pytest.raises(RecipeError, match="divisible by 32"):
+        build_image_backbone("clip_rn50", image_size=48)
+
+
+def test_clip_adds_no_projection_after_the_attention_pool(make_recipe):
+    from ssl_zoo.methods import CLIP
+
+    recipe = make_recipe("clip", **{"backbone": "clip_rn50", "augment.size": 64, "clip.embed_dim": 1024})
+    model = CLIP(recipe)
+    assert isinstance(model.image_projection, torch.nn.Identity)
+    with torch.no_grad():
+        assert model.encode_image(torch.randn(2, 3, 64, 64)).shape == (2, 1024)

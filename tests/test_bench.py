@@ -38,7 +38,7 @@ def test_bench_writes_results_markdown_and_html_with_every_table_and_plot(bench_
     assert results["command"].startswith("python -m ssl_zoo bench --recipes quickstart")
     for run in results["runs"]:
         metrics = run["evaluation"]["metrics"]
-        assert {"linear_top1", "knn_top1", "embedding_std", "effective_rank", "alignment", "uniformity"} <= set(metrics)
+        assert {"linear_top1", "knn_top1", "embedding_std", "rankme", "alignment", "uniformity"} <= set(metrics)
         if run["kind"] == "method" or run["label"].startswith("supervised"):
             training = run["training"]
             assert training["steps"] >= 1 and training["steps_per_second_measured"] > 0

@@ -13,8 +13,8 @@ import torch.multiprocessing as mp
 
 from ssl_zoo.data.datamodule import EpochBatchSampler
 from ssl_zoo.losses import clip_loss, nt_xent_loss
-from ssl_zoo.methods import SimCLR
-from ssl_zoo.train import fit
+from ssl_zoo.methods import METHODS, SimCLR
+from ssl_zoo.train import fit, resolve_sync_batchnorm
 
 WORLD = 2
 B = 8  # per process; the global batch is 2B
@@ -145,3 +145,37 @@ def test_a_resumed_process_gets_its_own_augmentation_stream(make_recipe):
 
     assert torch.equal(load(world=2)["cpu"], states[1])  # rank 1's own stream, not rank 0's
     assert load(world=3) == {}  # another number of processes: fresh streams, seeded per rank
+
+
+class SaveBatchNormKinds(pl.Callback):
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_start(self, trainer, pl_module):
+        kinds = sorted({type(m).__name__ for m in pl_module.backbone.modules() if "BatchNorm" in type(m).__name__})
+        (Path(self.out) / f"rank{trainer.global_rank}.txt").write_text(",".join(kinds))
+
+
+@pytest.mark.slow
+def test_simclr_with_two_cpu_processes_says_why_batch_norm_stays_local(make_recipe, tmp_path, capfd):
+    # torch's SyncBatchNorm runs only on GPUs, so two gloo processes keep it local and say so.
+    recipe = make_recipe("simclr", **{
+        "data.num_images": 64, "data.batch_size": 16, "trainer.max_steps": 1, "trainer.devices": WORLD,
+        "trainer.strategy": "ddp_spawn",
+    })
+    assert recipe.trainer.sync_batchnorm is None  # the method's paper decides
+    fit(recipe, enable_progress_bar=False, callbacks=[SaveBatchNormKinds(str(tmp_path))])
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(WORLD)] == ["BatchNorm2d"] * WORLD
+    out = capfd.readouterr().out
+    assert "sync batch norm off over 2 processes (simclr's paper asks for it, but torch's SyncBatchNorm runs only on GPUs)" in out
+
+
+@pytest.mark.parametrize("method, sync", [("simclr", True), ("byol", True), ("clip", False), ("supervised", False)])
+def test_sync_batchnorm_defaults_to_each_papers_choice_on_gpus(make_recipe, method, sync):
+    recipe = make_recipe(method)
+    assert resolve_sync_batchnorm(recipe, METHODS[method], on_gpu=True)[0] is sync
+    recipe.trainer.sync_batchnorm = not sync  # a recipe's own choice wins
+    assert resolve_sync_batchnorm(recipe, METHODS[method], on_gpu=True)[0] is (not sync)
+    recipe.trainer.sync_batchnorm = True  # on the CPU it cannot be on, and the reason says why
+    on, reason = resolve_sync_batchnorm(recipe, METHODS[method], on_gpu=False)
+    assert not on and "only on GPUs" in reason

@@ -1,6 +1,7 @@
 """The evaluation stage: each metric against a case whose answer is known."""
 
 import json
+import math
 import subprocess
 import sys
 import zlib
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from ssl_zoo.data.shapes import make_shapes
 from ssl_zoo.errors import CheckpointError
 from ssl_zoo.eval.cache import FeatureCache
-from ssl_zoo.eval.diagnostics import alignment, effective_rank, embedding_std, uniformity
+from ssl_zoo.eval.diagnostics import alignment, embedding_std, rankme, uniformity
 from ssl_zoo.eval.linear import linear_eval
 from ssl_zoo.eval.retrieval import retrieval_recall
 from ssl_zoo.eval.stage import EvalConfig, Evaluator, load_method
@@ -83,15 +84,27 @@ def test_retrieval_of_collapsed_embeddings_is_chance_not_perfect():
     assert recall["text_to_image_r10"] == 1.0  # ranked last of 10 images: still within 10
 
 
+def test_rankme_is_the_papers_formula_on_the_raw_matrix():
+    # Singular values of diag(3, 1) are 3 and 1: p = (0.75, 0.25) (+ 1e-7 each), by hand.
+    features = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+    p = [0.75 + 1e-7, 0.25 + 1e-7]
+    assert rankme(features) == pytest.approx(math.exp(-sum(x * math.log(x) for x in p)), rel=1e-6)
+    # Not centred: a ReLU-like (non-negative) matrix has a large mean direction, which
+    # RankMe counts; centring would remove it and give another number.
+    relu = torch.randn(500, 32, generator=torch.Generator().manual_seed(0)).clamp_min(0)
+    centred = relu - relu.mean(0)
+    assert rankme(relu) != pytest.approx(rankme(centred), rel=0.01)
+
+
 def test_diagnostics_tell_collapse_from_health():
     g = torch.Generator().manual_seed(0)
     healthy = torch.randn(2000, 64, generator=g)
     collapsed = torch.randn(1, 64, generator=g) + 1e-4 * torch.randn(2000, 64, generator=g)
     assert embedding_std(healthy) == pytest.approx(1.0, abs=0.05)
     assert embedding_std(collapsed) < 0.01
-    assert effective_rank(healthy) > 55
+    assert rankme(healthy) > 55
     low_rank = torch.randn(2000, 3, generator=g) @ torch.randn(3, 64, generator=g)
-    assert effective_rank(low_rank) < 3.01
+    assert rankme(low_rank) < 3.01
     assert alignment(healthy, healthy) == pytest.approx(0.0, abs=1e-6)
     assert alignment(healthy, -healthy) == pytest.approx(4.0)  # antipodal: ||a - b||^2 = 4
     assert uniformity(collapsed) == pytest.approx(0.0, abs=1e-3)  # log E exp(0)
@@ -172,7 +185,7 @@ def test_eval_command_scores_a_clip_checkpoint_with_every_metric(make_recipe, tm
     saved = json.loads((summary.run_dir / "eval" / "shapes.json").read_text())
     metrics = saved["metrics"]
     for name in ("linear_top1", "linear_top5", "knn_top1", "zero_shot_top1", "image_to_text_r1",
-                 "text_to_image_r10", "embedding_std", "effective_rank", "alignment", "uniformity"):
+                 "text_to_image_r10", "embedding_std", "rankme", "alignment", "uniformity"):
         assert name in metrics and metrics[name] == metrics[name], name  # present and not NaN
     assert 0 <= metrics["knn_top1"] <= 1 and saved["data"]["num_test"] == 50
     assert saved["checkpoint"]["sha256"] and saved["recipe"]["method"] == "clip"

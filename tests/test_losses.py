@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from lightly.loss import NegativeCosineSimilarity, NTXentLoss
 
-from ssl_zoo.losses import clip_loss, nt_xent_loss
+from ssl_zoo.losses import byol_loss, clip_loss, nt_xent_loss
 from ssl_zoo.methods.simclr import SimCLR
 from ssl_zoo.recipe import Recipe
 
@@ -69,7 +69,18 @@ def test_clip_loss_is_low_for_matching_pairs_and_high_for_shuffled():
     assert shuffled.item() > math.log(16) / 2
 
 
-def test_negative_cosine_similarity_as_byol_uses_it():
-    p, z = torch.randn(5, 4), torch.randn(5, 4)
-    expected = -sum(F.cosine_similarity(p[i : i + 1], z[i : i + 1]).item() for i in range(5)) / 5
-    assert abs(NegativeCosineSimilarity()(p, z).item() - expected) < 1e-6
+def test_byol_loss_is_the_papers_normalised_mse():
+    torch.manual_seed(3)
+    p, t = torch.randn(6, 8), torch.randn(6, 8)
+    # Naive reference, eq. 2 of Grill et al.: ||p/|p| - t/|t|||^2 per sample, batch mean.
+    expected = sum(((p[i] / p[i].norm() - t[i] / t[i].norm()) ** 2).sum().item() for i in range(6)) / 6
+    assert abs(byol_loss(p, t).item() - expected) < 1e-5
+    cos = F.cosine_similarity(p, t).mean().item()
+    assert abs(byol_loss(p, t).item() - (2 - 2 * cos)) < 1e-5
+    # Four times the gradient of the old 0.5 * (-cos - cos) form, summed over both directions.
+    p.requires_grad_(True)
+    (byol_loss(p, t) + byol_loss(t.flip(0), p.flip(0))).backward()
+    ours = p.grad.clone()
+    p.grad = None
+    (0.5 * (NegativeCosineSimilarity()(p, t) + NegativeCosineSimilarity()(t.flip(0), p.flip(0)))).backward()
+    assert torch.allclose(ours, 4 * p.grad, atol=1e-6)

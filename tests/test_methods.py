@@ -7,6 +7,7 @@ import pytorch_lightning as pl
 import torch
 
 from ssl_zoo.data.datamodule import ImageDataModule
+from ssl_zoo.losses import byol_loss
 from ssl_zoo.methods import BYOL, CLIP, METHODS
 
 
@@ -153,3 +154,31 @@ def test_the_optimiser_trains_every_trainable_parameter_once(method, make_recipe
     if method == "clip":
         no_decay = next(g for g in groups if g["name"] == "ssl_no_weight_decay")
         assert any(p is model.logit_scale for p in no_decay["params"])
+
+
+def test_byol_normalises_each_view_on_its_own(make_recipe):
+    # BYOL's code forwards each view separately, so batch-norm statistics never mix the
+    # blurred view with the solarised one; forwarding them as one batch gives another loss.
+    torch.manual_seed(0)
+    model = BYOL(make_recipe("byol"))
+    model.log = lambda *args, **kwargs: None
+    views = torch.randn(2, 8, 3, 32, 32)
+    rows_seen = []
+    for network in (model.backbone, model.target_backbone):
+        network.bn1.register_forward_hook(lambda module, inputs, output: rows_seen.append(inputs[0].shape[0]))
+    loss = model.training_step({"views": views}, 0)
+    assert rows_seen == [8, 8, 8, 8]  # online view 0, view 1, then target view 0, view 1
+
+    def predict(x):
+        return model.prediction_head(model.projection_head(model.backbone(x)))
+
+    def target(x):
+        return model.target_projection_head(model.target_backbone(x))
+
+    with torch.no_grad():
+        per_view = byol_loss(predict(views[0]), target(views[1])) + byol_loss(predict(views[1]), target(views[0]))
+        p0, p1 = predict(views.flatten(0, 1)).chunk(2)
+        t0, t1 = target(views.flatten(0, 1)).chunk(2)
+        together = byol_loss(p0, t1) + byol_loss(p1, t0)
+    assert torch.allclose(loss.detach(), per_view, atol=1e-5)
+    assert not torch.allclose(per_view, together, atol=1e-3)

@@ -2,8 +2,10 @@
 
 - ``embedding_std``: per-dimension std of L2-normalised features, times sqrt(D); about 1
   for features spread over the sphere, 0 for complete collapse (BYOL's failure mode).
-- ``effective_rank`` (Roy & Vetterli 2007): exp of the entropy of the normalised
-  singular values; how many dimensions the features really use (dimensional collapse).
+- ``rankme`` (Garrido et al. 2023, after Roy & Vetterli 2007): exp of the entropy of the
+  normalised singular values of the raw feature matrix; how many dimensions the features
+  really use (dimensional collapse). As defined there, so it can be held against
+  published RankMe values: the features are not centred.
 - ``alignment`` and ``uniformity`` (Wang & Isola 2020): how close two views of one image
   land (lower is better) and how evenly features cover the sphere (lower is better).
 """
@@ -25,13 +27,12 @@ def embedding_std(features: Tensor) -> float:
 
 
 @torch.no_grad()
-def effective_rank(features: Tensor) -> float:
-    """features (N, D) -> exp(entropy of the singular values of the centred features)."""
-    centred = features.float() - features.float().mean(dim=0)
-    singular = torch.linalg.svdvals(centred)
-    p = singular / singular.sum().clamp_min(1e-12)
-    entropy = -(p * p.clamp_min(1e-12).log()).sum()
-    return entropy.exp().item()
+def rankme(features: Tensor, eps: float = 1e-7) -> float:
+    """features (N, D) -> RankMe = exp(-sum_k p_k log p_k), p_k = s_k / ||s||_1 + eps, where
+    s are the singular values of the features as they are (not centred), eps as in the paper."""
+    singular = torch.linalg.svdvals(features.float())  # (min(N, D),)
+    p = singular / singular.sum().clamp_min(1e-12) + eps
+    return torch.exp(-(p * p.log()).sum()).item()
 
 
 @torch.no_grad()

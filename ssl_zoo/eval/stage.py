@@ -3,7 +3,7 @@
     checkpoint -> frozen backbone -> features of the train and test splits (cached)
       -> linear eval (L-BFGS on standardised features), kNN (k=200, T=0.1)
       -> CLIP only: zero-shot with prompt ensembles, image<->text retrieval R@K
-      -> diagnostics: embedding std, effective rank, alignment, uniformity
+      -> diagnostics: embedding std, RankMe, alignment, uniformity
       -> results (a JSON-ready dict: recipe, checkpoint hash, data, device, versions)
 """
 
@@ -27,7 +27,7 @@ from ssl_zoo.data.datamodule import DEFAULT_SPLITS, load_split
 from ssl_zoo.data.imageset import ImageSet
 from ssl_zoo.errors import CheckpointError, SslZooError
 from ssl_zoo.eval.cache import FeatureCache, hash_file, hash_module, hash_tensor
-from ssl_zoo.eval.diagnostics import alignment, effective_rank, embedding_std, uniformity
+from ssl_zoo.eval.diagnostics import alignment, embedding_std, rankme, uniformity
 from ssl_zoo.eval.features import image_features
 from ssl_zoo.eval.knn import knn_top1
 from ssl_zoo.eval.linear import linear_eval
@@ -231,7 +231,7 @@ class Evaluator:
             second.append(self.model.backbone(views[1]).float())
         return {
             "embedding_std": embedding_std(features),
-            "effective_rank": effective_rank(features),
+            "rankme": rankme(features),
             "alignment": alignment(torch.cat(first), torch.cat(second)),
             "uniformity": uniformity(features),
         }

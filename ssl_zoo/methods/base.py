@@ -24,6 +24,7 @@ from ssl_zoo.recipe import Recipe, recipe_from_dict, recipe_to_dict
 
 class SSLMethod(pl.LightningModule):
     num_views: int = 2  # views the augmentation makes of every image
+    global_batchnorm: bool = False  # the paper normalises over the global batch (sync BN under DDP)
 
     def __init__(self, recipe: Recipe | dict[str, Any], num_classes: int = 0) -> None:
         super().__init__()
@@ -34,6 +35,7 @@ class SSLMethod(pl.LightningModule):
         backbone = build_image_backbone(recipe.backbone, recipe.augment.size)
         self.backbone = backbone.network
         self.feature_dim = backbone.feature_dim
+        self.backbone_projects = backbone.projects  # its output is already an embedding (CLIP's RN)
         self.augment = ViewAugment(recipe.augment, self.num_views, seed=recipe.trainer.seed)
         self.eval_transform = EvalTransform(recipe.augment.size, recipe.augment.mean, recipe.augment.std)
         # A linear classifier on detached features, trained alongside: a cheap, live

@@ -6,12 +6,12 @@ import copy
 from typing import Any
 
 import torch
-from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.models.utils import deactivate_requires_grad
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
+from ssl_zoo.losses import byol_loss
 from ssl_zoo.methods.base import SSLMethod
 from ssl_zoo.recipe import Recipe
 
@@ -29,6 +29,10 @@ def ema_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
 
 
 class BYOL(SSLMethod):
+    # NOTE: BYOL's code computes batch-norm statistics across all devices, as SimCLR's
+    # does; under DDP sync BN is on unless the recipe says no.
+    global_batchnorm = True
+
     def __init__(self, recipe: Recipe | dict[str, Any], num_classes: int = 0) -> None:
         super().__init__(recipe, num_classes)
         cfg = self.recipe.byol
@@ -41,7 +45,6 @@ class BYOL(SSLMethod):
         self.target_projection_head = copy.deepcopy(self.projection_head)
         deactivate_requires_grad(self.target_backbone)
         deactivate_requires_grad(self.target_projection_head)
-        self.criterion = NegativeCosineSimilarity()
 
     def momentum(self) -> float:
         """EMA momentum at this step: base_momentum raised to 1 on a cosine schedule."""
@@ -52,16 +55,18 @@ class BYOL(SSLMethod):
         ema_update(self.backbone, self.target_backbone, momentum)
         ema_update(self.projection_head, self.target_projection_head, momentum)
 
-        views = batch["views"].flatten(0, 1)  # (2B, 3, S, S)
-        features = self.backbone(views)  # (2B, D)
-        p0, p1 = self.prediction_head(self.projection_head(features)).chunk(2)  # (B, P) each
+        # NOTE: each view goes through both networks on its own, as in BYOL's code, lightly
+        # and solo-learn: batch-norm statistics never mix the blurred view with the
+        # solarised one (SimCLR, by contrast, normalises both views as one batch).
+        views = batch["views"]  # (2, B, 3, S, S)
+        features = [self.backbone(view) for view in views]  # 2 x (B, D)
+        p0, p1 = (self.prediction_head(self.projection_head(f)) for f in features)  # (B, P) each
         with torch.no_grad():
-            t0, t1 = self.target_projection_head(self.target_backbone(views)).chunk(2)
-        # NOTE: the loss is symmetrised: each view's prediction regresses the other
-        # view's target. -cos here equals the paper's 2 - 2 cos up to a constant and scale.
-        loss = 0.5 * (self.criterion(p0, t1) + self.criterion(p1, t0))
+            t0, t1 = (self.target_projection_head(self.target_backbone(view)) for view in views)
+        # Each view's prediction regresses the other view's target; both directions summed.
+        loss = byol_loss(p0, t1) + byol_loss(p1, t0)
         self.log("train/loss", loss)
-        return loss + self.probe_step(features[: len(p0)], batch)
+        return loss + self.probe_step(features[0], batch)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # The momentum is a schedule, not a measurement: it goes to the logger at the log

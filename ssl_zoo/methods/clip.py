@@ -23,8 +23,13 @@ class CLIP(SSLMethod):
         cfg = self.recipe.clip
         text = build_text_backbone(cfg.text_backbone, self.recipe.data.context_length)
         self.text_backbone = text.network
-        # Linear maps (no bias) from each tower's features to the joint space.
-        self.image_projection = nn.Linear(self.feature_dim, cfg.embed_dim, bias=False)
+        # Linear maps (no bias) from each tower's features to the joint space. NOTE: CLIP's
+        # modified ResNet ends in its own projection (the attention pool's), so nothing
+        # is added after it when it already lands in a space of the right size.
+        if self.backbone_projects and self.feature_dim == cfg.embed_dim:
+            self.image_projection = nn.Identity()
+        else:
+            self.image_projection = nn.Linear(self.feature_dim, cfg.embed_dim, bias=False)
         self.text_projection = nn.Linear(text.feature_dim, cfg.embed_dim, bias=False)
         # NOTE: the temperature is learned as a log inverse temperature, initialised to
         # 1 / 0.07, and clipped so that the logits are never scaled by more than 100.

@@ -13,6 +13,10 @@ from ssl_zoo.recipe import Recipe
 
 
 class SimCLR(SSLMethod):
+    # NOTE: SimCLR normalises over the global batch (section 2.2: local BN lets positives
+    # cheat through batch statistics), so under DDP sync BN is on unless the recipe says no.
+    global_batchnorm = True
+
     def __init__(self, recipe: Recipe | dict[str, Any], num_classes: int = 0) -> None:
         super().__init__(recipe, num_classes)
         cfg = self.recipe.simclr
