@@ -26,6 +26,9 @@ usage:
                                                  linear, kNN, zero-shot, retrieval, diagnostics
   python -m ssl_zoo bench --recipes A B C [--budget 10m | --epochs N] [--out DIR]
                                                  train under one budget, evaluate, write a report
+  python -m ssl_zoo shards --from folder DIR|pairs FILE --out OUT --size S [--shard-size N] [--workers N]
+                                                 write indexed WebDataset shards (data.name: shards)
+  python -m ssl_zoo shards --index PATH          index existing shards (img2dataset's, say)
 
 examples:
   python -m ssl_zoo fit --recipe quickstart      SimCLR on the embedded shapes data, CPU, minutes
@@ -39,12 +42,14 @@ A run writes runs/<recipe>/version_N/: checkpoints/last.ckpt, TensorBoard logs
 
 
 def list_recipes() -> str:
-    from ssl_zoo.recipe import available_recipes
+    from ssl_zoo.recipe import ReferenceConfig, available_recipes
 
     lines = []
     for name, path in available_recipes().items():
         values = yaml.safe_load(path.read_text()) or {}
         lines.append(f"  {name:<26} {values.get('method', '?'):<7} {values.get('description', '')}")
+        reference = ReferenceConfig(**values["reference"]) if "reference" in values else None
+        lines.append(f"  {'':<26} {'':<7} reference: {reference.describe() if reference else 'not given'}")
     return "recipes (python -m ssl_zoo fit --recipe NAME):\n" + "\n".join(lines)
 
 
@@ -273,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
             return eval_command(rest)
         if command == "bench":
             return bench_command(rest)
-        print(f"ssl_zoo: unknown command '{command}'. Commands: fit, eval, bench, recipes.\n\n{USAGE}", file=sys.stderr)
+        if command == "shards":
+            from ssl_zoo.data.convert import shards_command
+
+            return shards_command(rest)
+        print(f"ssl_zoo: unknown command '{command}'. Commands: fit, eval, bench, shards, recipes.\n\n{USAGE}", file=sys.stderr)
         return 2
     except SslZooError as error:
         print(f"ssl_zoo: error: {error}", file=sys.stderr)

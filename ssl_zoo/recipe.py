@@ -25,7 +25,7 @@ from ssl_zoo.augment import AugmentConfig
 from ssl_zoo.errors import RecipeError
 
 DatasetName = Literal[
-    "shapes", "shared_cifar10", "shared_flickr8k", "cifar10", "cifar100", "stl10", "folder", "pairs"
+    "shapes", "shared_cifar10", "shared_flickr8k", "cifar10", "cifar100", "stl10", "folder", "pairs", "shards"
 ]
 
 
@@ -34,7 +34,8 @@ class DataConfig:
     name: DatasetName = "shapes"
     # Where the data lives: torchvision's download folder (cifar10/cifar100/stl10), the
     # folder of cifar10.npz / flickr8k_64.npz (shared_*), an ImageFolder root with
-    # train/ and val/ inside (folder), or a CSV/JSONL file of path,caption (pairs).
+    # train/ and val/ inside (folder), a CSV/JSONL file of path,caption (pairs), or
+    # WebDataset tar shards: a folder of .tar files or a pattern train-{000000..000145}.tar.
     root: str = "data"
     download: bool = False  # torchvision datasets only; needs internet
     train_split: str | None = None  # None: the dataset's usual training split
@@ -42,7 +43,14 @@ class DataConfig:
     image_size: int = 32  # side of the stored images (shapes render size, folders resize)
     num_images: int = 4000  # shapes only: training images (validation: a quarter as many)
     batch_size: int = 256  # per process
-    num_workers: int = 0  # in-memory data is indexed a batch at a time: 0 is fastest
+    # DataLoader worker processes. None: 0 for in-memory data (indexed a batch at a time),
+    # every core of this process's share for shards (they decode there).
+    num_workers: int | None = None
+    # shards only: validation shards for the monitors (None: hold out val_size training samples)
+    val_root: str | None = None
+    # shards only: where JPEGs are decoded. auto: on the GPU (nvJPEG) when training on one,
+    # else in the DataLoader workers.
+    decode: Literal["auto", "worker", "device"] = "auto"
     hold_on_device: bool = True  # keep the uint8 dataset on the GPU when there is one
     knn_bank_size: int = 10_000  # training images in the kNN monitor's memory bank
     val_size: int | None = None  # validation images the monitors score (None: the whole split)
@@ -111,6 +119,45 @@ class SupervisedConfig:
 
 
 @dataclass
+class ReferenceConfig:
+    """The published result a recipe should reach, read beside ours in reports.
+
+    ``metric: none`` when there is no published counterpart; ``note`` then says why.
+    """
+
+    metric: Literal["knn_top1", "linear_top1", "zero_shot_top1", "none"] = "none"
+    value: float | None = None  # percent
+    dataset: str = ""  # what it was scored on, e.g. "CIFAR-10 test"
+    epochs: int | None = None  # of pretraining
+    batch_size: int | None = None  # global
+    source: str = ""  # paper and table, or repository and file
+    note: str = ""  # deviations from the source, or why there is none
+
+    def __post_init__(self) -> None:
+        if self.metric == "none":
+            if not self.note.strip():
+                raise RecipeError("reference: metric none needs a note saying why there is no published result.")
+        elif self.value is None or self.epochs is None or not self.source.strip():
+            raise RecipeError(
+                f"reference: metric {self.metric} needs value (percent), epochs and source; "
+                f"got value={self.value}, epochs={self.epochs}, source={self.source!r}."
+            )
+
+    def describe(self) -> str:
+        """One line: the number, its protocol and source, or why there is none."""
+        if self.metric == "none":
+            return f"none ({self.note.strip()})"
+        protocol = ", ".join(
+            part for part in (self.dataset, f"{self.epochs} epochs",
+                              f"batch {self.batch_size}" if self.batch_size else "") if part
+        )
+        return f"{METRIC_NAMES[self.metric]} {self.value:.1f} % ({protocol}; {self.source})"
+
+
+METRIC_NAMES = {"knn_top1": "kNN top-1", "linear_top1": "linear top-1", "zero_shot_top1": "zero-shot top-1"}
+
+
+@dataclass
 class Recipe:
     method: Literal["simclr", "byol", "clip", "supervised"]
     name: str = "custom"  # the recipe's name; names the run folder
@@ -120,6 +167,7 @@ class Recipe:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    reference: ReferenceConfig = field(default_factory=lambda: ReferenceConfig(note="the recipe names none"))
     # The section of the recipe's method; the others stay unset.
     simclr: SimCLRConfig | None = None
     byol: BYOLConfig | None = None
@@ -191,6 +239,7 @@ def recipe_parser(prog: str = "ssl_zoo fit") -> ArgumentParser:
 
 SECTIONS = {
     "data": DataConfig, "augment": AugmentConfig, "optim": OptimConfig, "trainer": TrainerConfig,
+    "reference": ReferenceConfig,
     "simclr": SimCLRConfig, "byol": BYOLConfig, "clip": CLIPConfig, "supervised": SupervisedConfig,
 }
 

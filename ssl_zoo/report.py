@@ -25,6 +25,7 @@ from ssl_zoo.data.datamodule import load_split  # noqa: E402
 from ssl_zoo.eval.stage import RETRIEVAL_SPLIT, EvalConfig, Evaluator, LabelledSplits, load_method  # noqa: E402
 from ssl_zoo.eval.stage import device_name, pick_device, versions  # noqa: E402
 from ssl_zoo.methods import METHODS  # noqa: E402
+from ssl_zoo.recipe import METRIC_NAMES  # noqa: E402
 
 TSNE_POINTS = 1000  # test images per t-SNE map
 
@@ -211,6 +212,29 @@ def diagnostic_rows(runs: list[BenchRun]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def reference_rows(runs: list[BenchRun]) -> tuple[list[str], list[list[str]]]:
+    """Each trained run beside the published number its recipe names (``reference:``)."""
+    header = ["run", "ours", "published reference", "comparison"]
+    rows = []
+    for run in runs:
+        if run.training is None:
+            continue
+        reference, m = run.recipe.reference, run.result["metrics"]
+        if reference.metric == "none":
+            ours, comparison = "–", "–"
+        elif reference.epochs is not None and run.training.epochs < reference.epochs:
+            ours = _percent(m, reference.metric)
+            comparison = (f"not compared: this run trained {run.training.epochs} of the reference's "
+                          f"{reference.epochs} epochs")
+        elif reference.metric in m:
+            ours = _percent(m, reference.metric)
+            comparison = f"{100 * m[reference.metric] - reference.value:+.1f} points"
+        else:
+            ours, comparison = "–", f"not compared: this evaluation has no {METRIC_NAMES[reference.metric]}"
+        rows.append([run.label, ours, reference.describe(), comparison])
+    return header, rows
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -287,6 +311,7 @@ def write_report(
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
     headline, diagnostics = headline_rows(runs), diagnostic_rows(runs)
+    references = reference_rows(runs)
     reproduce = [config.command] + [
         f"python -m ssl_zoo fit --recipe {run.training.run_dir / 'recipe.yaml'}" for run in runs if run.training
     ] + [
@@ -320,18 +345,19 @@ def write_report(
         f"'{data['test_split']}' split of {data['name']}.",
         "Peak GPU memory is blank on the CPU. Images/s counts training images (pairs of views for SimCLR and BYOL).",
     ]
-    (out / "report.md").write_text(_markdown(setup, headline, diagnostics, plots, out, reproduce, notes))
-    (out / "report.html").write_text(_html(setup, headline, diagnostics, plots, reproduce, notes))
+    (out / "report.md").write_text(_markdown(setup, headline, references, diagnostics, plots, out, reproduce, notes))
+    (out / "report.html").write_text(_html(setup, headline, references, diagnostics, plots, reproduce, notes))
     return results
 
 
 TITLE = "ssl_zoo benchmark: SimCLR, BYOL and CLIP side by side"
 
 
-def _markdown(setup, headline, diagnostics, plots, out: Path, reproduce, notes) -> str:
+def _markdown(setup, headline, references, diagnostics, plots, out: Path, reproduce, notes) -> str:
     parts = [f"# {TITLE}", ""]
     parts += [f"- **{name}:** {value}" for name, value in setup]
     parts += ["", "## Results", "", markdown_table(*headline), "", *notes, "",
+              "## Published references", "", markdown_table(*references), "",
               "## Representation diagnostics", "", markdown_table(*diagnostics), ""]
     for name, path in plots.items():
         parts += [f"## {name}", "", f"![{name}]({path.relative_to(out).as_posix()})", ""]
@@ -351,7 +377,7 @@ pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
 """
 
 
-def _html(setup, headline, diagnostics, plots, reproduce, notes) -> str:
+def _html(setup, headline, references, diagnostics, plots, reproduce, notes) -> str:
     def embedded(path: Path) -> str:
         data = base64.b64encode(path.read_bytes()).decode()
         return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
@@ -361,6 +387,7 @@ def _html(setup, headline, diagnostics, plots, reproduce, notes) -> str:
     parts += [f"<dt>{html.escape(name)}</dt><dd>{html.escape(value)}</dd>" for name, value in setup]
     parts += ["</dl><h2>Results</h2>", html_table(*headline)]
     parts += [f"<p>{html.escape(note).replace('*', '')}</p>" for note in notes]
+    parts += ["<h2>Published references</h2>", html_table(*references)]
     parts += ["<h2>Representation diagnostics</h2>", html_table(*diagnostics)]
     for name, path in plots.items():
         parts += [f"<h2>{html.escape(name)}</h2>", embedded(path)]

@@ -182,3 +182,21 @@ def test_byol_normalises_each_view_on_its_own(make_recipe):
         together = byol_loss(p0, t1) + byol_loss(p1, t0)
     assert torch.allclose(loss.detach(), per_view, atol=1e-5)
     assert not torch.allclose(per_view, together, atol=1e-3)
+
+
+def test_unlabelled_images_add_nothing_to_the_probe_or_the_bank():
+    # STL-10's train+unlabeled split labels its 100k unlabelled images -1.
+    from ssl_zoo.data.imageset import ImageSet
+    from ssl_zoo.methods.base import labelled_cross_entropy
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(6, 4), torch.tensor([2, -1, 0, -1, 3, 1])
+    loss, top1 = labelled_cross_entropy(logits, labels)
+    keep = labels >= 0
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits[keep], labels[keep]))
+    assert torch.allclose(top1, (logits[keep].argmax(1) == labels[keep]).float().mean())
+    loss, top1 = labelled_cross_entropy(logits, torch.full((6,), -1))
+    assert loss.item() == 0 and top1.item() == 0  # no labelled row: zero, not NaN
+
+    images = ImageSet(torch.zeros(5, 3, 8, 8, dtype=torch.uint8), labels=torch.tensor([1, -1, 0, -1, 2]), classes=list("abc"))
+    assert images.labelled().labels.tolist() == [1, 0, 2]

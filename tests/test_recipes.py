@@ -8,6 +8,7 @@ from ssl_zoo.recipe import available_recipes, parse_recipe, recipe_from_dict, re
 REQUIRED = {
     "quickstart", "simclr_shapes", "byol_shapes", "clip_shapes", "simclr_resnet18_cifar10",
     "byol_resnet18_cifar10", "clip_resnet18_flickr8k", "simclr_resnet50", "byol_resnet50", "clip_rn50",
+    "simclr_resnet50_stl10", "byol_resnet50_stl10",
 }
 
 

@@ -18,7 +18,7 @@ class ImageSet:
     """
 
     images: torch.Tensor  # uint8 (N, 3, H, W), all images of one size
-    labels: torch.Tensor | None = None  # int64 (N,), class index
+    labels: torch.Tensor | None = None  # int64 (N,), class index; -1: unlabelled (training only)
     classes: list[str] | None = None  # class names, index = label
     captions: list[list[str]] | None = None  # N lists of >= 1 caption each
     masks: torch.Tensor | None = None  # bool (N, H, W), foreground of the main object
@@ -60,12 +60,22 @@ class ImageSet:
     def num_classes(self) -> int:
         return len(self.classes) if self.classes is not None else 0
 
+    def labelled(self) -> "ImageSet":
+        """The images that have a label (all of them unless some are -1, as STL-10's
+        train+unlabeled split has): what a kNN bank or a classifier may be fitted on."""
+        if self.labels is None or bool((self.labels >= 0).all()):
+            return self
+        return self._take(torch.nonzero(self.labels >= 0).flatten())
+
     def subset(self, count: int | None, seed: int = 0) -> "ImageSet":
         """``count`` images drawn without replacement by ``seed``, kept in their order
         (the whole set when ``count`` is None or not smaller)."""
         if count is None or count >= len(self):
             return self
         keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+        return self._take(keep)
+
+    def _take(self, keep: torch.Tensor) -> "ImageSet":
         return ImageSet(
             images=self.images[keep],
             labels=self.labels[keep] if self.labels is not None else None,

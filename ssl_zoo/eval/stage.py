@@ -256,7 +256,8 @@ def load_labelled_splits(recipe: Recipe, config: EvalConfig) -> LabelledSplits |
         if config.data is None:  # the recipe's own data (pairs): retrieval may still run
             return f"{data.name} has no test split; for linear, kNN and zero-shot pass a labelled dataset ({hint})"
         raise SslZooError(f"Dataset '{data.name}' has no test split to evaluate on; pass a labelled dataset ({hint}).")
-    train = load_split(data, train_split, config.seed).subset(config.max_train, config.seed)
+    # Only labelled images fit the classifiers (STL-10's train+unlabeled has 100k at -1).
+    train = load_split(data, train_split, config.seed).labelled().subset(config.max_train, config.seed)
     if train.labels is None:
         if config.data is not None:
             raise SslZooError(

@@ -31,6 +31,10 @@ class Supervised(SSLMethod):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         features = self.backbone(batch["views"][0])  # (B, D)
         logits = self.classifier(features)  # (B, C)
-        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.recipe.supervised.label_smoothing)
+        # Images labelled -1 (STL-10's unlabelled part) add nothing to the loss.
+        labels = batch["label"]
+        loss = F.cross_entropy(
+            logits, labels, ignore_index=-1, reduction="sum", label_smoothing=self.recipe.supervised.label_smoothing
+        ) / (labels >= 0).sum().clamp_min(1)
         self.log("train/loss", loss)
         return loss + self.probe_step(features, batch)
