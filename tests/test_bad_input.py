@@ -108,6 +108,65 @@ def _(capsys, tmp_path, **_):
     assert_clear_error(code, output, "1 image files, none readable", "add readable images")
 
 
+def label_shards(folder: Path, count: int = 40) -> Path:
+    """Indexed shards of small labelled JPEGs, 20 samples a shard."""
+    import io
+
+    from ssl_zoo.data.convert import Sample, write_shards
+
+    buffer = io.BytesIO()
+    Image.fromarray(colour_image(16)).save(buffer, "JPEG")
+    write_shards([Sample(buffer.getvalue(), "jpg", label=i % 2) for i in range(count)], folder, 20)
+    return folder
+
+
+def shard_fit(capsys, tmp_path, root, *extra) -> tuple[int, str]:
+    return run(capsys, "fit", "--recipe", "quickstart", "--data.name", "shards", "--data.root", root,
+               "--trainer.output_dir", tmp_path / "runs", *extra)
+
+
+@case("no-shards")
+def _(capsys, tmp_path, **_):
+    code, output = shard_fit(capsys, tmp_path, tmp_path / "nowhere")
+    assert_clear_error(code, output, "Shards not found", re.escape(str(tmp_path / "nowhere")), "ssl_zoo shards --from folder")
+    assert not (tmp_path / "runs").exists()
+
+
+@case("shard-without-index")
+def _(capsys, tmp_path, **_):
+    shards = label_shards(tmp_path / "shards")
+    (shards / "shard-000001.tar.idx.npy").unlink()
+    before = {p.name: p.read_bytes() for p in shards.iterdir()}
+    code, output = shard_fit(capsys, tmp_path, shards)
+    assert_clear_error(code, output, "shard-000001.tar has no index", "ssl_zoo shards --index")
+    assert {p.name: p.read_bytes() for p in shards.iterdir()} == before and not (tmp_path / "runs").exists()
+
+
+@case("shard-without-image")
+def _(capsys, tmp_path, **_):
+    import io
+    import tarfile
+
+    shard = tmp_path / "shards" / "a.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        info = tarfile.TarInfo("000.cls")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"1"))
+    code, output = run(capsys, "shards", "--index", shard.parent)
+    assert_clear_error(code, output, "a.tar holds no image member", "one image per sample key")
+    assert sorted(p.name for p in shard.parent.iterdir()) == ["a.tar"]  # no index written
+
+
+@case("clip-on-captionless-shards")
+def _(capsys, tmp_path, **_):
+    shards = label_shards(tmp_path / "shards")
+    code, output = run(capsys, "fit", "--recipe", "clip_shapes", "--data.name", "shards", "--data.root", shards,
+                       "--trainer.output_dir", tmp_path / "runs")
+    assert_clear_error(code, output, "CLIP needs captions", re.escape(str(shards)), "--from pairs")
+    assert not (tmp_path / "runs").exists()
+
+
 @case("corrupt-image")
 def _(capsys, tmp_path, **_):
     folder = tmp_path / "train"

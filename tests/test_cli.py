@@ -69,11 +69,19 @@ def test_unknown_recipe_is_a_clear_error_without_traceback():
 
 
 def test_missing_dataset_offline_names_the_path_and_the_fix(tmp_path):
-    result = run_cli("fit", "--recipe", "simclr_resnet50", "--data.root", str(tmp_path / "nowhere"))
+    result = run_cli("fit", "--recipe", "simclr_resnet50_stl10", "--data.root", str(tmp_path / "nowhere"))
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert "stl10" in result.stderr.lower() and str(tmp_path / "nowhere") in result.stderr
     assert "download" in result.stderr
+
+
+def test_missing_imagenet_shards_say_how_to_convert_and_what_downloads(tmp_path):
+    result = run_cli("fit", "--recipe", "byol_resnet50", "--data.root", str(tmp_path / "imagenet"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and str(tmp_path / "imagenet") in result.stderr
+    assert "python -m ssl_zoo shards --from folder" in result.stderr
+    assert "byol_resnet50_stl10" in result.stderr and "simclr_resnet50_stl10" in result.stderr
 
 
 def test_missing_shared_archive_is_a_clear_error(tmp_path):

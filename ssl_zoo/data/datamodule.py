@@ -1,15 +1,21 @@
 """Dataset -> uint8 batches on the device.
 
-Every dataset is decoded once into an ``ImageSet`` (uint8 in memory). Training batches
-are indexed a whole batch at a time (``__getitems__``), handed to the device as uint8,
-and turned into views there by the method's ``on_after_batch_transfer``.
+Two sources, one batch format. Datasets that fit are decoded once into an ``ImageSet``
+(uint8 in memory) and indexed a whole batch at a time (``__getitems__``). Shards
+(``data.name: shards``) stay encoded on disk: each batch is read through the shards'
+index and decoded in the DataLoader workers, or on the GPU with nvJPEG, so memory does not
+grow with the dataset. Either way uint8 batches reach the device and become views there,
+in the method's ``on_after_batch_transfer``; the same ``EpochBatchSampler`` orders both.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
@@ -18,8 +24,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ssl_zoo.data import sources
 from ssl_zoo.data.imageset import ImageSet
 from ssl_zoo.data.shapes import make_shapes
-from ssl_zoo.errors import RecipeError
-from ssl_zoo.recipe import DataConfig
+from ssl_zoo.data.shards import ShardDataset, ShardSet, decode_images, expand_shard_paths, load_shard_images
+from ssl_zoo.errors import DataNotFoundError, RecipeError
+from ssl_zoo.recipe import DataConfig, available_recipes
 
 # (training split, validation split) when the recipe leaves them unset.
 DEFAULT_SPLITS = {
@@ -31,6 +38,7 @@ DEFAULT_SPLITS = {
     "stl10": ("train+unlabeled", "test"),
     "folder": ("train", "val"),
     "pairs": ("all", None),
+    "shards": ("train", "val"),  # the training shards (data.root) and data.val_root
 }
 
 
@@ -52,7 +60,51 @@ def load_split(config: DataConfig, split: str, seed: int = 0) -> ImageSet:
         return sources.load_image_folder(root / split, size)
     if name == "pairs":
         return sources.load_image_text_pairs(root, size)
+    if name == "shards":  # the monitors' and the evaluation's bounded sets, decoded from shards
+        return _shard_split_subset(config, split, seed)
     raise RecipeError(f"Unknown dataset '{name}'. Valid: {', '.join(DEFAULT_SPLITS)}.")
+
+
+# Shards: a seeded part of the training samples is held out for the monitors when there
+# are no validation shards; evaluation sets decoded from shards are capped at this size.
+HELD_OUT_DEFAULT = 1_000
+SHARD_EVAL_CAP = 10_000
+
+
+def open_shards(config: DataConfig, split: str = "train") -> ShardSet:
+    """The training shards (data.root) or the validation shards (data.val_root)."""
+    root = config.root if split == "train" else config.val_root
+    if root is None:
+        raise RecipeError(f"data.val_root is not set, so these shards have no '{split}' split.")
+    try:
+        return ShardSet(expand_shard_paths(Path(root).expanduser()))
+    except DataNotFoundError as error:
+        stl10 = [name for name, path in available_recipes().items() if "name: stl10" in path.read_text()]
+        raise DataNotFoundError(
+            f"{error} ImageNet-1k: download ILSVRC2012 from image-net.org, then convert its train/ "
+            "(one folder per class) with `python -m ssl_zoo shards --from folder DIR/train --out "
+            "data/imagenet/train --size 256`, and val/ likewise."
+            + (f" Recipes whose data downloads by itself: {', '.join(stl10)}." if stl10 else "")
+        ) from None
+
+
+def held_out_samples(config: DataConfig, size: int, seed: int) -> np.ndarray:
+    """Training samples kept for the monitors when there are no validation shards (sorted)."""
+    count = min(config.val_size or HELD_OUT_DEFAULT, size // 10)
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed + 7)).numpy()
+    return np.sort(order[:count])
+
+
+def _shard_split_subset(config: DataConfig, split: str, seed: int) -> ImageSet:
+    """A seeded subset of a shard split, decoded into memory: the held-out part of the
+    training shards stands in for 'val' when there are no validation shards."""
+    if split == "val" and config.val_root is None:
+        train = open_shards(config, "train")
+        return load_shard_images(train, held_out_samples(config, len(train), seed), config.image_size, "held out")
+    shards = open_shards(config, split)
+    count = min(len(shards), SHARD_EVAL_CAP)
+    keep = np.sort(torch.randperm(len(shards), generator=torch.Generator().manual_seed(seed)).numpy()[:count])
+    return load_shard_images(shards, keep, config.image_size, split)
 
 
 class InMemoryDataset(Dataset):
@@ -143,7 +195,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.config = config
         self.with_text = with_text
         self.seed = seed
-        self.train_set: ImageSet | None = None
+        self.train_set: ImageSet | ShardSet | None = None
+        self.train_samples: np.ndarray | None = None  # shards: the samples trained on (None: all)
+        self.undecodable = 0  # shards: images replaced because they could not be decoded
         self.val_set: ImageSet | None = None
         self.bank_set: ImageSet | None = None
         self.train_sampler: EpochBatchSampler | None = None
@@ -155,17 +209,25 @@ class ImageDataModule(pl.LightningDataModule):
         default_train, default_val = DEFAULT_SPLITS[self.config.name]
         train_split = self.config.train_split or default_train
         val_split = self.config.val_split or default_val
-        self.train_set = load_split(self.config, train_split, self.seed)
+        if self.config.name == "shards":  # stays on disk; only the monitors' sets are decoded
+            self.train_set = open_shards(self.config, "train")
+            if self.config.val_root is None:  # the held-out part stands in for validation
+                held_out = held_out_samples(self.config, len(self.train_set), self.seed)
+                self.train_samples = np.setdiff1d(np.arange(len(self.train_set)), held_out)
+        else:
+            self.train_set = load_split(self.config, train_split, self.seed)
+        has_captions = self.train_set.has_captions if isinstance(self.train_set, ShardSet) else self.train_set.captions is not None
+        if self.with_text and not has_captions:
+            raise RecipeError(
+                f"CLIP needs captions, and dataset '{self.config.name}' ({self.config.root}) has none. Use "
+                "shapes, shared_flickr8k, pairs (a CSV/JSONL of path,caption) or shards made from pairs "
+                "(`python -m ssl_zoo shards --from pairs FILE ...`)."
+            )
         if self.config.batch_size > len(self.train_set):
             raise RecipeError(
                 f"data.batch_size {self.config.batch_size} is larger than the training "
                 f"split '{train_split}' of {self.config.name} ({len(self.train_set)} images). "
                 "Lower --data.batch_size."
-            )
-        if self.with_text and self.train_set.captions is None:
-            raise RecipeError(
-                f"CLIP needs captions, and dataset '{self.config.name}' has none. Use "
-                "shapes, shared_flickr8k or pairs (a CSV/JSONL of path,caption)."
             )
         self.val_set = load_split(self.config, val_split, self.seed) if val_split else None
         if self.val_set is not None:
@@ -173,12 +235,21 @@ class ImageDataModule(pl.LightningDataModule):
         self.bank_set = self._labelled_bank()
 
     def _labelled_bank(self) -> ImageSet | None:
-        """Labelled training images for the kNN monitor (None if there are no labels)."""
+        """Labelled training images for the kNN monitor (None if there are no labels).
+        Images labelled -1 (STL-10's unlabelled part) train the method but never enter it."""
         train = self.train_set
+        if isinstance(train, ShardSet):  # decode a seeded part of the labelled samples only
+            if not train.has_labels or self.val_set is None or self.val_set.labels is None:
+                return None
+            samples = self.train_samples if self.train_samples is not None else np.arange(len(train))
+            order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(self.seed)).numpy()
+            keep = np.sort(samples[order[: self.config.knn_bank_size]])
+            return load_shard_images(train, keep, self.config.image_size, "bank")
         if train.labels is None and self.config.name == "stl10":
             train = load_split(self.config, "train")  # STL-10's labelled part
         if train.labels is None or self.val_set is None or self.val_set.labels is None:
             return None
+        train = train.labelled()
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))
         keep = order[: self.config.knn_bank_size]
         return ImageSet(train.images[keep], train.labels[keep], classes=train.classes, name=f"{train.name} bank")
@@ -190,22 +261,17 @@ class ImageDataModule(pl.LightningDataModule):
         return self.bank_set.num_classes if self.bank_set is not None else 0
 
     def train_dataloader(self) -> DataLoader:
-        train = self.train_set
-        images = train.images
-        if self.config.hold_on_device and self.trainer is not None:
-            device = self.trainer.strategy.root_device
-            if device.type == "cuda":
-                images = images.to(device)
-        tokens = None
-        if self.with_text:
-            from ssl_zoo.text import tokenize_captions
-
-            tokens = tokenize_captions(train.captions, self.config.context_length)
-        dataset = InMemoryDataset(images, train.labels, tokens)
         trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        if isinstance(self.train_set, ShardSet):
+            dataset, num_captions, workers = self._shard_dataset(device)
+        else:
+            dataset, num_captions, workers = self._in_memory_dataset(device), 0, self.config.num_workers or 0
+            if self.with_text:
+                num_captions = dataset.tokens.shape[1]
         # Every batch has the same size (incomplete ones are dropped): no recompiles, fair negatives.
         self.train_sampler = EpochBatchSampler(
-            len(dataset), self.config.batch_size, self.seed, num_captions=tokens.shape[1] if tokens is not None else 0,
+            len(dataset), self.config.batch_size, self.seed, num_captions=num_captions,
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
             current_epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
@@ -217,13 +283,61 @@ class ImageDataModule(pl.LightningDataModule):
                 f"larger than the training split of {self.config.name} ({len(dataset)} images): no batch is "
                 "left for an epoch. Lower --data.batch_size or use fewer devices."
             )
+        decoded_on_host = not (isinstance(dataset, ShardDataset) and dataset.decode == "device")
+        on_host = not isinstance(dataset, InMemoryDataset) or dataset.device.type == "cpu"
         return DataLoader(
             dataset,
             batch_sampler=self.train_sampler,
             collate_fn=_already_batched,
-            num_workers=self.config.num_workers,
-            pin_memory=images.device.type == "cpu" and torch.cuda.is_available(),
+            num_workers=workers,
+            pin_memory=on_host and decoded_on_host and torch.cuda.is_available(),
+            persistent_workers=workers > 0,
         )
+
+    def _in_memory_dataset(self, device: torch.device) -> InMemoryDataset:
+        train = self.train_set
+        images = train.images
+        if self.config.hold_on_device and device.type == "cuda":
+            # NOTE: a dataset is copied to the GPU only when it leaves most of the memory
+            # free; otherwise its batches stream from pinned host memory, one line says so.
+            free, _ = torch.cuda.mem_get_info(device)
+            if images.numel() < 0.25 * free:
+                images = images.to(device)
+            else:
+                print(f"ssl_zoo: {self.config.name} is {images.numel() / 2**30:.1f} GiB as uint8, more than a quarter "
+                      f"of the {free / 2**30:.1f} GiB free on {device}: streaming its batches from host memory.", flush=True)
+        tokens = None
+        if self.with_text:
+            from ssl_zoo.text import tokenize_captions
+
+            tokens = tokenize_captions(train.captions, self.config.context_length)
+        return InMemoryDataset(images, train.labels, tokens)
+
+    def _shard_dataset(self, device: torch.device) -> tuple[ShardDataset, int, int]:
+        """Batches read from shards; decoded on the GPU with nvJPEG (after the loader hands
+        over the encoded bytes) or in the loader's worker processes."""
+        decode = self.config.decode
+        if decode == "auto":
+            decode = "device" if device.type == "cuda" else "worker"
+        context = self.config.context_length if self.with_text else None
+        dataset = ShardDataset(self.train_set, self.config.image_size, decode, context, samples=self.train_samples)
+        workers = self.config.num_workers
+        if workers is None:  # every core of this process's share
+            processes = self.trainer.world_size // max(self.trainer.num_nodes, 1) if self.trainer is not None else 1
+            workers = max(len(os.sched_getaffinity(0)) // max(processes, 1), 1)
+        return dataset, self.train_set.num_captions if context is not None else 0, workers
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # Shards: the count of undecodable images travels with each batch (on the host), and
+        # with decode on the device the encoded JPEGs become a uint8 batch there, in one call.
+        if "skipped" in batch:
+            self.undecodable += int(batch.pop("skipped"))
+        if "encoded" in batch:
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            batch.pop("index")
+            batch["image"], replaced = decode_images(batch.pop("encoded"), self.config.image_size, device=device)
+            self.undecodable += replaced
+        return batch
 
     # Where the data order stands travels in checkpoints: a run resumed mid-epoch goes on
     # with the next batch of the same permutation, as an unbroken run would.
@@ -246,6 +360,13 @@ class ImageDataModule(pl.LightningDataModule):
 
     def teardown(self, stage: str) -> None:
         self._resume = None  # a later fit with this data module starts from its beginning
+        if self.undecodable:  # one warning for the whole run, never a crash mid-epoch
+            warnings.warn(
+                f"{self.undecodable} training image(s) in {self.config.root} could not be decoded; each was replaced "
+                "by another image of its batch. Rebuild those shards with `python -m ssl_zoo shards` to drop them.",
+                stacklevel=2,
+            )
+            self.undecodable = 0
 
     def eval_dataloader(self, images: ImageSet) -> DataLoader:
         """Batches of a labelled set in order, for validation and the monitors."""

@@ -1,0 +1,432 @@
+"""Make indexed WebDataset shards from an image folder or an image-text pairs file.
+
+Training from shards (``ssl_zoo.data.shards``) decodes each batch from compact JPEGs
+instead of holding the decoded dataset in memory. The converter does the expensive,
+once-only part up front: every image is decoded (PIL, so CMYK, grayscale, palette, RGBA and
+16-bit images all become correct RGB), its shorter side is resized to ``size`` (bicubic,
+antialiased) and the centre ``size`` x ``size`` crop is kept, then it is re-encoded as a
+JPEG of quality 95 (img2dataset's default; PIL's default 4:2:0 chroma subsampling): JPEG
+keeps the shards small and is the one format nvJPEG decodes on the GPU. A batch then only
+needs decoding, never resizing.
+
+Layout of ``out``: ``shard-000000.tar``, ``shard-000001.tar``, ... (``shard_size`` samples
+each; members ``KEY.jpg`` plus ``KEY.cls`` and/or ``KEY.txt``, keys being running sample
+numbers), each with its index ``shard-XXXXXX.tar.idx.npy``; ``classes.txt`` (folder
+sources: one class name a line, line number = label); ``convert.json``, the state that
+makes a conversion resumable.
+
+A conversion is deterministic (files in sorted order) and resumable: each shard is written
+under a temporary name and renamed once complete, and ``convert.json`` records the settings
+and, per finished shard, how many samples and source files it took. A rerun with the same
+settings skips the finished shards and goes on from the next file; the result is
+byte-identical to an uninterrupted run. A rerun with other settings is refused.
+
+    python -m ssl_zoo shards --from folder DIR --out OUT --size S [--shard-size N] [--workers N]
+    python -m ssl_zoo shards --from pairs FILE.csv --out OUT --size S
+    python -m ssl_zoo shards --index PATH     # index existing shards (e.g. img2dataset's)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import sys
+import tarfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from ssl_zoo.data.shards import build_index, expand_shard_paths, index_path, load_index
+from ssl_zoo.data.sources import _PIL_ERRORS, IMAGE_EXTENSIONS, _load_image, _pair_rows
+from ssl_zoo.errors import DataFormatError, DataNotFoundError, RecipeError
+
+JPEG_QUALITY = 95
+MANIFEST = "convert.json"
+_MANIFEST_VERSION = 1
+
+
+@dataclass
+class Sample:
+    """One sample to write: encoded image bytes, and its label and/or captions."""
+
+    image: bytes
+    ext: str = "jpg"  # member extension of the image: jpg, png or webp
+    label: int | None = None
+    captions: list[str] | None = None
+
+
+@dataclass
+class ConvertSummary:
+    """What a conversion wrote and what it left out."""
+
+    out: Path
+    samples: int  # in all shards, including those of an earlier run
+    shards: int
+    resumed_shards: int  # finished by an earlier run and kept
+    classes: list[str] | None
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    empty_classes: list[str] = field(default_factory=list)  # class folders without images
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        kept = f" ({self.resumed_shards} kept from an earlier run)" if self.resumed_shards else ""
+        lines = [
+            f"Wrote {self.samples:,} samples in {self.shards} shard(s){kept} to {self.out} in {self.seconds:.1f} s."
+        ]
+        if self.classes is not None:
+            lines.append(f"  {len(self.classes)} classes, listed in {self.out / 'classes.txt'}")
+        if self.empty_classes:
+            lines.append(
+                f"  {len(self.empty_classes)} empty class folder(s), kept as classes without images: "
+                + ", ".join(self.empty_classes)
+            )
+        if self.skipped:
+            lines.append(f"  skipped {len(self.skipped)} file(s):")
+            lines += [f"    {path}: {reason}" for path, reason in self.skipped]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A source image and what goes with it."""
+
+    path: Path
+    label: int | None = None
+    captions: tuple[str, ...] | None = None
+
+
+# ----------------------------------------------------------------------------------------
+# Writing shards.
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644  # fixed metadata: same bytes every run
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shard(samples: Sequence[Sample], path: Path, first_key: int) -> Path:
+    """Write ``samples`` as one shard (keys ``first_key``, ``first_key + 1``, ...) and its index.
+
+    The tar is written under a temporary name and renamed when complete, so ``path`` is
+    either absent or whole.
+    """
+    temp = path.with_name(path.name + ".tmp")
+    with tarfile.open(temp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for key, sample in enumerate(samples, start=first_key):
+            _add_member(tar, f"{key:09d}.{sample.ext}", sample.image)
+            if sample.label is not None:
+                _add_member(tar, f"{key:09d}.cls", str(sample.label).encode())
+            if sample.captions is not None:
+                text = "".join(c.replace("\n", " ").replace("\r", " ") + "\n" for c in sample.captions)
+                _add_member(tar, f"{key:09d}.txt", text.encode("utf-8"))
+    os.replace(temp, path)
+    build_index(path)
+    return path
+
+
+def write_shards(samples: Iterable[Sample], out: Path, shard_size: int) -> list[Path]:
+    """Write ``samples`` as ``out/shard-000000.tar``, ... of ``shard_size`` samples, indexed."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    pending: list[Sample] = []
+    written = 0
+    for sample in samples:
+        pending.append(sample)
+        if len(pending) == shard_size:
+            paths.append(write_shard(pending, out / f"shard-{len(paths):06d}.tar", written))
+            written, pending = written + len(pending), []
+    if pending:
+        paths.append(write_shard(pending, out / f"shard-{len(paths):06d}.tar", written))
+    return paths
+
+
+# ----------------------------------------------------------------------------------------
+# Listing sources.
+
+
+def _folder_jobs(source: Path) -> tuple[list[_Job], list[str], list[str]]:
+    """Images of ``source/<class>/**``: (jobs in sorted order, classes, empty classes)."""
+    if not source.is_dir():
+        raise DataNotFoundError(
+            f"Image folder not found: {source.absolute()}. Give the folder that holds one "
+            f"sub-folder of images per class (DIR/<class>/<image>.jpg)."
+        )
+    classes = sorted(d.name for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataFormatError(
+            f"{source} has no class sub-folders; put each class's images in its own folder, "
+            f"e.g. {source / 'cats' / 'img1.jpg'}."
+        )
+    jobs, empty = [], []
+    for label, name in enumerate(classes):
+        files = sorted(
+            p for p in (source / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        )
+        if not files:
+            empty.append(name)
+        jobs += [_Job(p, label=label) for p in files]
+    if not jobs:
+        raise DataFormatError(
+            f"{source} holds no image files (looked for {', '.join(IMAGE_EXTENSIONS)} in its "
+            f"class folders {classes}); add images."
+        )
+    return jobs, classes, empty
+
+
+def _pairs_jobs(source: Path) -> list[_Job]:
+    """Rows of a CSV/JSONL pairs file, one job per image (its captions in file order)."""
+    if not source.is_file():
+        raise DataNotFoundError(f"Image-text pairs file not found: {source.absolute()}. Check the path.")
+    try:
+        text = source.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(
+            f"{source} is not valid UTF-8 text (bad byte at offset {e.start}); save it as UTF-8."
+        ) from None
+    captions: dict[Path, list[str]] = {}  # image -> captions, in order of first appearance
+    for where, row in _pair_rows(source, text):
+        missing = [k for k in ("path", "caption") if k not in row]
+        if missing:
+            raise DataFormatError(
+                f"{source}, {where}: missing key(s) {missing}; found keys {list(row)}. Each row "
+                f"needs 'path' and 'caption'."
+            )
+        caption, image = row["caption"], row["path"]
+        if not isinstance(caption, str) or not caption.strip():
+            raise DataFormatError(f"{source}, {where}: empty caption; give every row a caption.")
+        if not isinstance(image, str) or not image.strip():
+            raise DataFormatError(f"{source}, {where}: empty image path; give every row a path.")
+        # A missing image is skipped at conversion time, with its reason, like a corrupt one.
+        captions.setdefault(source.parent / image.strip(), []).append(caption.strip())
+    if not captions:
+        raise DataFormatError(f"{source} has no rows; add lines of path,caption.")
+    return [_Job(path, captions=tuple(c)) for path, c in captions.items()]
+
+
+# ----------------------------------------------------------------------------------------
+# Converting.
+
+
+def _prepare(job: tuple[Path, int]) -> tuple[bytes | None, str]:
+    """(JPEG bytes of the resized, centre-cropped image, "") or (None, why it was skipped)."""
+    path, size = job
+    try:
+        pixels = _load_image(path, size)  # RGB uint8 (size, size, 3)
+    except FileNotFoundError:
+        return None, "file not found"
+    except _PIL_ERRORS as e:
+        return None, f"unreadable image ({e})"
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue(), ""
+
+
+def _prepared(jobs: Sequence[_Job], size: int, workers: int) -> Iterator[tuple[bytes | None, str]]:
+    """``_prepare`` of each job, in order, in ``workers`` processes."""
+    tasks = ((job.path, size) for job in jobs)
+    if workers == 1:
+        yield from map(_prepare, tasks)
+        return
+    with multiprocessing.Pool(workers) as pool:
+        yield from pool.imap(_prepare, tasks, chunksize=16)
+
+
+def _write_json(path: Path, value: dict) -> None:
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(json.dumps(value, indent=1))
+    os.replace(temp, path)
+
+
+def _listing_digest(jobs: Sequence[_Job], source: Path) -> str:
+    """A hash of the file list with labels and captions: a rerun must see the same source."""
+    digest = hashlib.sha256()
+    for job in jobs:
+        digest.update(repr((os.path.relpath(job.path, source.parent), job.label, job.captions)).encode())
+    return digest.hexdigest()
+
+
+def _finished_shards(out: Path, settings: dict) -> list[dict]:
+    """Shards an earlier run of the same conversion finished (and that are still there)."""
+    manifest = out / MANIFEST
+    if not manifest.is_file():
+        if out.is_dir() and any(out.iterdir()):
+            raise RecipeError(
+                f"{out} is not empty and holds no {MANIFEST}, so it is not a conversion to "
+                "resume; give an empty or new folder as --out."
+            )
+        return []
+    try:
+        state = json.loads(manifest.read_text())
+        earlier, shards = state["settings"], state["shards"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataFormatError(
+            f"{manifest} is damaged ({e}); delete {out} and convert again."
+        ) from None
+    if earlier != settings:
+        changed = ", ".join(
+            f"{k}: {earlier.get(k)!r} before, {settings[k]!r} now" for k in settings if earlier.get(k) != settings[k]
+        )
+        raise RecipeError(
+            f"{out} holds a conversion with other settings ({changed}). Rerun with the earlier "
+            "settings to resume it, or give another --out (or delete that folder)."
+        )
+    for position, shard in enumerate(shards):  # a shard deleted since: redo it and the rest
+        path = out / shard["name"]
+        if not path.is_file() or not index_path(path).is_file():
+            return shards[:position]
+    return shards
+
+
+def convert(
+    source_kind: str,
+    source: str | Path,
+    out: str | Path,
+    size: int,
+    shard_size: int = 10_000,
+    workers: int = 1,
+    progress: bool = True,
+) -> ConvertSummary:
+    """Convert an image folder (``"folder"``: DIR/<class>/**/image) or a pairs file
+    (``"pairs"``: CSV ``path,caption`` or JSONL) to indexed shards in ``out``.
+
+    Resumes an interrupted conversion of the same source and settings into ``out``.
+    Unreadable files are skipped and listed in the summary with the reason.
+    """
+    started = time.perf_counter()
+    source, out = Path(source).expanduser(), Path(out).expanduser()
+    if source_kind not in ("folder", "pairs"):
+        raise RecipeError(
+            f"Unknown source kind '{source_kind}'; use 'folder' (an image folder) or 'pairs' (a CSV/JSONL file)."
+        )
+    if size < 8:
+        raise RecipeError(f"--size {size} is too small; give the image side in pixels, at least 8 (e.g. 64 or 224).")
+    if shard_size < 1 or workers < 1:
+        raise RecipeError(f"--shard-size ({shard_size}) and --workers ({workers}) must be at least 1.")
+    if out.exists() and not out.is_dir():
+        raise RecipeError(f"--out {out} is a file; give a folder for the shards (it is created if missing).")
+    if source_kind == "folder":
+        jobs, classes, empty = _folder_jobs(source)
+    else:
+        jobs, classes, empty = _pairs_jobs(source), None, []
+    settings = {
+        "version": _MANIFEST_VERSION, "source_kind": source_kind, "source": str(source.resolve()),
+        "size": size, "shard_size": shard_size, "files": len(jobs), "listing": _listing_digest(jobs, source),
+    }
+    finished = _finished_shards(out, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    if classes is not None:
+        (out / "classes.txt").write_text("".join(f"{name}\n" for name in classes), encoding="utf-8")
+    _write_json(out / MANIFEST, {"settings": settings, "shards": finished})
+
+    resumed = len(finished)
+    shards = list(finished)
+    first_file = shards[-1]["files_end"] if shards else 0
+    written = sum(s["samples"] for s in shards)
+    pending: list[Sample] = []
+    skipped: list[list[str]] = []
+
+    def finish_shard(files_end: int) -> None:
+        nonlocal written, pending, skipped
+        name = f"shard-{len(shards):06d}.tar"
+        write_shard(pending, out / name, written)
+        shards.append({"name": name, "samples": len(pending), "files_end": files_end, "skipped": skipped})
+        _write_json(out / MANIFEST, {"settings": settings, "shards": shards})
+        written, pending, skipped = written + len(pending), [], []
+
+    bar = tqdm(total=len(jobs), initial=first_file, unit="img", disable=not progress, file=sys.stderr)
+    with bar:
+        for position, (data, reason) in enumerate(_prepared(jobs[first_file:], size, workers), start=first_file):
+            job = jobs[position]
+            if data is None:
+                skipped.append([str(job.path), reason])
+            else:
+                captions = list(job.captions) if job.captions is not None else None
+                pending.append(Sample(data, label=job.label, captions=captions))
+            if len(pending) == shard_size:
+                finish_shard(position + 1)
+            bar.update()
+    if pending:
+        finish_shard(len(jobs))
+    elif skipped and shards:  # unreadable files after the last full shard: recorded with it
+        shards[-1]["skipped"] += skipped
+        shards[-1]["files_end"] = len(jobs)
+        _write_json(out / MANIFEST, {"settings": settings, "shards": shards})
+    if not shards:
+        reasons = "; ".join(f"{path}: {reason}" for path, reason in skipped[:5])
+        raise DataFormatError(
+            f"None of the {len(jobs)} images of {source} could be read ({reasons}); no shard was written."
+        )
+    return ConvertSummary(
+        out=out,
+        samples=sum(s["samples"] for s in shards),
+        shards=len(shards),
+        resumed_shards=resumed,
+        classes=classes,
+        skipped=[(path, reason) for s in shards for path, reason in s["skipped"]],
+        empty_classes=empty,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def index_shards(root: str | Path) -> list[Path]:
+    """Index the shards ``root`` names (a .tar, a folder of them or a brace pattern) that
+    have no index or a stale one; returns the indexes written."""
+    built = []
+    for shard in expand_shard_paths(root):
+        try:
+            load_index(shard)
+        except DataFormatError:
+            built.append(build_index(shard))
+    return built
+
+
+# ----------------------------------------------------------------------------------------
+# Command line.
+
+
+def shards_command(argv: list[str]) -> int:
+    """``python -m ssl_zoo shards ...``: convert to shards, or index existing ones."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ssl_zoo shards",
+        description="Make indexed WebDataset shards for training on data larger than memory.",
+    )
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument(
+        "--from", dest="source", nargs=2, metavar=("KIND", "SOURCE"),
+        help="'folder DIR' (DIR/<class>/<image>) or 'pairs FILE' (CSV path,caption or JSONL)",
+    )
+    action.add_argument(
+        "--index", metavar="PATH",
+        help="index existing shards: a .tar, a folder of .tar files or a brace pattern",
+    )
+    parser.add_argument("--out", type=Path, help="folder for the shards (with --from)")
+    parser.add_argument(
+        "--size", type=int, help="image side in pixels: shorter side resized, then centre crop (with --from)"
+    )
+    parser.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default 10000)")
+    parser.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.index is not None:
+        built = index_shards(args.index)
+        print(f"Indexed {len(built)} shard(s); the others' indexes were current.")
+        for path in built:
+            print(f"  {path}")
+        return 0
+    if args.out is None or args.size is None:
+        parser.error("--from needs --out and --size")
+    kind, source = args.source
+    summary = convert(
+        kind, source, args.out, args.size, shard_size=args.shard_size, workers=args.workers, progress=not args.quiet
+    )
+    print(summary)
+    return 0

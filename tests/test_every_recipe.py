@@ -1,0 +1,135 @@
+"""Every bundled recipe trains two steps through `fit` and is scored by `eval`.
+
+Each recipe runs as it is, shrunk only in size (batch, image size, steps, monitor sets),
+never in method, on a small stand-in for its dataset: fake STL-10 binaries, a generated
+ImageFolder tree, a generated pairs CSV, or the shared CIFAR-10/Flickr8k copies. New
+recipes are picked up by listing the folder; a dataset without a stand-in fails here.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssl_zoo.cli import main
+from ssl_zoo.recipe import available_recipes, parse_recipe
+from ssl_zoo.train import fit
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+SHRINK = {
+    "data.image_size": 32, "augment.size": 32, "data.batch_size": 8, "data.knn_bank_size": 32,
+    "data.val_size": 16, "trainer.max_steps": 2, "trainer.val_every_n_steps": 2,
+    "trainer.accelerator": "cpu", "trainer.devices": 1, "trainer.precision": "32-true",
+}
+
+
+def fake_stl10(root: Path, monkeypatch) -> dict:
+    """torchvision's STL-10 binary layout, with 100 unlabelled images (label -1) beside 40
+    labelled ones, as in the real train+unlabeled split (there 100k beside 5k)."""
+    import torchvision
+
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 40), ("test", 40), ("unlabeled", 100)):
+        rng.integers(0, 256, (count, 3, 96, 96), dtype=np.uint8).tofile(folder / f"{split}_X.bin")
+        if split != "unlabeled":
+            (np.arange(count) % 10 + 1).astype(np.uint8).tofile(folder / f"{split}_y.bin")  # labels 1..10 on disk
+    (folder / "class_names.txt").write_text("\n".join(f"class{i}" for i in range(10)))
+    monkeypatch.setattr(torchvision.datasets.STL10, "_check_integrity", lambda self: True)  # no real checksums
+    return {"data.root": root}
+
+
+def write_images(folder: Path, count: int, seed: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        path = folder / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def image_folder(root: Path, monkeypatch) -> dict:
+    for split, seed in (("train", 0), ("val", 1)):
+        for c in range(3):
+            write_images(root / split / f"class{c}", 12, seed * 10 + c)
+    return {"data.root": root}
+
+
+def pairs_csv(root: Path, monkeypatch) -> dict:
+    rows = ["path,caption"] + [f"{p.name},a photo of thing {i}" for i, p in enumerate(write_images(root, 24, 0))]
+    (root / "pairs.csv").write_text("\n".join(rows) + "\n")
+    return {"data.root": root / "pairs.csv"}
+
+
+def shared(root: Path, monkeypatch) -> dict:
+    """The first images of each split of the shared archives, in their own format (decoding
+    all 60,000 CIFAR-10 images twice per recipe would cost more than the training)."""
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data not found: the recipes on the shared CIFAR-10/Flickr8k copies need it")
+    root.mkdir(parents=True)
+    for name in ("cifar10.npz", "flickr8k_64.npz"):
+        with np.load(SHARED / name, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        for split in [key.removesuffix("_offsets") for key in arrays if key.endswith("_offsets")]:
+            offsets = arrays[f"{split}_offsets"][:97]  # 96 images
+            arrays[f"{split}_offsets"] = offsets
+            arrays[f"{split}_body"] = arrays[f"{split}_body"][: offsets[-1]]
+            for key in (f"{split}_labels", f"{split}_captions", f"{split}_files"):
+                if key in arrays:
+                    arrays[key] = arrays[key][:96]
+        np.savez(root / name, **arrays)
+    return {"data.root": root}
+
+
+def shards(root: Path, monkeypatch) -> dict:
+    """Indexed shards with a label and two captions a sample, in three shards, and
+    validation shards beside them: what ImageNet or CC3M look like after `ssl_zoo shards`."""
+    import io
+
+    from ssl_zoo.data.convert import Sample, write_shards
+
+    rng = np.random.default_rng(0)
+
+    def sample(i: int) -> Sample:
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(buffer, "JPEG")
+        return Sample(buffer.getvalue(), "jpg", label=i % 4, captions=[f"thing {i}", f"a photo of thing {i}"])
+
+    write_shards([sample(i) for i in range(48)], root / "train", 16)
+    write_shards([sample(i) for i in range(24)], root / "val", 16)
+    return {"data.root": root / "train", "data.val_root": root / "val", "data.num_workers": 0}
+
+
+STAND_INS = {
+    "shards": shards,
+    "shapes": lambda root, monkeypatch: {"data.num_images": 64},
+    "stl10": fake_stl10,
+    "folder": image_folder,
+    "pairs": pairs_csv,
+    "shared_cifar10": shared,
+    "shared_flickr8k": shared,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(available_recipes()))
+def test_recipe_trains_two_steps_and_evaluates(name, tmp_path, monkeypatch):
+    dataset = parse_recipe(["--recipe", name]).data.name
+    assert dataset in STAND_INS, f"recipe {name}: add a stand-in for dataset '{dataset}' to this test"
+    overrides = {**SHRINK, **STAND_INS[dataset](tmp_path / "data", monkeypatch), "trainer.output_dir": tmp_path / "runs"}
+    argv = ["--recipe", name] + [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
+    recipe = parse_recipe(argv)
+    torch.manual_seed(0)
+
+    summary = fit(recipe, enable_progress_bar=False)
+
+    assert summary.steps == 2 and summary.checkpoint.is_file()
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--ckpt", str(summary.checkpoint), "--max-train", "32", "--max-test", "16",
+                 "--no-cache", "--out", str(out)]) == 0
+    assert out.is_file()

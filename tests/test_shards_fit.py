@@ -1,0 +1,56 @@
+"""`fit` from shards keeps the zoo exact: a run resumed mid-epoch (CLIP, with its caption
+draws) ends bit-identical to an unbroken one, and decoding on the device gives the same
+training as decoding in the loader."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssl_zoo.data.convert import Sample, write_shards
+from ssl_zoo.train import fit
+from test_reliability import RESUME_KEYS, Crash, CrashAt, assert_same_state, final_state
+
+
+@pytest.fixture(scope="module")
+def shard_root(tmp_path_factory) -> Path:
+    """256 labelled, captioned 32 px JPEGs in 4 shards (and 64 in validation shards)."""
+    root = tmp_path_factory.mktemp("shards")
+    rng = np.random.default_rng(0)
+
+    def sample(i: int) -> Sample:
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "JPEG")
+        return Sample(buffer.getvalue(), "jpg", label=i % 4, captions=[f"shape {i % 4}", f"a picture of shape {i % 4}"])
+
+    write_shards([sample(i) for i in range(256)], root / "train", 64)
+    write_shards([sample(i) for i in range(64)], root / "val", 64)
+    return root
+
+
+def shard_keys(root: Path, **more) -> dict:
+    return {**RESUME_KEYS, "data.name": "shards", "data.root": root / "train", "data.val_root": root / "val",
+            "data.val_size": 32, "data.knn_bank_size": 64, **more}
+
+
+def test_clip_from_captioned_shards_resumes_its_caption_draws_exactly(make_recipe, shard_root, tmp_path):
+    keys = shard_keys(shard_root, **{"trainer.max_epochs": 2, "data.num_workers": 0})
+    unbroken = fit(make_recipe("clip", **keys), enable_progress_bar=False)
+    crashed = make_recipe("clip", **{**keys, "trainer.output_dir": tmp_path / "b"})
+    with pytest.raises(Crash):
+        fit(crashed, enable_progress_bar=False, callbacks=[CrashAt(step=11)])
+    last = tmp_path / "b" / "tiny_clip" / "version_0" / "checkpoints" / "last.ckpt"
+    resumed = fit(crashed, enable_progress_bar=False, resume=last)
+    assert_same_state(final_state(unbroken.checkpoint), final_state(resumed.checkpoint))
+
+
+def test_decoding_on_the_device_trains_exactly_as_decoding_in_workers(make_recipe, shard_root, tmp_path):
+    # On a GPU the encoded batch is decoded there (nvJPEG); here the same path runs on the CPU.
+    states = []
+    for decode in ("worker", "device"):
+        keys = shard_keys(shard_root, **{"trainer.max_epochs": 1, "data.decode": decode, "data.num_workers": 0,
+                                         "trainer.output_dir": tmp_path / decode})
+        states.append(final_state(fit(make_recipe("simclr", **keys), enable_progress_bar=False).checkpoint))
+    assert_same_state(*states)
