@@ -9,7 +9,9 @@ from torchvision.transforms import RandomResizedCrop
 from kornia.enhance import adjust_hue
 from torchvision.transforms.v2.functional import adjust_hue as tv_adjust_hue
 
-from ssl_zoo.augment import AugmentConfig, EvalTransform, ViewAugment, sample_crop_boxes, shift_hue
+from ssl_zoo.augment import (
+    JITTER_OPS, JITTER_ORDERS, AugmentConfig, EvalTransform, ViewAugment, sample_crop_boxes, shift_hue,
+)
 from ssl_zoo.errors import RecipeError
 
 IDENTITY = dict(
@@ -131,6 +133,69 @@ def test_brightness_factors_are_uniform_over_the_jitter_range():
     # Uniform: each fifth of the range holds a fifth of the factors.
     counts = torch.histc(jittered, bins=5, min=1 - b, max=1 + b) / len(jittered)
     assert (counts - 0.2).abs().max() < 0.03
+
+
+def jitter_all(x, jitter=(0.4, 0.4, 0.4, 0.1), seed=0):
+    """ViewAugment's colour jitter applied to every sample of x, and the (n, 4) factors it used."""
+    augment = ViewAugment(AugmentConfig(size=x.shape[-1], jitter=jitter), num_views=1, seed=seed)
+    generator, draws = torch.Generator().manual_seed(seed), []
+
+    def uniform(low, high):
+        draws.append(torch.empty(len(x)).uniform_(low, high, generator=generator))
+        return draws[-1]
+
+    out = augment._color_jitter(x, torch.ones(len(x), dtype=torch.bool), uniform)
+    return out, torch.stack(draws, dim=1)
+
+
+def orders_that_explain(x, out, factors):
+    """(n, 24) bool: which of the 24 orders of the ops, with these factors, give each output."""
+    explains = []
+    for order in JITTER_ORDERS:
+        y = x
+        for op in order:
+            y = JITTER_OPS[op](y, factors[:, op]).clamp(0, 1)
+        explains.append((y - out).abs().amax(dim=(1, 2, 3)) < 1e-5)
+    return torch.stack(explains, dim=1)
+
+
+def test_color_jitter_draws_an_order_per_group_of_samples():
+    # Strong factors on random pixels clip often, so different orders give different
+    # outputs. One order per batch would explain every sample; here JITTER_GROUPS orders
+    # (8) share the batch.
+    x = torch.rand(240, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    out, factors = jitter_all(x)
+    explains = orders_that_explain(x, out, factors)
+    assert explains.any(dim=1).all()  # each sample went through the ops in some order
+    assert explains.sum(dim=0).max() <= 240 // 2  # no order explains half of them
+    only = explains.sum(dim=1) == 1
+    assert explains[only].float().argmax(dim=1).unique().numel() >= 5  # several orders in one batch
+
+
+def test_color_jitter_orders_do_not_follow_the_position_in_the_batch():
+    # Over seeds, the first sample takes many orders, and its neighbour mostly another one:
+    # the groups are random, not slices of the batch.
+    x = torch.rand(48, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    first_orders, neighbours_differ = set(), 0
+    for seed in range(30):
+        out, factors = jitter_all(x, seed=seed)
+        explains = orders_that_explain(x[:2], out[:2], factors[:2])  # (2, 24)
+        if explains[0].sum() == 1:
+            first_orders.add(int(explains[0].float().argmax()))
+        neighbours_differ += not (explains[0] & explains[1]).any()
+    assert len(first_orders) >= 5
+    assert neighbours_differ >= 15
+
+
+@pytest.mark.parametrize("op", range(4))
+def test_color_jitter_of_one_op_is_that_op(op):
+    # With the other strengths 0 the order does not matter: the result is the op alone,
+    # as when one order was drawn per batch.
+    x = torch.rand(50, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    jitter = tuple(strength if i == op else 0.0 for i, strength in enumerate((0.4, 0.4, 0.4, 0.1)))
+    out, factors = jitter_all(x, jitter)
+    assert (factors[:, op] != (0.0 if op == 3 else 1.0)).all()
+    assert torch.allclose(out, JITTER_OPS[op](x, factors[:, op]).clamp(0, 1), atol=1e-5)
 
 
 def test_shift_hue_equals_kornia_and_torchvision():
