@@ -461,3 +461,22 @@ def test_shard_set_holds_no_per_sample_python_objects(tmp_path):
     assert all(isinstance(rows, np.memmap) for rows in shards._rows)
     assert held < 200_000, f"ShardSet of {count} samples holds {held} bytes"
     assert shards.read_image_bytes(count - 1) == tiny and shards.labels_of([count - 1]).tolist() == [9]
+
+
+def test_converter_takes_only_the_listed_classes(tmp_path):
+    from ssl_zoo.data.convert import read_class_list
+
+    imagenet100 = read_class_list("imagenet100")  # CMC's list, shipped with the package
+    assert len(imagenet100) == len(set(imagenet100)) == 100 and imagenet100[0] == "n02869837"
+    for name in ("n01", "n02", "n03"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(tmp_path / "train" / name / "a.png")
+    (tmp_path / "two.txt").write_text("# two classes\nn03\nn01\n")
+    code = shards_command(["--from", "folder", str(tmp_path / "train"), "--out", str(tmp_path / "out"),
+                           "--size", "16", "--classes", str(tmp_path / "two.txt"), "--quiet"])
+    assert code == 0
+    assert (tmp_path / "out" / "classes.txt").read_text().split() == ["n01", "n03"]
+    assert ShardSet(expand_shard_paths(tmp_path / "out")).labels.tolist() == [0, 1]
+    with pytest.raises(DataFormatError, match="lacks 100 of the 100 listed class folders, e.g. n01558993"):
+        convert("folder", tmp_path / "train", tmp_path / "out100", 16, classes=imagenet100, progress=False)
+    assert not (tmp_path / "out100").exists()

@@ -153,14 +153,39 @@ def write_shards(samples: Iterable[Sample], out: Path, shard_size: int) -> list[
 # Listing sources.
 
 
-def _folder_jobs(source: Path) -> tuple[list[_Job], list[str], list[str]]:
-    """Images of ``source/<class>/**``: (jobs in sorted order, classes, empty classes)."""
+CLASS_LISTS = {"imagenet100": Path(__file__).with_name("imagenet100.txt")}  # lists that ship with ssl_zoo
+
+
+def read_class_list(name_or_path: str) -> list[str]:
+    """A class list: a name from ``CLASS_LISTS`` or a text file, one class folder name a
+    line (``#`` starts a comment)."""
+    path = CLASS_LISTS.get(name_or_path, Path(name_or_path).expanduser())
+    if not path.is_file():
+        raise DataNotFoundError(
+            f"Class list not found: {name_or_path}. Give {' or '.join(CLASS_LISTS)}, or a text file "
+            "with one class folder name a line."
+        )
+    names = [line.split("#")[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [name for name in names if name]
+
+
+def _folder_jobs(source: Path, only: list[str] | None = None) -> tuple[list[_Job], list[str], list[str]]:
+    """Images of ``source/<class>/**``: (jobs in sorted order, classes, empty classes).
+    ``only``: the class folders to take (all when None); each must exist."""
     if not source.is_dir():
         raise DataNotFoundError(
             f"Image folder not found: {source.absolute()}. Give the folder that holds one "
             f"sub-folder of images per class (DIR/<class>/<image>.jpg)."
         )
     classes = sorted(d.name for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if only is not None:
+        missing = sorted(set(only) - set(classes))
+        if missing:
+            raise DataFormatError(
+                f"{source} lacks {len(missing)} of the {len(only)} listed class folders, e.g. "
+                f"{', '.join(missing[:5])}. Give the folder that holds them (ImageNet's train/ or val/)."
+            )
+        classes = sorted(only)
     if not classes:
         raise DataFormatError(
             f"{source} has no class sub-folders; put each class's images in its own folder, "
@@ -294,12 +319,14 @@ def convert(
     shard_size: int = 10_000,
     workers: int = 1,
     progress: bool = True,
+    classes: list[str] | None = None,
 ) -> ConvertSummary:
     """Convert an image folder (``"folder"``: DIR/<class>/**/image) or a pairs file
     (``"pairs"``: CSV ``path,caption`` or JSONL) to indexed shards in ``out``.
 
     Resumes an interrupted conversion of the same source and settings into ``out``.
-    Unreadable files are skipped and listed in the summary with the reason.
+    Unreadable files are skipped and listed in the summary with the reason. ``classes``:
+    only these class folders of an image folder (e.g. ``read_class_list("imagenet100")``).
     """
     started = time.perf_counter()
     source, out = Path(source).expanduser(), Path(out).expanduser()
@@ -314,7 +341,7 @@ def convert(
     if out.exists() and not out.is_dir():
         raise RecipeError(f"--out {out} is a file; give a folder for the shards (it is created if missing).")
     if source_kind == "folder":
-        jobs, classes, empty = _folder_jobs(source)
+        jobs, classes, empty = _folder_jobs(source, classes)
     else:
         jobs, classes, empty = _pairs_jobs(source), None, []
     settings = {
@@ -414,6 +441,7 @@ def shards_command(argv: list[str]) -> int:
     )
     parser.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default 10000)")
     parser.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
+    parser.add_argument("--classes", help="only these class folders: imagenet100 (ships with ssl_zoo) or a text file, one a line")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.index is not None:
@@ -426,7 +454,8 @@ def shards_command(argv: list[str]) -> int:
         parser.error("--from needs --out and --size")
     kind, source = args.source
     summary = convert(
-        kind, source, args.out, args.size, shard_size=args.shard_size, workers=args.workers, progress=not args.quiet
+        kind, source, args.out, args.size, shard_size=args.shard_size, workers=args.workers, progress=not args.quiet,
+        classes=read_class_list(args.classes) if args.classes else None,
     )
     print(summary)
     return 0

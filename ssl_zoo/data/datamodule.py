@@ -158,7 +158,7 @@ class EpochBatchSampler(Sampler[list]):
         self.num_captions = num_captions
         self.rank, self.world_size = rank, world_size
         # Asked at the start of every pass (Lightning calls set_epoch on samplers, not on
-        # batch samplers); the trainer's epoch counter is restored on resume.
+        # batch samplers).
         self.current_epoch = current_epoch
         self.resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
 
@@ -166,16 +166,21 @@ class EpochBatchSampler(Sampler[list]):
         return self.size // (self.batch_size * self.world_size)  # incomplete batches dropped
 
     def __iter__(self):
-        epoch = self.current_epoch()
+        # NOTE: a resumed run takes its epoch from the checkpoint, not from the trainer: with
+        # loader workers, the first batches are drawn when the loader's iterator is built,
+        # before Lightning has restored its epoch counter. A checkpoint that closed its
+        # epoch resumes at the start of the next one.
+        epoch, start = self.current_epoch(), 0
+        if self.resume is not None:
+            (epoch, start), self.resume = self.resume, None
+            if start >= len(self):
+                epoch, start = epoch + 1, 0
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(self.size, generator=generator)
         items = order
         if self.num_captions:
             captions = torch.randint(self.num_captions, (self.size,), generator=generator)
             items = torch.stack([order, captions[order]], dim=1)  # (N, 2)
-        start = 0
-        if self.resume is not None and self.resume[0] == epoch:
-            start, self.resume = self.resume[1], None
         global_batch = self.batch_size * self.world_size
         for b in range(start, len(self)):
             first = b * global_batch + self.rank * self.batch_size
