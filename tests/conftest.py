@@ -31,3 +31,22 @@ def tiny_recipe(method: str, tmp_path, **sections) -> Recipe:
 @pytest.fixture
 def make_recipe(tmp_path):
     return lambda method, **overrides: tiny_recipe(method, tmp_path, **overrides)
+
+
+def write_random_shards(out, count: int, shard_size: int, size: int = 32, seed: int = 0) -> None:
+    """Indexed shards of ``count`` random JPEGs, each with a label (of 4) and two captions."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from ssl_zoo.data.convert import Sample, write_shards
+
+    rng = np.random.default_rng(seed)
+
+    def sample(i: int) -> Sample:
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, "JPEG")
+        return Sample(buffer.getvalue(), "jpg", label=i % 4, captions=[f"shape {i % 4}", f"a picture of shape {i % 4}"])
+
+    write_shards([sample(i) for i in range(count)], out, shard_size)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_random_shards
 from ssl_zoo.cli import main
 from ssl_zoo.recipe import available_recipes, parse_recipe
 from ssl_zoo.train import fit
@@ -89,19 +90,8 @@ def shared(root: Path, monkeypatch) -> dict:
 def shards(root: Path, monkeypatch) -> dict:
     """Indexed shards with a label and two captions a sample, in three shards, and
     validation shards beside them: what ImageNet or CC3M look like after `ssl_zoo shards`."""
-    import io
-
-    from ssl_zoo.data.convert import Sample, write_shards
-
-    rng = np.random.default_rng(0)
-
-    def sample(i: int) -> Sample:
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(buffer, "JPEG")
-        return Sample(buffer.getvalue(), "jpg", label=i % 4, captions=[f"thing {i}", f"a photo of thing {i}"])
-
-    write_shards([sample(i) for i in range(48)], root / "train", 16)
-    write_shards([sample(i) for i in range(24)], root / "val", 16)
+    write_random_shards(root / "train", 48, 16, size=40)
+    write_random_shards(root / "val", 24, 16, size=40, seed=1)
     return {"data.root": root / "train", "data.val_root": root / "val", "data.num_workers": 0}
 
 

@@ -2,14 +2,11 @@
 draws) ends bit-identical to an unbroken one, and decoding on the device gives the same
 training as decoding in the loader."""
 
-import io
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from ssl_zoo.data.convert import Sample, write_shards
+from conftest import write_random_shards
 from ssl_zoo.train import fit
 from test_reliability import RESUME_KEYS, Crash, CrashAt, assert_same_state, final_state
 
@@ -18,15 +15,8 @@ from test_reliability import RESUME_KEYS, Crash, CrashAt, assert_same_state, fin
 def shard_root(tmp_path_factory) -> Path:
     """256 labelled, captioned 32 px JPEGs in 4 shards (and 64 in validation shards)."""
     root = tmp_path_factory.mktemp("shards")
-    rng = np.random.default_rng(0)
-
-    def sample(i: int) -> Sample:
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "JPEG")
-        return Sample(buffer.getvalue(), "jpg", label=i % 4, captions=[f"shape {i % 4}", f"a picture of shape {i % 4}"])
-
-    write_shards([sample(i) for i in range(256)], root / "train", 64)
-    write_shards([sample(i) for i in range(64)], root / "val", 64)
+    write_random_shards(root / "train", 256, 64)
+    write_random_shards(root / "val", 64, 64, seed=1)
     return root
 
 

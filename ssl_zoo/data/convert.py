@@ -45,7 +45,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ssl_zoo.data.shards import build_index, expand_shard_paths, index_path, load_index
-from ssl_zoo.data.sources import _PIL_ERRORS, IMAGE_EXTENSIONS, _load_image, _pair_rows
+from ssl_zoo.data.sources import _PIL_ERRORS, IMAGE_EXTENSIONS, _load_image, read_pairs_file
 from ssl_zoo.errors import DataFormatError, DataNotFoundError, RecipeError
 
 JPEG_QUALITY = 95
@@ -208,32 +208,9 @@ def _folder_jobs(source: Path, only: list[str] | None = None) -> tuple[list[_Job
 
 
 def _pairs_jobs(source: Path) -> list[_Job]:
-    """Rows of a CSV/JSONL pairs file, one job per image (its captions in file order)."""
-    if not source.is_file():
-        raise DataNotFoundError(f"Image-text pairs file not found: {source.absolute()}. Check the path.")
-    try:
-        text = source.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataFormatError(
-            f"{source} is not valid UTF-8 text (bad byte at offset {e.start}); save it as UTF-8."
-        ) from None
-    captions: dict[Path, list[str]] = {}  # image -> captions, in order of first appearance
-    for where, row in _pair_rows(source, text):
-        missing = [k for k in ("path", "caption") if k not in row]
-        if missing:
-            raise DataFormatError(
-                f"{source}, {where}: missing key(s) {missing}; found keys {list(row)}. Each row "
-                f"needs 'path' and 'caption'."
-            )
-        caption, image = row["caption"], row["path"]
-        if not isinstance(caption, str) or not caption.strip():
-            raise DataFormatError(f"{source}, {where}: empty caption; give every row a caption.")
-        if not isinstance(image, str) or not image.strip():
-            raise DataFormatError(f"{source}, {where}: empty image path; give every row a path.")
-        # A missing image is skipped at conversion time, with its reason, like a corrupt one.
-        captions.setdefault(source.parent / image.strip(), []).append(caption.strip())
-    if not captions:
-        raise DataFormatError(f"{source} has no rows; add lines of path,caption.")
+    """Rows of a CSV/JSONL pairs file, one job per image (its captions in file order). A
+    missing image is skipped at conversion time, with its reason, like a corrupt one."""
+    captions = read_pairs_file(source, require_images=False)
     return [_Job(path, captions=tuple(c)) for path, c in captions.items()]
 
 

@@ -313,12 +313,11 @@ def _pair_rows(path: Path, text: str) -> list[tuple[str, dict]]:
     )
 
 
-def load_image_text_pairs(path: str | Path, image_size: int) -> ImageSet:
-    """Images with captions from a CSV (``path,caption`` header) or JSONL file.
-
-    Image paths are relative to the file's folder (absolute ones work too). Rows sharing a
-    path become one image with several captions, in order of first appearance.
-    """
+def read_pairs_file(path: str | Path, require_images: bool = True) -> dict[Path, list[str]]:
+    """The rows of a CSV (``path,caption`` header) or JSONL pairs file, validated: each
+    image's path (relative to the file's folder, or absolute) -> its captions, in order of
+    first appearance. ``require_images``: an image file that does not exist is an error
+    naming its row (the shard converter skips it instead, and lists it)."""
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(
@@ -345,15 +344,25 @@ def load_image_text_pairs(path: str | Path, image_size: int) -> ImageSet:
         if not isinstance(image, str) or not image.strip():
             raise DataFormatError(f"{path}, {where}: empty image path; give every row a path.")
         image_path = path.parent / image.strip()  # an absolute path replaces the parent
-        if not image_path.is_file():
+        if require_images and not image_path.is_file():
             raise DataFormatError(
                 f"{path}, {where}: image file not found: {image_path}. Relative paths start "
                 f"from the folder of {path.name}."
             )
-        captions.setdefault(image_path.resolve(), []).append(caption.strip())
-
+        captions.setdefault(image_path.resolve() if require_images else image_path, []).append(caption.strip())
     if not captions:
         raise DataFormatError(f"{path} has no rows; add lines of path,caption.")
+    return captions
+
+
+def load_image_text_pairs(path: str | Path, image_size: int) -> ImageSet:
+    """Images with captions from a CSV (``path,caption`` header) or JSONL file.
+
+    Image paths are relative to the file's folder (absolute ones work too). Rows sharing a
+    path become one image with several captions, in order of first appearance.
+    """
+    path = Path(path)
+    captions = read_pairs_file(path)
     images = []
     for image_path in captions:
         try:
