@@ -1,14 +1,19 @@
-"""`fit` from shards keeps the zoo exact: a run resumed mid-epoch (CLIP, with its caption
-draws) ends bit-identical to an unbroken one, and decoding on the device gives the same
-training as decoding in the loader."""
+"""`fit` from shards keeps the zoo exact: a run killed or crashed mid-epoch and resumed
+(with loader workers decoding; CLIP with its caption draws) ends bit-identical to an
+unbroken one, and decoding on the device gives the same training as decoding in the loader."""
 
+import signal
+import time
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from conftest import write_random_shards
+from ssl_zoo.recipe import recipe_to_dict
 from ssl_zoo.train import fit
-from test_reliability import RESUME_KEYS, Crash, CrashAt, assert_same_state, final_state
+from test_reliability import RESUME_KEYS, Crash, CrashAt, assert_same_state, final_state, run_fit, saved_step
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +52,42 @@ def test_decoding_on_the_device_trains_exactly_as_decoding_in_workers(make_recip
                                          "trainer.output_dir": tmp_path / decode})
         states.append(final_state(fit(make_recipe("simclr", **keys), enable_progress_bar=False).checkpoint))
     assert_same_state(*states)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_from_shards_is_bit_exact(make_recipe, shard_root, tmp_path):
+    # As a user runs it, with 2 loader workers decoding: killed mid-epoch, then --resume.
+    recipe = make_recipe("byol", **shard_keys(shard_root, **{"data.num_workers": 2}))
+    recipe_file = tmp_path / "byol.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe_to_dict(recipe)))
+    unbroken = run_fit(recipe_file, tmp_path / "a")
+    assert unbroken.wait(timeout=300) == 0, unbroken.stdout.read()
+
+    broken = run_fit(recipe_file, tmp_path / "b")
+    last = tmp_path / "b" / "tiny_byol" / "version_0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while saved_step(last) < 9 and broken.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    broken.send_signal(signal.SIGKILL)
+    assert broken.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert 9 <= saved_step(last) < 24 and saved_step(last) % 8 != 0, "not killed mid-epoch"
+
+    resumed = run_fit(recipe_file, tmp_path / "b", "--resume")
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    assert_same_state(final_state(tmp_path / "a" / "tiny_byol" / "version_0" / "checkpoints" / "last.ckpt"), final_state(last))
+
+
+def test_two_processes_read_disjoint_slices_that_make_up_the_single_process_batches(shard_root):
+    # Each rank reads only its slice of every global batch from the shards.
+    from ssl_zoo.data.datamodule import EpochBatchSampler
+    from ssl_zoo.data.shards import ShardDataset, ShardSet, expand_shard_paths
+
+    dataset = ShardDataset(ShardSet(expand_shard_paths(shard_root / "train")), 32)
+    one = [dataset.__getitems__(items) for items in EpochBatchSampler(len(dataset), 32, seed=5)]
+    ranks = [[dataset.__getitems__(items) for items in EpochBatchSampler(len(dataset), 16, seed=5, rank=r, world_size=2)]
+             for r in range(2)]
+    for b, batch in enumerate(one):
+        together = torch.cat([ranks[0][b]["image"], ranks[1][b]["image"]])
+        assert torch.equal(together, batch["image"])
+        assert torch.equal(torch.cat([ranks[0][b]["label"], ranks[1][b]["label"]]), batch["label"])
