@@ -42,17 +42,15 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-import PIL
 import torch
-import torchcodec
 import torchvision.transforms.v2 as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-import ssl_zoo
 from ssl_zoo.data.convert import convert
 from ssl_zoo.data.datamodule import EpochBatchSampler, _already_batched
 from ssl_zoo.data.shards import ShardDataset, ShardSet, decode_images, expand_shard_paths
+from ssl_zoo.eval.stage import versions
 
 RESULTS = Path(__file__).parent / "results"
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -219,10 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": device,
         "date": date.today().isoformat(),
         "command": " ".join(["python benchmarks/data_throughput.py", *(argv if argv is not None else sys.argv[1:])]),
-        "versions": {
-            "python": platform.python_version(), "torch": torch.__version__, "torchcodec": torchcodec.__version__,
-            "pillow": PIL.__version__, "ssl_zoo": ssl_zoo.__version__,
-        },
+        "versions": versions(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_cores": cores,
         "images": count,
@@ -243,8 +238,8 @@ def print_table(results: dict) -> None:
     print(f"\nDecoded uint8 batches of {results['batch']} on {results['device']}, {results['cpu_cores']} DataLoader "
           f"workers ({results['images']} images; folder: {results['source_image']['width']}x"
           f"{results['source_image']['height']} JPEGs, {results['source_image']['mean_kb']:.0f} KB):")
-    print(f"| source | decoder | size | images/s | images/s per core |")
-    print(f"|---|---|---|---|---|")
+    print("| source | decoder | size | images/s | images/s per core |")
+    print("|---|---|---|---|---|")
     for row in results["rows"]:
         per_core = f"{row['images_per_s_per_core']:,.0f}" if row["images_per_s_per_core"] is not None else "(GPU)"
         print(f"| {row['source']} | {row['decoder']} | {row['size']} px | {row['images_per_s']:,.0f} | {per_core} |")

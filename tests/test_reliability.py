@@ -24,8 +24,8 @@ RESUME_KEYS = {
 }
 
 
-def write_recipe(make_recipe, method: str, path: Path) -> Path:
-    path.write_text(yaml.safe_dump(recipe_to_dict(make_recipe(method, **RESUME_KEYS))))
+def write_recipe(make_recipe, method: str, path: Path, **keys) -> Path:
+    path.write_text(yaml.safe_dump(recipe_to_dict(make_recipe(method, **{**RESUME_KEYS, **keys}))))
     return path
 
 
@@ -65,9 +65,9 @@ def final_state(checkpoint: Path) -> dict:
     return {key: state[key] for key in ("state_dict", "optimizer_states", "lr_schedulers", "global_step", "epoch", "ImageDataModule")}
 
 
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_is_bit_exact(make_recipe, tmp_path):
-    recipe_file = write_recipe(make_recipe, "byol", tmp_path / "byol.yaml")
+def assert_sigkill_then_resume_is_bit_exact(recipe_file: Path, tmp_path: Path) -> None:
+    """Train a BYOL recipe of RESUME_KEYS unbroken; train it again, SIGKILL it mid-epoch and
+    `fit --resume` it: the two must end with bit-identical states."""
     unbroken = run_fit(recipe_file, tmp_path / "a")
     assert unbroken.wait(timeout=300) == 0, unbroken.stdout.read()
 
@@ -87,6 +87,11 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(make_recipe, tmp_path):
     assert "Resuming from" in output and "version_0" in output
     assert not (tmp_path / "b" / "tiny_byol" / "version_1").exists()  # same run folder
     assert_same_state(final_state(tmp_path / "a" / "tiny_byol" / "version_0" / "checkpoints" / "last.ckpt"), final_state(last))
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_is_bit_exact(make_recipe, tmp_path):
+    assert_sigkill_then_resume_is_bit_exact(write_recipe(make_recipe, "byol", tmp_path / "byol.yaml"), tmp_path)
 
 
 class Crash(Exception):

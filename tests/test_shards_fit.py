@@ -2,18 +2,16 @@
 (with loader workers decoding; CLIP with its caption draws) ends bit-identical to an
 unbroken one, and decoding on the device gives the same training as decoding in the loader."""
 
-import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from conftest import write_random_shards
-from ssl_zoo.recipe import recipe_to_dict
 from ssl_zoo.train import fit
-from test_reliability import RESUME_KEYS, Crash, CrashAt, assert_same_state, final_state, run_fit, saved_step
+from test_reliability import (
+    RESUME_KEYS, Crash, CrashAt, assert_same_state, assert_sigkill_then_resume_is_bit_exact, final_state, write_recipe,
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,25 +55,8 @@ def test_decoding_on_the_device_trains_exactly_as_decoding_in_workers(make_recip
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_from_shards_is_bit_exact(make_recipe, shard_root, tmp_path):
     # As a user runs it, with 2 loader workers decoding: killed mid-epoch, then --resume.
-    recipe = make_recipe("byol", **shard_keys(shard_root, **{"data.num_workers": 2}))
-    recipe_file = tmp_path / "byol.yaml"
-    recipe_file.write_text(yaml.safe_dump(recipe_to_dict(recipe)))
-    unbroken = run_fit(recipe_file, tmp_path / "a")
-    assert unbroken.wait(timeout=300) == 0, unbroken.stdout.read()
-
-    broken = run_fit(recipe_file, tmp_path / "b")
-    last = tmp_path / "b" / "tiny_byol" / "version_0" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while saved_step(last) < 9 and broken.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    broken.send_signal(signal.SIGKILL)
-    assert broken.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-    assert 9 <= saved_step(last) < 24 and saved_step(last) % 8 != 0, "not killed mid-epoch"
-
-    resumed = run_fit(recipe_file, tmp_path / "b", "--resume")
-    output = resumed.communicate(timeout=300)[0]
-    assert resumed.returncode == 0, output
-    assert_same_state(final_state(tmp_path / "a" / "tiny_byol" / "version_0" / "checkpoints" / "last.ckpt"), final_state(last))
+    keys = shard_keys(shard_root, **{"data.num_workers": 2})
+    assert_sigkill_then_resume_is_bit_exact(write_recipe(make_recipe, "byol", tmp_path / "byol.yaml", **keys), tmp_path)
 
 
 def test_two_processes_read_disjoint_slices_that_make_up_the_single_process_batches(shard_root):

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import yaml
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -79,7 +80,8 @@ def open_shards(config: DataConfig, split: str = "train") -> ShardSet:
     try:
         return ShardSet(expand_shard_paths(Path(root).expanduser()))
     except DataNotFoundError as error:
-        stl10 = [name for name, path in available_recipes().items() if "name: stl10" in path.read_text()]
+        stl10 = [name for name, path in available_recipes().items()
+                 if (yaml.safe_load(path.read_text()) or {}).get("data", {}).get("name") == "stl10"]
         raise DataNotFoundError(
             f"{error} ImageNet-1k: download ILSVRC2012 from image-net.org, then convert its train/ "
             "(one folder per class) with `python -m ssl_zoo shards --from folder DIR/train --out "

@@ -70,7 +70,7 @@ def pick_device(name: str) -> torch.device:
 
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
-    for package in ("ssl_zoo", "torch", "torchvision", "pytorch-lightning", "lightly", "kornia", "open_clip_torch"):
+    for package in ("ssl_zoo", "torch", "torchvision", "torchcodec", "pillow", "pytorch-lightning", "lightly", "kornia", "open_clip_torch"):
         try:
             found[package] = version(package)
         except PackageNotFoundError:

@@ -23,7 +23,7 @@ from ssl_zoo.backbones import build_image_backbone
 from ssl_zoo.recipe import Recipe, recipe_from_dict, recipe_to_dict
 
 
-def labelled_cross_entropy(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+def labelled_cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
     """Cross-entropy and top-1 accuracy over the labelled rows of a batch.
 
     logits: (B, C); labels: (B,), -1 for an unlabelled image (STL-10's unlabelled part),
@@ -32,7 +32,7 @@ def labelled_cross_entropy(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tens
     """
     labelled = labels >= 0  # (B,)
     count = labelled.sum().clamp_min(1)
-    loss = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum") / count
+    loss = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum", label_smoothing=label_smoothing) / count
     top1 = ((logits.argmax(dim=1) == labels) & labelled).sum() / count
     return loss, top1
 

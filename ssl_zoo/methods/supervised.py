@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_zoo.errors import RecipeError
-from ssl_zoo.methods.base import SSLMethod
+from ssl_zoo.methods.base import SSLMethod, labelled_cross_entropy
 from ssl_zoo.recipe import Recipe
 
 
@@ -32,9 +31,6 @@ class Supervised(SSLMethod):
         features = self.backbone(batch["views"][0])  # (B, D)
         logits = self.classifier(features)  # (B, C)
         # Images labelled -1 (STL-10's unlabelled part) add nothing to the loss.
-        labels = batch["label"]
-        loss = F.cross_entropy(
-            logits, labels, ignore_index=-1, reduction="sum", label_smoothing=self.recipe.supervised.label_smoothing
-        ) / (labels >= 0).sum().clamp_min(1)
+        loss, _ = labelled_cross_entropy(logits, batch["label"], self.recipe.supervised.label_smoothing)
         self.log("train/loss", loss)
         return loss + self.probe_step(features, batch)
