@@ -96,7 +96,9 @@ def test_report_renders_in_headless_chromium(bench_report, tmp_path):
     assert found, dom.stderr[-2000:]
     probe_result = json.loads(found.group(1).replace("&quot;", '"'))
     assert probe_result["images"] == 5 and probe_result["decoded"] == 5
-    assert probe_result["rows"] == [len(RUN_LABELS) + 1] * 2
+    # Results and diagnostics: a header and every run; published references: a header and
+    # every trained run (random init has no reference).
+    assert probe_result["rows"] == [len(RUN_LABELS) + 1, len(RUN_LABELS), len(RUN_LABELS) + 1]
     # And a screenshot of the page as a reader sees it (kept beside the report).
     shot = bench_report / "screenshot.png"
     subprocess.run(
