@@ -39,6 +39,7 @@ class BenchConfig:
     overrides: list[str] = field(default_factory=list)  # recipe overrides applied to every recipe
     eval: EvalConfig = field(default_factory=EvalConfig)
     baselines: bool = True  # train a supervised baseline per backbone under the same budget
+    seeds: int = 1  # train every recipe (and baseline) this many times, seeds trainer.seed, +1, ...
     command: str = ""  # the command line that made the report, to reproduce it
 
 
@@ -47,10 +48,27 @@ class BenchRun:
     label: str
     kind: str  # "method" or "baseline"
     recipe: Recipe
+    group: str = ""  # the label without the seed: runs of one recipe under several seeds share it
     training: RunSummary | None = None  # None for the random-init baseline
     result: dict[str, Any] = field(default_factory=dict)  # the evaluation stage's output
     steps_per_second: float | None = None  # measured before a budgeted run
     curves: dict[str, list[list[float]]] = field(default_factory=dict)  # loss and kNN curves, for the report
+
+    def __post_init__(self) -> None:
+        self.group = self.group or self.label
+
+
+def seeded_runs(label: str, kind: str, recipe: Recipe, seeds: int) -> list[BenchRun]:
+    """``seeds`` runs of ``recipe`` with seeds trainer.seed, +1, ...; with more than one,
+    the seed is in each run's label and name (its run folder)."""
+    if seeds == 1:
+        return [BenchRun(label, kind, recipe)]
+    runs = []
+    for seed in range(recipe.trainer.seed, recipe.trainer.seed + seeds):
+        seeded = dataclasses.replace(recipe, name=f"{recipe.name}_seed{seed}",
+                                     trainer=dataclasses.replace(recipe.trainer, seed=seed))
+        runs.append(BenchRun(f"{label} seed {seed}", kind, seeded, group=label))
+    return runs
 
 
 def random_init_model(recipe: Recipe):
@@ -149,13 +167,15 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     # Loaded before any training, so bad evaluation data fails fast, not after the budget.
     splits = load_labelled_splits(labelled or recipes[0], eval_config)
 
-    runs = [BenchRun(r.name, "method", r) for r in recipes]
+    if config.seeds < 1:
+        raise RecipeError(f"bench: --seeds {config.seeds} trains nothing; give 1 or more.")
+    runs = [run for r in recipes for run in seeded_runs(r.name, "method", r, config.seeds)]
     backbones = list(dict.fromkeys(r.backbone for r in recipes))
     if config.baselines:
         for backbone in backbones:
             source = _baseline_source(recipes, backbone)
             baseline = supervised_recipe(source, eval_config.data, eval_config.root)
-            runs.append(BenchRun(f"supervised ({backbone})", "baseline", baseline))
+            runs += seeded_runs(f"supervised ({backbone})", "baseline", baseline, config.seeds)
 
     # Train every run under the same budget.
     for run in runs:
@@ -172,7 +192,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         run.training = fit(run.recipe, enable_progress_bar=False, datamodule=datamodule)
         _say(f"trained {run.label} in {run.training.wall_seconds:.0f} s")
 
-    runs += [BenchRun(f"random init ({b})", "baseline", _baseline_source(recipes, b)) for b in backbones]
+    runs += [run for b in backbones for run in seeded_runs(f"random init ({b})", "baseline", _baseline_source(recipes, b), config.seeds)]
     return _evaluate_and_report(runs, config, eval_config, splits, seconds_so_far=time.perf_counter() - started)
 
 
@@ -216,14 +236,15 @@ def reevaluate(results_path: Path) -> dict[str, Any]:
             fields = {f.name for f in dataclasses.fields(RunSummary)}
             summary = RunSummary(**{k: v for k, v in training.items() if k in fields})
             summary.run_dir, summary.checkpoint = Path(summary.run_dir), Path(summary.checkpoint)
-        run = BenchRun(entry["label"], entry["kind"], recipe_from_dict(entry["recipe"]), training=summary)
+        run = BenchRun(entry["label"], entry["kind"], recipe_from_dict(entry["recipe"]), group=entry["group"], training=summary)
         run.steps_per_second = training.get("steps_per_second_measured") if training else None
         runs.append(run)
     stored = saved["runs"][0]["evaluation"]["eval_config"]
     eval_config = EvalConfig(**{**stored, "templates": tuple(stored["templates"])})
     budget = saved["budget"]
     config = BenchConfig(recipes=[r.recipe.name for r in runs if r.kind == "method"], out=results_path.parent,
-                         epochs=budget["epochs"], budget_seconds=budget["seconds"], command=saved["command"], eval=eval_config)
+                         epochs=budget["epochs"], budget_seconds=budget["seconds"], command=saved["command"], eval=eval_config,
+                         seeds=saved["seeds"])
     source = next(r.recipe for r in runs if r.training is None)
     splits = load_labelled_splits(source, eval_config)
     training_seconds = sum(r.training.wall_seconds for r in runs if r.training is not None)

@@ -22,6 +22,7 @@ from kornia.enhance import denormalize  # noqa: E402
 from ssl_zoo.augment import ViewAugment  # noqa: E402
 from ssl_zoo.bench import BenchConfig, BenchRun, random_init_model  # noqa: E402
 from ssl_zoo.data.datamodule import load_split  # noqa: E402
+from ssl_zoo.eval.confidence import RESAMPLES, bootstrap_interval, correct_from_text, intervals_overlap  # noqa: E402
 from ssl_zoo.eval.stage import RETRIEVAL_SPLIT, EvalConfig, Evaluator, LabelledSplits, load_method  # noqa: E402
 from ssl_zoo.eval.stage import device_name, pick_device, versions  # noqa: E402
 from ssl_zoo.methods import METHODS  # noqa: E402
@@ -174,6 +175,83 @@ def _percent(metrics: dict[str, float], name: str) -> str:
     return f"{100 * metrics[name]:.1f}" if name in metrics else "–"
 
 
+def _with_interval(result: dict[str, Any], name: str) -> str:
+    """'45.3 [43.9, 46.7]': the accuracy and its 95 % bootstrap interval, in percent."""
+    if name not in result["metrics"]:
+        return "–"
+    low, high = result.get("intervals", {}).get(name, (None, None))
+    shown = _percent(result["metrics"], name)
+    return shown if low is None else f"{shown} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+# The accuracies that get intervals, seed statistics and pairwise comparisons.
+COMPARED_METRICS = ("knn_top1", "linear_top1", "zero_shot_top1")
+
+
+def group_summaries(runs: list[BenchRun]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per group of runs (one recipe, every seed) and compared metric: the seeds' mean and
+    standard deviation, and the 95 % bootstrap interval of their mean accuracy (the test
+    images resampled jointly across seeds)."""
+    groups: dict[str, list[BenchRun]] = {}
+    for run in runs:
+        groups.setdefault(run.group, []).append(run)
+    summaries: dict[str, dict[str, dict[str, Any]]] = {}
+    for group, members in groups.items():
+        summaries[group] = {}
+        for name in COMPARED_METRICS:
+            scored = [r.result for r in members if name in r.result.get("per_image_correct", {})]
+            if not scored:
+                continue
+            values = torch.tensor([r["metrics"][name] for r in scored], dtype=torch.float64)
+            correct = torch.stack([correct_from_text(r["per_image_correct"][name]) for r in scored])  # (seeds, M)
+            summaries[group][name] = {
+                "seeds": len(scored),
+                "mean": values.mean().item(),
+                "std": values.std().item() if len(scored) > 1 else None,
+                "interval": list(bootstrap_interval(correct)),
+            }
+    return summaries
+
+
+def seed_rows(summaries: dict[str, dict[str, dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:
+    header = ["run", "seeds"] + [f"{METRIC_NAMES[name]} mean ± std [95 % interval]" for name in COMPARED_METRICS]
+    rows = []
+    for group, metrics in summaries.items():
+        cells = []
+        for name in COMPARED_METRICS:
+            if name not in metrics:
+                cells.append("–")
+                continue
+            m = metrics[name]
+            low, high = m["interval"]
+            spread = f" ± {100 * m['std']:.1f}" if m["std"] is not None else ""
+            cells.append(f"{100 * m['mean']:.1f}{spread} [{100 * low:.1f}, {100 * high:.1f}]")
+        seeds = max((m["seeds"] for m in metrics.values()), default=0)
+        rows.append([group, str(seeds), *cells])
+    return header, rows
+
+
+def comparison_rows(summaries: dict[str, dict[str, dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:
+    """Every pair of runs, per metric: the gap, and whether their 95 % intervals overlap."""
+    header = ["pair"] + [METRIC_NAMES[name] for name in COMPARED_METRICS]
+    groups = list(summaries)
+    rows = []
+    for i, first in enumerate(groups):
+        for second in groups[i + 1:]:
+            cells = []
+            for name in COMPARED_METRICS:
+                a, b = summaries[first].get(name), summaries[second].get(name)
+                if a is None or b is None:
+                    cells.append("–")
+                elif intervals_overlap(a["interval"], b["interval"]):
+                    cells.append(f"{100 * (a['mean'] - b['mean']):+.1f}: not distinguishable at this budget")
+                else:
+                    cells.append(f"{100 * (a['mean'] - b['mean']):+.1f}: {first if a['mean'] > b['mean'] else second} ahead")
+            if any(cell != "–" for cell in cells):
+                rows.append([f"{first} vs {second}", *cells])
+    return header, rows
+
+
 def _number(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if value is not None else "–"
 
@@ -195,8 +273,8 @@ def headline_rows(runs: list[BenchRun]) -> tuple[list[str], list[list[str]]]:
             str(t.epochs) if t else "0", str(t.steps) if t else "0",
             _number(t.wall_seconds, 0) if t else "0", _number(t.images_per_second, 0) if t else "–",
             _number(t.peak_memory_gib) if t and t.peak_memory_gib is not None else "–",
-            _percent(m, "linear_top1"), _percent(m, "linear_top5"), _percent(m, "knn_top1"),
-            _percent(m, "zero_shot_top1"), recall["image_to_text"], recall["text_to_image"],
+            _with_interval(run.result, "linear_top1"), _percent(m, "linear_top5"), _with_interval(run.result, "knn_top1"),
+            _with_interval(run.result, "zero_shot_top1"), recall["image_to_text"], recall["text_to_image"],
         ])
     return header, rows
 
@@ -287,6 +365,7 @@ def write_report(
     else:
         budget = f"equal epochs: {config.epochs if config.epochs is not None else 'each recipe’s own'}"
     data = splits.info
+    summaries = group_summaries(runs)
     results = {
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": config.command,
@@ -296,9 +375,12 @@ def write_report(
                    "seconds": config.budget_seconds, "epochs": config.epochs},
         "eval_data": data,
         "bench_seconds": round(seconds, 1),
+        "seeds": config.seeds,
+        # Per run label without its seed, per accuracy: mean, std over seeds, 95 % bootstrap interval.
+        "groups": summaries,
         "runs": [
             {
-                "label": run.label, "kind": run.kind, "recipe": run.result["recipe"],
+                "label": run.label, "group": run.group, "kind": run.kind, "recipe": run.result["recipe"],
                 "training": None if run.training is None else {
                     **{k: str(v) if isinstance(v, Path) else v for k, v in vars(run.training).items()},
                     "steps_per_second_measured": run.steps_per_second,
@@ -310,8 +392,12 @@ def write_report(
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
-    headline, diagnostics = headline_rows(runs), diagnostic_rows(runs)
-    references = reference_rows(runs)
+    tables = {"Results": headline_rows(runs)}
+    if config.seeds > 1:
+        tables[f"Across {config.seeds} seeds"] = seed_rows(summaries)
+    tables["Which differences are larger than the noise"] = comparison_rows(summaries)
+    tables["Published references"] = reference_rows(runs)
+    tables["Representation diagnostics"] = diagnostic_rows(runs)
     reproduce = [config.command] + [
         f"python -m ssl_zoo fit --recipe {run.training.run_dir / 'recipe.yaml'}" for run in runs if run.training
     ] + [
@@ -344,21 +430,31 @@ def write_report(
         f"(cross-entropy); *random init* is the untrained backbone. Accuracies are percentages on the "
         f"'{data['test_split']}' split of {data['name']}.",
         "Peak GPU memory is blank on the CPU. Images/s counts training images (pairs of views for SimCLR and BYOL).",
+        f"In brackets: the 95 % bootstrap interval over the {data['num_test']} test images ({RESAMPLES} resamples). "
+        "It measures the test set's noise, not the seed's. Two runs whose intervals overlap are not "
+        "distinguishable at this budget (next table).",
+        (f"Every recipe and baseline was trained {config.seeds} times (seeds {', '.join(sorted({str(r.recipe.trainer.seed) for r in runs}))}); "
+         "the seed table gives mean ± standard deviation across them, and its interval is that of the mean."
+         if config.seeds > 1 else
+         "One seed per run (the default, so that the bench stays within its time): the spread across seeds is "
+         "not measured here. `bench --seeds N` trains each recipe N times and reports mean ± std."),
     ]
-    (out / "report.md").write_text(_markdown(setup, headline, references, diagnostics, plots, out, reproduce, notes))
-    (out / "report.html").write_text(_html(setup, headline, references, diagnostics, plots, reproduce, notes))
+    (out / "report.md").write_text(_markdown(setup, tables, notes, plots, out, reproduce))
+    (out / "report.html").write_text(_html(setup, tables, notes, plots, reproduce))
     return results
 
 
 TITLE = "ssl_zoo benchmark: SimCLR, BYOL and CLIP side by side"
 
 
-def _markdown(setup, headline, references, diagnostics, plots, out: Path, reproduce, notes) -> str:
+def _markdown(setup, tables, notes, plots, out: Path, reproduce) -> str:
+    """``tables``: title -> (header, rows), in order; the notes follow the first table."""
     parts = [f"# {TITLE}", ""]
     parts += [f"- **{name}:** {value}" for name, value in setup]
-    parts += ["", "## Results", "", markdown_table(*headline), "", *notes, "",
-              "## Published references", "", markdown_table(*references), "",
-              "## Representation diagnostics", "", markdown_table(*diagnostics), ""]
+    for i, (title, table) in enumerate(tables.items()):
+        parts += ["", f"## {title}", "", markdown_table(*table), ""]
+        if i == 0:
+            parts += [*notes, ""]
     for name, path in plots.items():
         parts += [f"## {name}", "", f"![{name}]({path.relative_to(out).as_posix()})", ""]
     parts += ["## Reproduce", "", "```sh", *reproduce, "```", ""]
@@ -377,7 +473,7 @@ pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
 """
 
 
-def _html(setup, headline, references, diagnostics, plots, reproduce, notes) -> str:
+def _html(setup, tables, notes, plots, reproduce) -> str:
     def embedded(path: Path) -> str:
         data = base64.b64encode(path.read_bytes()).decode()
         return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
@@ -385,10 +481,11 @@ def _html(setup, headline, references, diagnostics, plots, reproduce, notes) -> 
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{TITLE}</title><style>{STYLE}</style></head><body>",
              f"<h1>{TITLE}</h1><dl>"]
     parts += [f"<dt>{html.escape(name)}</dt><dd>{html.escape(value)}</dd>" for name, value in setup]
-    parts += ["</dl><h2>Results</h2>", html_table(*headline)]
-    parts += [f"<p>{html.escape(note).replace('*', '')}</p>" for note in notes]
-    parts += ["<h2>Published references</h2>", html_table(*references)]
-    parts += ["<h2>Representation diagnostics</h2>", html_table(*diagnostics)]
+    parts += ["</dl>"]
+    for i, (title, table) in enumerate(tables.items()):
+        parts += [f"<h2>{html.escape(title)}</h2>", html_table(*table)]
+        if i == 0:
+            parts += [f"<p>{html.escape(note).replace('*', '').replace('`', '')}</p>" for note in notes]
     for name, path in plots.items():
         parts += [f"<h2>{html.escape(name)}</h2>", embedded(path)]
     parts += ["<h2>Reproduce</h2><pre>", html.escape("\n".join(reproduce)), "</pre></body></html>"]

@@ -8,19 +8,27 @@ from torch import Tensor
 
 
 @torch.no_grad()
+def knn_predictions(
+    train_features: Tensor, train_labels: Tensor, test_features: Tensor,
+    num_classes: int, k: int = 200, temperature: float = 0.1, chunk_size: int = 1024,
+) -> Tensor:
+    """(M,) int64 classes of a cosine-weighted kNN vote (k neighbours, weights exp(sim / T)).
+
+    train_features (N, D), test_features (M, D): L2-normalised. train_labels (N,).
+    """
+    k = min(k, train_features.shape[0])
+    bank = train_features.T.contiguous()  # (D, N), the layout knn_predict expects
+    return torch.cat([
+        knn_predict(test_features[start : start + chunk_size], bank, train_labels, num_classes, knn_k=k, knn_t=temperature)[:, 0]
+        for start in range(0, test_features.shape[0], chunk_size)
+    ])
+
+
+@torch.no_grad()
 def knn_top1(
     train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
     num_classes: int, k: int = 200, temperature: float = 0.1, chunk_size: int = 1024,
 ) -> float:
-    """Top-1 accuracy of a cosine-weighted kNN vote (k neighbours, weights exp(sim / T)).
-
-    train_features (N, D), test_features (M, D): L2-normalised. Labels (N,), (M,).
-    """
-    k = min(k, train_features.shape[0])
-    bank = train_features.T.contiguous()  # (D, N), the layout knn_predict expects
-    correct = 0
-    for start in range(0, test_features.shape[0], chunk_size):
-        query = test_features[start : start + chunk_size]
-        predicted = knn_predict(query, bank, train_labels, num_classes, knn_k=k, knn_t=temperature)
-        correct += (predicted[:, 0] == test_labels[start : start + chunk_size]).sum()
-    return float(correct) / test_features.shape[0]
+    """Top-1 accuracy of ``knn_predictions`` against test_labels (M,)."""
+    predicted = knn_predictions(train_features, train_labels, test_features, num_classes, k, temperature, chunk_size)
+    return (predicted == test_labels).float().mean().item()

@@ -23,6 +23,7 @@ class LinearEvalResult:
     top5: float
     weight_decay: float  # the L2 penalty the held-out split chose
     holdout_top1: dict[float, float]  # weight decay -> held-out top-1
+    correct: Tensor  # (M,) bool, each test image's top-1 right or wrong
 
 
 def fit_logistic_regression(
@@ -91,4 +92,5 @@ def linear_eval(
         top5=topk_accuracy(logits, test_labels, 5),
         weight_decay=best,
         holdout_top1=scores,
+        correct=logits.argmax(dim=1) == test_labels,
     )

@@ -29,10 +29,11 @@ from ssl_zoo.errors import CheckpointError, SslZooError
 from ssl_zoo.eval.cache import FeatureCache, hash_file, hash_module, hash_tensor
 from ssl_zoo.eval.diagnostics import alignment, embedding_std, rankme, uniformity
 from ssl_zoo.eval.features import image_features
-from ssl_zoo.eval.knn import knn_top1
+from ssl_zoo.eval.confidence import bootstrap_interval, correct_to_text
+from ssl_zoo.eval.knn import knn_predictions
 from ssl_zoo.eval.linear import linear_eval
 from ssl_zoo.eval.retrieval import retrieval_recall
-from ssl_zoo.eval.zero_shot import DEFAULT_TEMPLATES, zero_shot_accuracy, zero_shot_classifier
+from ssl_zoo.eval.zero_shot import DEFAULT_TEMPLATES, zero_shot_classifier, zero_shot_hits
 from ssl_zoo.methods import CLIP, METHODS, SSLMethod
 from ssl_zoo.recipe import DataConfig, Recipe, recipe_from_dict, recipe_to_dict
 from ssl_zoo.text import tokenize
@@ -157,35 +158,41 @@ class Evaluator:
         self._timed("features", started)
         return features
 
-    def classification(self, train: ImageSet, test: ImageSet, with_text: bool) -> dict[str, float]:
+    def classification(self, train: ImageSet, test: ImageSet, with_text: bool) -> tuple[dict[str, float], dict[str, Tensor]]:
+        """The metrics, and for each top-1 accuracy whether each test image was right: (M,) bool."""
         cfg = self.config
         train_x, test_x = self.features(train, "train"), self.features(test, "test")
         train_y, test_y = train.labels.to(self.device), test.labels.to(self.device)
         metrics: dict[str, float] = {}
+        correct: dict[str, Tensor] = {}
 
         started = time.perf_counter()
         linear = linear_eval(train_x, train_y, test_x, test_y, train.num_classes, seed=cfg.seed)
         metrics.update(linear_top1=linear.top1, linear_top5=linear.top5, linear_weight_decay=linear.weight_decay)
+        correct["linear_top1"] = linear.correct
         self._timed("linear", started)
 
         started = time.perf_counter()
-        metrics["knn_top1"] = knn_top1(
-            F.normalize(train_x, dim=1), train_y, F.normalize(test_x, dim=1), test_y,
+        predicted = knn_predictions(
+            F.normalize(train_x, dim=1), train_y, F.normalize(test_x, dim=1),
             num_classes=train.num_classes, k=cfg.knn_k, temperature=cfg.knn_temperature,
         )
+        correct["knn_top1"] = predicted == test_y
+        metrics["knn_top1"] = correct["knn_top1"].float().mean().item()
         self._timed("knn", started)
 
         if with_text:
             started = time.perf_counter()
             classifier = zero_shot_classifier(self.encode_texts, train.classes, cfg.templates)
-            top1, top5 = zero_shot_accuracy(self.project_images(test_x), test_y, classifier)
-            metrics.update(zero_shot_top1=top1, zero_shot_top5=top5)
+            top1, top5 = zero_shot_hits(self.project_images(test_x), test_y, classifier)
+            metrics.update(zero_shot_top1=top1.float().mean().item(), zero_shot_top5=top5.float().mean().item())
+            correct["zero_shot_top1"] = top1
             self._timed("zero_shot", started)
 
         started = time.perf_counter()
         metrics.update(self.diagnostics(test, test_x))
         self._timed("diagnostics", started)
-        return metrics
+        return metrics, correct
 
     @torch.no_grad()
     def project_images(self, features: Tensor) -> Tensor:
@@ -295,6 +302,7 @@ def evaluate(
         "versions": versions(),
         "eval_config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
         "metrics": {},
+        "intervals": {},
         "skipped": {},
     }
 
@@ -303,7 +311,12 @@ def evaluate(
         result["skipped"]["classification"] = splits
     else:
         result["data"] = splits.info
-        result["metrics"].update(evaluator.classification(splits.train, splits.test, with_text))
+        metrics, correct = evaluator.classification(splits.train, splits.test, with_text)
+        result["metrics"].update(metrics)
+        # 95 % bootstrap intervals over the test images, and the per-image outcomes they come
+        # from ('1' right, '0' wrong, in test-split order), so runs can be compared later.
+        result["intervals"] = {name: list(bootstrap_interval(c, seed=config.seed)) for name, c in correct.items()}
+        result["per_image_correct"] = {name: correct_to_text(c) for name, c in correct.items()}
 
     if with_text:
         pairs_name = config.pairs or (recipe.data.name if recipe.data.name in RETRIEVAL_SPLIT else None)

@@ -54,10 +54,10 @@ def zero_shot_classifier(
 
 
 @torch.no_grad()
-def zero_shot_accuracy(image_embeddings: Tensor, labels: Tensor, classifier: Tensor) -> tuple[float, float]:
-    """Top-1 and top-5 of the nearest class embedding. image_embeddings (N, E) unit,
-    labels (N,), classifier (C, E)."""
+def zero_shot_hits(image_embeddings: Tensor, labels: Tensor, classifier: Tensor) -> tuple[Tensor, Tensor]:
+    """Whether each image's class is the nearest class embedding (top-1) or among the five
+    nearest (top-5): two (N,) bool. image_embeddings (N, E) unit, labels (N,), classifier (C, E)."""
     logits = image_embeddings @ classifier.T  # (N, C)
     ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
     hits = ranked == labels[:, None]
-    return hits[:, 0].float().mean().item(), hits.any(dim=1).float().mean().item()
+    return hits[:, 0], hits.any(dim=1)
