@@ -21,6 +21,23 @@ def test_cifar_stem_keeps_resolution():
     assert imagenet.conv1.kernel_size == (7, 7)
 
 
+def test_cpu_convnet_keeps_full_resolution_in_its_first_stage_and_is_small():
+    backbone = build_image_backbone("convnet4", 32)
+    convs = [m for m in backbone.network if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 32, 64, 128] and backbone.feature_dim == 128
+    assert all(c.stride == (1, 1) and c.kernel_size == (3, 3) for c in convs)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in backbone.network) == 3  # 32 -> 4 px before pooling
+    assert sum(p.numel() for p in backbone.network.parameters()) < 100_000
+
+
+def test_methods_keep_backbone_weights_channels_last(make_recipe):
+    from ssl_zoo.methods import SimCLR
+
+    model = SimCLR(make_recipe("simclr"))
+    conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_text_transformer_has_the_paper_size():
     text = build_text_backbone("text_transformer", 77)
     transformer = text.network.transformer
@@ -43,7 +60,7 @@ def test_text_features_are_pooled_at_the_end_token_under_a_causal_mask():
 
 
 def test_unknown_backbone_is_a_clear_error():
-    with pytest.raises(RecipeError, match="Valid: resnet18"):
+    with pytest.raises(RecipeError, match="Unknown image backbone .resnet19.. Valid: .*resnet18"):
         build_image_backbone("resnet19", 32)
     with pytest.raises(RecipeError, match="divisible"):
         build_image_backbone("vit_small_p16", 40)
