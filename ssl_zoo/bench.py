@@ -236,7 +236,8 @@ def reevaluate(results_path: Path) -> dict[str, Any]:
             fields = {f.name for f in dataclasses.fields(RunSummary)}
             summary = RunSummary(**{k: v for k, v in training.items() if k in fields})
             summary.run_dir, summary.checkpoint = Path(summary.run_dir), Path(summary.checkpoint)
-        run = BenchRun(entry["label"], entry["kind"], recipe_from_dict(entry["recipe"]), group=entry["group"], training=summary)
+        run = BenchRun(entry["label"], entry["kind"], recipe_from_dict(entry["recipe"]), training=summary,
+                       group=entry.get("group", ""))  # results.json before --seeds: one run per label
         run.steps_per_second = training.get("steps_per_second_measured") if training else None
         runs.append(run)
     stored = saved["runs"][0]["evaluation"]["eval_config"]
@@ -244,7 +245,7 @@ def reevaluate(results_path: Path) -> dict[str, Any]:
     budget = saved["budget"]
     config = BenchConfig(recipes=[r.recipe.name for r in runs if r.kind == "method"], out=results_path.parent,
                          epochs=budget["epochs"], budget_seconds=budget["seconds"], command=saved["command"], eval=eval_config,
-                         seeds=saved["seeds"])
+                         seeds=saved.get("seeds", 1))
     source = next(r.recipe for r in runs if r.training is None)
     splits = load_labelled_splits(source, eval_config)
     training_seconds = sum(r.training.wall_seconds for r in runs if r.training is not None)
