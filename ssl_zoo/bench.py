@@ -146,6 +146,8 @@ def _say(message: str) -> None:
 def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Train, evaluate and report; returns the results written to results.json."""
     started = time.perf_counter()
+    if config.seeds < 1:
+        raise RecipeError(f"bench: --seeds {config.seeds} trains nothing; give 1 or more.")
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     recipes = [
@@ -167,8 +169,6 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     # Loaded before any training, so bad evaluation data fails fast, not after the budget.
     splits = load_labelled_splits(labelled or recipes[0], eval_config)
 
-    if config.seeds < 1:
-        raise RecipeError(f"bench: --seeds {config.seeds} trains nothing; give 1 or more.")
     runs = [run for r in recipes for run in seeded_runs(r.name, "method", r, config.seeds)]
     backbones = list(dict.fromkeys(r.backbone for r in recipes))
     if config.baselines:

@@ -259,8 +259,6 @@ def bench_command(argv: list[str]) -> int:
         return 0
     if args.epochs is not None and args.epochs < 1:
         raise SslZooError(f"bench: --epochs {args.epochs} trains nothing; give 1 or more.")
-    if args.seeds < 1:
-        raise SslZooError(f"bench: --seeds {args.seeds} trains nothing; give 1 or more.")
     config = BenchConfig(
         recipes=args.recipes, out=Path(args.out), epochs=args.epochs,
         budget_seconds=None if args.epochs is not None else parse_budget(args.budget or BENCH_DEFAULT_BUDGET),

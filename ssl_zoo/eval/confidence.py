@@ -50,9 +50,9 @@ def intervals_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 def correct_to_text(correct: Tensor) -> str:
     """(M,) bool -> '0110...': one character per test image, JSON-friendly and lossless."""
-    return "".join("1" if c else "0" for c in correct.tolist())
+    return bytes((correct.to(torch.uint8).cpu() + ord("0")).tolist()).decode("ascii")
 
 
 def correct_from_text(text: str) -> Tensor:
     """'0110...' -> (M,) bool, the inverse of ``correct_to_text``."""
-    return torch.tensor([c == "1" for c in text], dtype=torch.bool)
+    return torch.frombuffer(bytearray(text.encode("ascii")), dtype=torch.uint8) == ord("1")
