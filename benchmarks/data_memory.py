@@ -18,7 +18,6 @@ import datetime
 import io
 import json
 import platform
-import resource
 import subprocess
 import sys
 import tempfile

@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 from ssl_zoo.data.convert import convert
 from ssl_zoo.data.datamodule import EpochBatchSampler, _already_batched
 from ssl_zoo.data.shards import ShardDataset, ShardSet, decode_images, expand_shard_paths
-from ssl_zoo.eval.stage import versions
+from ssl_zoo.environment import versions
 
 RESULTS = Path(__file__).parent / "results"
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

@@ -21,7 +21,11 @@ from lightly.utils.scheduler import CosineWarmupScheduler
 
 from ssl_zoo.augment import AugmentConfig, ViewAugment
 from ssl_zoo.eval.linear import linear_eval, topk_accuracy
-from ssl_zoo.eval.stage import EvalConfig, Evaluator, device_name, load_labelled_splits, load_method
+from ssl_zoo.environment import device_name
+from ssl_zoo.eval.config import EvalConfig
+from ssl_zoo.eval.data import load_labelled_splits
+from ssl_zoo.eval.evaluator import Evaluator
+from ssl_zoo.methods import load_method
 
 
 def augmented_probe(evaluator: Evaluator, splits, epochs: int, batch_size: int, lr: float) -> float:
@@ -77,7 +81,7 @@ def main() -> None:
 
     config = EvalConfig(data=args.data, root=args.root, max_train=args.max_train, max_test=args.max_test, device=args.device)
     model = load_method(args.ckpt)
-    splits = load_labelled_splits(model.recipe, config)
+    splits = load_labelled_splits(model.recipe.data, config)
     if isinstance(splits, str):
         parser.error(splits)
     evaluator = Evaluator(model, config)

@@ -31,7 +31,6 @@ import io
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -42,9 +41,7 @@ from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 
-import kornia
 import kornia.augmentation as K
-import lightly
 import pytorch_lightning as pl
 import torch
 import torchvision.transforms.v2 as T
@@ -54,11 +51,11 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-import ssl_zoo
 from ssl_zoo.augment import AugmentConfig, ViewAugment
 from ssl_zoo.data.datamodule import ImageDataModule
 from ssl_zoo.data.imageset import ImageSet
-from ssl_zoo.methods import METHODS, SSLMethod
+from ssl_zoo.environment import versions
+from ssl_zoo.methods import SSLMethod, build_method, method_class
 from ssl_zoo.monitor import StepTimer
 from ssl_zoo.recipe import Recipe, parse_recipe
 from ssl_zoo.text import tokenize_captions
@@ -293,7 +290,7 @@ def case_recipe(case: Case, settings: Settings, output_dir: str) -> Recipe:
 
 def _fresh_model(recipe: Recipe, num_classes: int, device: torch.device) -> tuple[SSLMethod, torch.optim.Optimizer]:
     pl.seed_everything(recipe.trainer.seed, verbose=False)
-    model = METHODS[recipe.method](recipe, num_classes=num_classes).to(device)
+    model = build_method(recipe, num_classes=num_classes).to(device)
     optimizer = model.configure_optimizers()[0][0]
     return model, optimizer
 
@@ -359,10 +356,10 @@ def measure_case(case: Case, settings: Settings) -> dict:
     device = settings.device
     with tempfile.TemporaryDirectory() as output_dir:
         recipe = case_recipe(case, settings, output_dir)
-        datamodule = ImageDataModule(recipe.data, with_text=recipe.method == "clip", seed=recipe.trainer.seed)
+        datamodule = ImageDataModule.for_recipe(recipe)
         datamodule.setup("fit")
         tokens = None
-        if recipe.method == "clip":
+        if method_class(recipe).uses_text:
             tokens = tokenize_captions(datamodule.train_set.captions, recipe.data.context_length)
         rates, memory = {}, {}
         for mode, measure in [
@@ -395,14 +392,6 @@ def cases_for(device: torch.device, quick: bool, methods: list[str]) -> list[Cas
 
 def device_label(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def versions() -> dict[str, str]:
-    return {
-        "python": platform.python_version(), "torch": torch.__version__, "pytorch_lightning": pl.__version__,
-        "lightly": lightly.__version__, "kornia": kornia.__version__, "ssl_zoo": ssl_zoo.__version__,
-        "cuda": torch.version.cuda or "none",
-    }
 
 
 def print_table(results: dict) -> None:

@@ -5,12 +5,15 @@
          (each run's speed is measured first and its step count fitted to the budget,
          so its learning-rate and EMA schedules still run to their end)
       -> fit each -> evaluate each (and a random-init backbone) on the same labelled data
-      -> report.md, report.html (plots embedded), results.json
+      -> gather what the report shows (results.json; curves, features, views, similarities)
+      -> report.md, report.html (plots embedded), rendered by ``ssl_zoo.report``
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -18,16 +21,30 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from kornia.enhance import denormalize
 
-from ssl_zoo.data.datamodule import ImageDataModule
+from ssl_zoo.augment import ViewAugment
+from ssl_zoo.data.datamodule import ImageDataModule, load_split
+from ssl_zoo.data.spec import dataset_spec
+from ssl_zoo.environment import device_name, pick_device, versions
 from ssl_zoo.errors import RecipeError
-from ssl_zoo.eval.stage import EvalConfig, evaluate, evaluate_checkpoint, load_labelled_splits, write_tensorboard
-from ssl_zoo.methods import METHODS
+from ssl_zoo.eval.confidence import group_summaries
+from ssl_zoo.eval.config import EvalConfig
+from ssl_zoo.eval.data import LabelledSplits, load_labelled_splits, retrieval_split
+from ssl_zoo.eval.evaluator import Evaluator
+from ssl_zoo.eval.imported import ImportedModel, WeightsSource, load_imported
+from ssl_zoo.eval.stage import evaluate, evaluate_checkpoint, evaluate_weights, write_tensorboard
+from ssl_zoo.methods import SSLMethod, build_method, load_method, method_class
+from ssl_zoo.methods.supervised import Supervised
 from ssl_zoo.monitor import StepTimer
-from ssl_zoo.recipe import METHOD_SECTIONS, Recipe, parse_recipe, recipe_from_dict, recipe_to_dict
+from ssl_zoo.recipe import Recipe, parse_recipe, recipe_from_dict, recipe_to_dict
+from ssl_zoo.report import ReportFigures, Similarity, write_report
 from ssl_zoo.train import RunSummary, fit
 
-LABELLED_DATASETS = ("shapes", "shared_cifar10", "cifar10", "cifar100", "stl10", "folder")
+TSNE_POINTS = 1000  # test images per t-SNE map
+GALLERY_IMAGES = 8  # test images in the augmentation gallery
+SIMILARITY_PAIRS = 8  # image-caption pairs in a text method's similarity plot
 
 
 @dataclass
@@ -39,6 +56,9 @@ class BenchConfig:
     overrides: list[str] = field(default_factory=list)  # recipe overrides applied to every recipe
     eval: EvalConfig = field(default_factory=EvalConfig)
     baselines: bool = True  # train a supervised baseline per backbone under the same budget
+    # Weights made elsewhere, scored beside the runs: "LIBRARY:NAME=FILE" (ssl_zoo.eval.imported)
+    weights: list[str] = field(default_factory=list)
+    weights_input_size: int | None = None  # their input side (None: each one's own)
     seeds: int = 1  # train every recipe (and baseline) this many times, seeds trainer.seed, +1, ...
     command: str = ""  # the command line that made the report, to reproduce it
 
@@ -46,13 +66,13 @@ class BenchConfig:
 @dataclass
 class BenchRun:
     label: str
-    kind: str  # "method" or "baseline"
-    recipe: Recipe
+    kind: str  # "method", "baseline" or "imported" (weights made elsewhere)
+    recipe: Recipe | None  # None for imported weights
     group: str = ""  # the label without the seed: runs of one recipe under several seeds share it
-    training: RunSummary | None = None  # None for the random-init baseline
+    training: RunSummary | None = None  # None for the random-init baseline and imported weights
+    weights: WeightsSource | None = None  # imported weights only
     result: dict[str, Any] = field(default_factory=dict)  # the evaluation stage's output
     steps_per_second: float | None = None  # measured before a budgeted run
-    curves: dict[str, list[list[float]]] = field(default_factory=dict)  # loss and kNN curves, for the report
 
     def __post_init__(self) -> None:
         self.group = self.group or self.label
@@ -71,10 +91,10 @@ def seeded_runs(label: str, kind: str, recipe: Recipe, seeds: int) -> list[Bench
     return runs
 
 
-def random_init_model(recipe: Recipe):
+def random_init_model(recipe: Recipe) -> SSLMethod:
     """The recipe's method, untrained, initialised from the recipe's seed."""
     pl.seed_everything(recipe.trainer.seed, verbose=False)
-    return METHODS[recipe.method](recipe)
+    return build_method(recipe)
 
 
 def parse_budget(text: str) -> float:
@@ -88,7 +108,7 @@ def parse_budget(text: str) -> float:
 def measure_steps_per_second(recipe: Recipe, datamodule: ImageDataModule, warmup: int = 3, steps: int = 8) -> float:
     """Training steps per second of ``recipe`` as ``fit`` runs it, monitors excluded."""
     pl.seed_everything(recipe.trainer.seed, verbose=False)
-    model = METHODS[recipe.method](recipe, num_classes=datamodule.num_classes)
+    model = build_method(recipe, num_classes=datamodule.num_classes)
     timer = StepTimer(skip=warmup)
     cfg = recipe.trainer
     trainer = pl.Trainer(
@@ -109,9 +129,8 @@ def supervised_recipe(recipe: Recipe, data_name: str, data_root: str | None) -> 
     """The supervised baseline for ``recipe``: same backbone, augmentation and optimiser,
     trained with labels on the benchmark's labelled data."""
     values = recipe_to_dict(recipe)
-    for section in METHOD_SECTIONS:
-        values.pop(section, None)
-    values.update(method="supervised", name=f"supervised_{recipe.backbone}",
+    values.pop(recipe.method)  # the method's own section
+    values.update(method=Supervised.method_name, name=f"supervised_{recipe.backbone}",
                   description=f"Supervised baseline for {recipe.name}")
     if values["data"]["name"] != data_name:
         values["data"].update(name=data_name, train_split=None, val_split=None)
@@ -120,10 +139,10 @@ def supervised_recipe(recipe: Recipe, data_name: str, data_root: str | None) -> 
 
 
 def _baseline_source(recipes: list[Recipe], backbone: str) -> Recipe:
-    # The views of a non-CLIP recipe are a supervised run's usual augmentation; CLIP's
-    # (a crop only) would handicap the baseline.
+    # The views of a method that trains on images alone are a supervised run's usual
+    # augmentation; CLIP's (a crop only) would handicap the baseline.
     same = [r for r in recipes if r.backbone == backbone]
-    return next((r for r in same if r.method != "clip"), same[0])
+    return next((r for r in same if not method_class(r).uses_text), same[0])
 
 
 def _with_budget(recipe: Recipe, steps_per_epoch: int, max_steps: int | None, epochs: int | None) -> Recipe:
@@ -148,6 +167,10 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     started = time.perf_counter()
     if config.seeds < 1:
         raise RecipeError(f"bench: --seeds {config.seeds} trains nothing; give 1 or more.")
+    imported = [WeightsSource.parse(text) for text in config.weights]  # checked before any training
+    missing = [str(w.path) for w in imported if not w.path.is_file()]
+    if missing:
+        raise RecipeError(f"bench: --weights file(s) not found: {', '.join(missing)}.")
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     recipes = [
@@ -159,7 +182,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
 
     # One labelled dataset scores every run: the one given, else the first recipe's that has labels.
     eval_config = config.eval
-    labelled = next((r for r in recipes if r.data.name in LABELLED_DATASETS), None)
+    labelled = next((r for r in recipes if dataset_spec(r.data.name).labelled), None)
     if eval_config.data is None:
         if labelled is None:
             raise RecipeError("bench: no recipe trains on labelled data; name one to score on with --eval-data.")
@@ -167,7 +190,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     if eval_config.cache_dir is None:
         eval_config = dataclasses.replace(eval_config, cache_dir=str(out / "feature_cache"))
     # Loaded before any training, so bad evaluation data fails fast, not after the budget.
-    splits = load_labelled_splits(labelled or recipes[0], eval_config)
+    splits = load_labelled_splits((labelled or recipes[0]).data, eval_config)
 
     runs = [run for r in recipes for run in seeded_runs(r.name, "method", r, config.seeds)]
     backbones = list(dict.fromkeys(r.backbone for r in recipes))
@@ -179,7 +202,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
 
     # Train every run under the same budget.
     for run in runs:
-        datamodule = ImageDataModule(run.recipe.data, with_text=run.recipe.method == "clip", seed=run.recipe.trainer.seed)
+        datamodule = ImageDataModule.for_recipe(run.recipe)
         datamodule.setup("fit")
         max_steps = None
         if config.budget_seconds is not None:
@@ -193,27 +216,130 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         _say(f"trained {run.label} in {run.training.wall_seconds:.0f} s")
 
     runs += [run for b in backbones for run in seeded_runs(f"random init ({b})", "baseline", _baseline_source(recipes, b), config.seeds)]
+    runs += [BenchRun(weights.source, "imported", None, weights=weights) for weights in imported]
     return _evaluate_and_report(runs, config, eval_config, splits, seconds_so_far=time.perf_counter() - started)
 
 
 def _evaluate_and_report(
-    runs: list[BenchRun], config: BenchConfig, eval_config: EvalConfig, splits, seconds_so_far: float
+    runs: list[BenchRun], config: BenchConfig, eval_config: EvalConfig, splits: LabelledSplits, seconds_so_far: float
 ) -> dict[str, Any]:
-    """Evaluate every run (and the random-init backbones) with the same stage and data."""
-    from ssl_zoo.report import write_report  # plotting imports only when reporting
-
+    """Evaluate every run (and the random-init backbones) with the same stage and data,
+    gather what the report shows, and write it."""
     started = time.perf_counter()
     for run in runs:
         _say(f"evaluating {run.label}")
-        if run.training is None:
+        if run.weights is not None:
+            run.result = evaluate_weights(run.weights, eval_config, config.weights_input_size, label=run.label, splits=splits)
+        elif run.training is None:
             run.result = evaluate(random_init_model(run.recipe), eval_config, label=run.label, with_text=False, splits=splits)
         else:
             run.result = evaluate_checkpoint(run.training.checkpoint, eval_config, label=run.label, splits=splits)
             write_tensorboard(run.result, run.training.run_dir)
     _say("writing the report")
-    results = write_report(runs, config, eval_config, splits, seconds=seconds_so_far + time.perf_counter() - started)
+    figures = gather_figures(runs, config, eval_config, splits)
+    results = gather_results(runs, config, eval_config, splits, seconds=seconds_so_far + time.perf_counter() - started)
+    (config.out / "results.json").write_text(json.dumps(results, indent=2))
+    write_report(results, figures, config.out)
     _say(f"report: {config.out / 'report.html'} (also report.md, results.json)")
     return results
+
+
+def _model(run: BenchRun, config: BenchConfig) -> SSLMethod | ImportedModel:
+    if run.weights is not None:
+        return load_imported(run.weights, config.weights_input_size)
+    return load_method(run.training.checkpoint) if run.training is not None else random_init_model(run.recipe)
+
+
+def read_curves(run_dir: Path) -> dict[str, list[list[float]]]:
+    """Loss by step and kNN top-1 by seconds since the run started, from TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    scalars = {tag: events.Scalars(tag) for tag in ("train/loss", "knn/top1", "knn/top1_random_init") if tag in tags}
+    start = min((s[0].wall_time for s in scalars.values() if s), default=0.0)
+    knn = scalars.get("knn/top1_random_init", [])[:1] + scalars.get("knn/top1", [])
+    return {
+        "loss": [[e.step, e.value] for e in scalars.get("train/loss", [])],
+        "knn_by_seconds": [[e.wall_time - start, e.value] for e in knn],
+    }
+
+
+def _pixels(views: torch.Tensor, mean, std) -> torch.Tensor:
+    """(N, 3, S, S) normalised -> (N, S, S, 3) in [0, 1], for a plot."""
+    return denormalize(views.float(), torch.tensor(mean), torch.tensor(std)).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+@torch.no_grad()
+def gather_figures(runs: list[BenchRun], config: BenchConfig, eval_config: EvalConfig, splits: LabelledSplits) -> ReportFigures:
+    """The arrays the report plots: test features (t-SNE), each trained run's views of the
+    same images (gallery), and each text method's image-caption similarities."""
+    # A seeded sample, not the first images: a test split may be stored sorted by class.
+    # The features come from the evaluation's cache (same weights, same images).
+    sample = torch.randperm(len(splits.test), generator=torch.Generator().manual_seed(0))[:TSNE_POINTS]
+    features, similarities = {}, []
+    for run in runs:
+        model = _model(run, config)
+        evaluator = Evaluator(model, eval_config)
+        features[run.label] = evaluator.features(splits.test, "test")[sample.to(evaluator.device)].cpu()
+        run.result["feature_dim"] = features[run.label].shape[1]
+        if model.uses_text and run.training is not None:
+            similarities.append(_similarity(run, model, evaluator))
+
+    images = splits.test.images[sample[:GALLERY_IMAGES]]
+    gallery = [("original", images.permute(0, 2, 3, 1).float() / 255)]
+    for run in runs:
+        if run.training is not None:
+            augment = run.recipe.augment
+            views = ViewAugment(augment, method_class(run.recipe).num_views, seed=0)(images)  # (V, N, 3, S, S)
+            gallery += [(f"{run.label}\nview {v + 1}", _pixels(views[v], augment.mean, augment.std)) for v in range(len(views))]
+    return ReportFigures(features, splits.test.labels[sample], splits.test.classes, gallery, similarities)
+
+
+def _similarity(run: BenchRun, model: SSLMethod, evaluator: Evaluator) -> Similarity:
+    """Cosine similarities of the first test images of the run's captioned data and their first captions."""
+    pairs = load_split(run.recipe.data, retrieval_split(run.recipe.data.name), evaluator.config.seed)
+    images = pairs.images[:SIMILARITY_PAIRS]
+    captions = [c[0] for c in pairs.captions[:SIMILARITY_PAIRS]]
+    image_embeddings = model.encode_image(model.eval_transform(images.to(evaluator.device)))
+    matrix = (image_embeddings @ evaluator.encode_texts(captions).T).cpu()  # (images, captions)
+    return Similarity(run.label, run.recipe.name, images, captions, matrix)
+
+
+def gather_results(
+    runs: list[BenchRun], config: BenchConfig, eval_config: EvalConfig, splits: LabelledSplits, seconds: float
+) -> dict[str, Any]:
+    """results.json: the setting, every run's training summary, evaluation and curves, and
+    the per-recipe statistics across seeds."""
+    entries = [
+        {
+            "label": run.label, "group": run.group, "kind": run.kind, "recipe": run.result["recipe"],
+            "training": None if run.training is None else {
+                **{k: str(v) if isinstance(v, Path) else v for k, v in vars(run.training).items()},
+                "steps_per_second_measured": run.steps_per_second,
+            },
+            "evaluation": run.result,
+            "curves": read_curves(run.training.run_dir) if run.training is not None else {"loss": [], "knn_by_seconds": []},
+        }
+        for run in runs
+    ]
+    return {
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": config.command,
+        "device": device_name(pick_device(eval_config.device)),
+        "versions": versions(),
+        "budget": {"mode": "wall_clock" if config.budget_seconds is not None else "epochs",
+                   "seconds": config.budget_seconds, "epochs": config.epochs},
+        "eval_data": splits.info,
+        "eval_config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(eval_config).items()},
+        "bench_seconds": round(seconds, 1),
+        "seeds": config.seeds,
+        "weights_input_size": config.weights_input_size,
+        # Per run label without its seed, per accuracy: mean, std over seeds, 95 % bootstrap interval.
+        "groups": group_summaries(entries),
+        "runs": entries,
+    }
 
 
 def reevaluate(results_path: Path) -> dict[str, Any]:
@@ -236,8 +362,11 @@ def reevaluate(results_path: Path) -> dict[str, Any]:
             fields = {f.name for f in dataclasses.fields(RunSummary)}
             summary = RunSummary(**{k: v for k, v in training.items() if k in fields})
             summary.run_dir, summary.checkpoint = Path(summary.run_dir), Path(summary.checkpoint)
-        run = BenchRun(entry["label"], entry["kind"], recipe_from_dict(entry["recipe"]), training=summary,
-                       group=entry.get("group", ""))  # results.json before --seeds: one run per label
+        imported = entry["kind"] == "imported"
+        weights = entry["evaluation"]["weights"] if imported else None
+        run = BenchRun(entry["label"], entry["kind"], None if imported else recipe_from_dict(entry["recipe"]), training=summary,
+                       group=entry.get("group", ""),  # results.json before --seeds: one run per label
+                       weights=WeightsSource.parse(f"{weights['source']}={weights['path']}") if imported else None)
         run.steps_per_second = training.get("steps_per_second_measured") if training else None
         runs.append(run)
     stored = saved["runs"][0]["evaluation"]["eval_config"]
@@ -245,8 +374,9 @@ def reevaluate(results_path: Path) -> dict[str, Any]:
     budget = saved["budget"]
     config = BenchConfig(recipes=[r.recipe.name for r in runs if r.kind == "method"], out=results_path.parent,
                          epochs=budget["epochs"], budget_seconds=budget["seconds"], command=saved["command"], eval=eval_config,
-                         seeds=saved.get("seeds", 1))
-    source = next(r.recipe for r in runs if r.training is None)
-    splits = load_labelled_splits(source, eval_config)
+                         seeds=saved.get("seeds", 1), weights=[f"{r.weights.source}={r.weights.path}" for r in runs if r.weights],
+                         weights_input_size=saved.get("weights_input_size"))
+    source = next(r.recipe for r in runs if r.training is None and r.recipe is not None)
+    splits = load_labelled_splits(source.data, eval_config)
     training_seconds = sum(r.training.wall_seconds for r in runs if r.training is not None)
     return _evaluate_and_report(runs, config, eval_config, splits, seconds_so_far=training_seconds)

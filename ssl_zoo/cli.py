@@ -24,6 +24,8 @@ usage:
   python -m ssl_zoo fit --help                   every recipe key, its type and default
   python -m ssl_zoo eval --ckpt PATH [--data NAME --root DIR] [--pairs NAME]
                                                  linear, kNN, zero-shot, retrieval, diagnostics
+  python -m ssl_zoo eval --weights LIBRARY:NAME=FILE --data NAME [--root DIR]
+                                                 the same for torchvision, timm or open_clip weights
   python -m ssl_zoo bench --recipes A B C [--budget 10m | --epochs N] [--out DIR]
                                                  train under one budget, evaluate, write a report
   python -m ssl_zoo shards --from folder DIR|pairs FILE --out OUT --size S [--shard-size N] [--workers N]
@@ -50,7 +52,13 @@ def list_recipes() -> str:
         lines.append(f"  {name:<26} {values.get('method', '?'):<7} {values.get('description', '')}")
         reference = ReferenceConfig(**values["reference"]) if "reference" in values else None
         lines.append(f"  {'':<26} {'':<7} reference: {reference.describe() if reference else 'not given'}")
-    return "recipes (python -m ssl_zoo fit --recipe NAME):\n" + "\n".join(lines)
+    from ssl_zoo.registry import DATASETS, METHODS
+
+    return "\n".join([
+        "recipes (python -m ssl_zoo fit --recipe NAME):", *lines, "",
+        f"methods (method: NAME):    {', '.join(METHODS.names())}",
+        f"datasets (data.name: NAME): {', '.join(DATASETS.names())}",
+    ])
 
 
 def format_summary(summary) -> str:
@@ -122,15 +130,22 @@ DEFAULT_CACHE = Path("~/.cache/ssl_zoo/features")
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    from ssl_zoo.eval.stage import EvalConfig
+    from ssl_zoo.eval.config import EvalConfig
 
     defaults = EvalConfig()
     parser = argparse.ArgumentParser(
         prog="ssl_zoo eval", exit_on_error=False,
-        description="Score a checkpoint with the common evaluation stage: linear eval and kNN on "
-        "frozen features (cached), CLIP zero-shot and retrieval, representation diagnostics.",
+        description="Score a checkpoint, or weights made elsewhere, with the common evaluation stage: linear "
+        "eval and kNN on frozen features (cached), zero-shot and retrieval for models with text, "
+        "representation diagnostics.",
     )
-    parser.add_argument("--ckpt", required=True, help="a checkpoint written by fit (…/checkpoints/last.ckpt)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--ckpt", help="a checkpoint written by fit (…/checkpoints/last.ckpt)")
+    model.add_argument("--weights", metavar="LIBRARY:NAME=FILE",
+                       help="weights fit did not make: torchvision:resnet50=FILE, timm:NAME=FILE or open_clip:RN50=FILE "
+                            "(read locally, nothing downloads); needs --data")
+    parser.add_argument("--input-size", type=int,
+                        help="--weights only: the side images are resized to (default: the weights' own, often 224)")
     parser.add_argument("--data", help="labelled dataset for linear/kNN/zero-shot (default: the recipe's)")
     parser.add_argument("--root", help="its folder (default: the recipe's data.root)")
     parser.add_argument("--pairs", help="image-text dataset for retrieval, CLIP only (default: the recipe's if captioned)")
@@ -175,7 +190,9 @@ def _unknown_option(parser: argparse.ArgumentParser, option: str) -> SslZooError
 
 
 def eval_command(argv: list[str]) -> int:
-    from ssl_zoo.eval.stage import EvalConfig, evaluate_checkpoint, write_tensorboard
+    from ssl_zoo.eval.config import EvalConfig
+    from ssl_zoo.eval.imported import WeightsSource
+    from ssl_zoo.eval.stage import evaluate_checkpoint, evaluate_weights, write_tensorboard
     from ssl_zoo.eval.zero_shot import load_templates
 
     parser = eval_parser()
@@ -192,10 +209,17 @@ def eval_command(argv: list[str]) -> int:
     )
     if args.templates:
         config.templates = load_templates(args.templates)
-    result = evaluate_checkpoint(args.ckpt, config)
-    ckpt = Path(args.ckpt)
-    in_run_folder = ckpt.parent.name == "checkpoints"  # runs/<recipe>/version_N/checkpoints/
-    run_dir = ckpt.parent.parent if in_run_folder else ckpt.parent
+    if args.weights:
+        weights = WeightsSource.parse(args.weights)
+        result = evaluate_weights(weights, config, input_size=args.input_size)
+        in_run_folder, run_dir = False, Path("runs") / "imported" / f"{weights.library}_{weights.name}"
+    else:
+        if args.input_size:
+            raise SslZooError("eval: --input-size applies to --weights; a checkpoint is evaluated at its recipe's size.")
+        result = evaluate_checkpoint(args.ckpt, config)
+        ckpt = Path(args.ckpt)
+        in_run_folder = ckpt.parent.name == "checkpoints"  # runs/<recipe>/version_N/checkpoints/
+        run_dir = ckpt.parent.parent if in_run_folder else ckpt.parent
     data_name = result.get("data", result.get("pairs", {})).get("name", "eval")
     out = Path(args.out) if args.out else run_dir / "eval" / f"{data_name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -233,6 +257,10 @@ def bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-train", type=int, help="score on a seeded subset of its training split")
     parser.add_argument("--max-test", type=int, help="score on a seeded subset of its test split")
     parser.add_argument("--no-baselines", action="store_true", help="skip the supervised baseline (random init is always scored)")
+    parser.add_argument("--weights", action="append", default=[], metavar="LIBRARY:NAME=FILE",
+                        help="weights made elsewhere to score beside the runs (repeatable): torchvision:resnet50=FILE, "
+                             "timm:NAME=FILE, open_clip:RN50=FILE")
+    parser.add_argument("--input-size", type=int, help="the side --weights models see (default: each one's own)")
     parser.add_argument("--device", default="auto", help="evaluation device: cpu, cuda or auto (default)")
     parser.add_argument("--from-results", metavar="RESULTS_JSON",
                         help="evaluate the runs of an earlier bench again and rewrite its report, without retraining")
@@ -241,7 +269,7 @@ def bench_parser() -> argparse.ArgumentParser:
 
 def bench_command(argv: list[str]) -> int:
     from ssl_zoo.bench import BenchConfig, parse_budget, run_bench
-    from ssl_zoo.eval.stage import EvalConfig
+    from ssl_zoo.eval.config import EvalConfig
 
     parser = bench_parser()
     parsed = _parse(parser, argv)
@@ -263,6 +291,7 @@ def bench_command(argv: list[str]) -> int:
         recipes=args.recipes, out=Path(args.out), epochs=args.epochs,
         budget_seconds=None if args.epochs is not None else parse_budget(args.budget or BENCH_DEFAULT_BUDGET),
         overrides=overrides, baselines=not args.no_baselines, seeds=args.seeds,
+        weights=args.weights, weights_input_size=args.input_size,
         eval=EvalConfig(data=args.eval_data, root=args.eval_root, max_train=args.max_train,
                         max_test=args.max_test, device=args.device),
         command="python -m ssl_zoo bench " + " ".join(argv),

@@ -16,22 +16,18 @@ import importlib.resources
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from ssl_zoo.augment import AugmentConfig
 from ssl_zoo.errors import RecipeError
-
-DatasetName = Literal[
-    "shapes", "shared_cifar10", "shared_flickr8k", "cifar10", "cifar100", "stl10", "folder", "pairs", "shards"
-]
-
+from ssl_zoo.registry import DATASETS, METHODS
 
 @dataclass
 class DataConfig:
-    name: DatasetName = "shapes"
+    name: str = "shapes"  # a registered dataset (ssl_zoo.registry.DATASETS; `ssl_zoo recipes` lists them)
     # Where the data lives: torchvision's download folder (cifar10/cifar100/stl10), the
     # folder of cifar10.npz / flickr8k_64.npz (shared_*), an ImageFolder root with
     # train/ and val/ inside (folder), a CSV/JSONL file of path,caption (pairs), or
@@ -55,6 +51,9 @@ class DataConfig:
     knn_bank_size: int = 10_000  # training images in the kNN monitor's memory bank
     val_size: int | None = None  # validation images the monitors score (None: the whole split)
     context_length: int = 77  # CLIP only: tokens per caption
+
+    def __post_init__(self) -> None:
+        DATASETS[self.name]  # an unknown name is an error that lists the valid ones
 
 
 @dataclass
@@ -87,35 +86,6 @@ class TrainerConfig:
     val_every_n_steps: int | None = None  # validate every N optimiser steps instead of by epoch
     output_dir: str = "runs"  # run folders go to output_dir/<recipe name>/version_N
     checkpoint_every_n_steps: int | None = 500  # also at every epoch's end; None: only there
-
-
-@dataclass
-class SimCLRConfig:
-    hidden_dim: int = 2048
-    output_dim: int = 128
-    temperature: float = 0.5
-
-
-@dataclass
-class BYOLConfig:
-    hidden_dim: int = 4096
-    output_dim: int = 256
-    base_momentum: float = 0.99  # raised to 1 on a cosine schedule over training
-
-
-@dataclass
-class CLIPConfig:
-    text_backbone: str = "text_transformer"
-    embed_dim: int = 512
-    init_temperature: float = 0.07
-    max_logit_scale: float = 100.0  # the learned 1/temperature never exceeds this
-
-
-@dataclass
-class SupervisedConfig:
-    # The baseline every self-supervised number is read against: the same backbone,
-    # data, augmentation and budget, trained with labels (cross-entropy on one view).
-    label_smoothing: float = 0.0
 
 
 @dataclass
@@ -159,38 +129,32 @@ METRIC_NAMES = {"knn_top1": "kNN top-1", "linear_top1": "linear top-1", "zero_sh
 
 @dataclass
 class Recipe:
-    method: Literal["simclr", "byol", "clip", "supervised"]
+    method: str  # a registered method (ssl_zoo.registry.METHODS; `ssl_zoo recipes` lists them)
     name: str = "custom"  # the recipe's name; names the run folder
     description: str = ""  # one line, shown by `ssl_zoo recipes`
-    backbone: str = "resnet18_cifar"  # a name from ssl_zoo.backbones.IMAGE_BACKBONES
+    backbone: str = "resnet18_cifar"  # a name from ssl_zoo.backbones.IMAGE_BACKBONES, or timm:NAME / torchvision:NAME
+    # Weights the backbone starts from, to fine-tune or continue (None: random init): a
+    # .safetensors or .pth file in the backbone's own keys (what `export` writes, what
+    # torchvision and timm publish) or a fit checkpoint, whose backbone is taken.
+    init_weights: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     reference: ReferenceConfig = field(default_factory=lambda: ReferenceConfig(note="the recipe names none"))
-    # The section of the recipe's method; the others stay unset.
-    simclr: SimCLRConfig | None = None
-    byol: BYOLConfig | None = None
-    clip: CLIPConfig | None = None
-    supervised: SupervisedConfig | None = None
+    # The method's own settings: in YAML the section named after the method (``simclr:``),
+    # whose keys are the fields of the method's ``Config`` dataclass (in its own file).
+    method_config: Any = None
 
     def __post_init__(self) -> None:
-        sections = {"simclr": SimCLRConfig, "byol": BYOLConfig, "clip": CLIPConfig, "supervised": SupervisedConfig}
-        for method, section_type in sections.items():
-            if method == self.method and getattr(self, method) is None:
-                setattr(self, method, section_type())
-            elif method != self.method and getattr(self, method) is not None:
-                raise RecipeError(
-                    f"Recipe '{self.name}' is for method '{self.method}' but sets the "
-                    f"'{method}:' section. Remove it, or set method: {method}."
-                )
-
-    @property
-    def method_config(self) -> SimCLRConfig | BYOLConfig | CLIPConfig | SupervisedConfig:
-        return getattr(self, self.method)
-
-
-METHOD_SECTIONS = ("simclr", "byol", "clip", "supervised")
+        config_type = METHODS[self.method].Config
+        if self.method_config is None:
+            self.method_config = config_type()
+        elif not isinstance(self.method_config, config_type):
+            raise RecipeError(
+                f"Recipe '{self.name}': the '{self.method}:' section must be a {config_type.__name__}, "
+                f"not {type(self.method_config).__name__}."
+            )
 
 
 def recipes_dir() -> Path:
@@ -233,30 +197,36 @@ def recipe_parser(prog: str = "ssl_zoo fit") -> ArgumentParser:
     parser.add_argument(
         "--recipe", action=ActionConfigFile, help="a recipe name (see `ssl_zoo recipes`) or a YAML file"
     )
-    parser.add_class_arguments(Recipe, None, fail_untyped=True)
+    parser.add_class_arguments(Recipe, None, fail_untyped=True, skip={"method_config"})
+    # One optional section per registered method; the recipe sets only its own.
+    for name, method in METHODS.items():
+        parser.add_argument(f"--{name}", type=Optional[method.Config], default=None,
+                            help=f"{name}'s settings (recipes of method {name} only)")
     return parser
 
 
-SECTIONS = {
-    "data": DataConfig, "augment": AugmentConfig, "optim": OptimConfig, "trainer": TrainerConfig,
-    "reference": ReferenceConfig,
-    "simclr": SimCLRConfig, "byol": BYOLConfig, "clip": CLIPConfig, "supervised": SupervisedConfig,
-}
+def sections() -> dict[str, type]:
+    """Every recipe section's dataclass, by key: the fixed ones and one per method."""
+    fixed = {"data": DataConfig, "augment": AugmentConfig, "optim": OptimConfig, "trainer": TrainerConfig,
+             "reference": ReferenceConfig}
+    return {**fixed, **{name: method.Config for name, method in METHODS.items()}}
 
 
 def _unknown_key_hint(message: str) -> str:
-    """For an unknown key, name the closest valid key and list its section's keys."""
+    """For an unknown key: what it is, the closest valid key and its section's keys."""
     if not any(s in message for s in ("unrecognized", "does not accept", "not expected", "not accepted")):
-        return ""
-    section = re.search(r"--(\w+)\.|Group '(\w+)'|\"(\w+)\.", message)
+        return message
+    section = re.search(r"--(\w+)\.|Group '(\w+)'|\"(\w+)\.|Parser key \"(\w+)\"", message)
     name = next((g for g in section.groups() if g), None) if section else None
-    fields = SECTIONS[name] if name in SECTIONS else Recipe
-    keys = [f.name for f in dataclasses.fields(fields)]
+    known = sections()
+    keys = [f.name for f in dataclasses.fields(known[name])] if name in known else [*RECIPE_KEYS, *METHODS.names()]
     given = re.findall(r"(?:--(?:\w+\.)?|[Oo]ption ')(\w+)", message)
     close = difflib.get_close_matches(given[-1], keys, n=1) if given else []
-    where = f"of '{name}'" if name in SECTIONS else "at the top level"
+    where = f"of '{name}'" if name in known else "at the top level"
     suggestion = f" Did you mean '{close[0]}'?" if close else ""
-    return f"{suggestion} Valid keys {where}: {', '.join(keys)}."
+    if given and "Union subtypes" in message:  # a method's section: jsonargparse's message is about types
+        message = f"the '{name}:' section has no key '{given[-1]}'"
+    return f"{message}.{suggestion} Valid keys {where}: {', '.join(keys)}"
 
 
 def parse_recipe(argv: list[str], parser: ArgumentParser | None = None) -> Recipe:
@@ -277,28 +247,42 @@ def parse_recipe(argv: list[str], parser: ArgumentParser | None = None) -> Recip
         recipe = parser.instantiate(namespace).as_dict()
     except argparse.ArgumentError as error:
         message = " ".join(str(error).split())
-        raise RecipeError(f"Invalid recipe{source}: {message}.{_unknown_key_hint(message)}") from None
+        raise RecipeError(f"Invalid recipe{source}: {_unknown_key_hint(message)}.") from None
     except (TypeError, ValueError) as error:
         raise RecipeError(f"Invalid recipe{source}: {error}") from None
     return _as_recipe(recipe)
 
 
+RECIPE_KEYS = [f.name for f in dataclasses.fields(Recipe) if f.name != "method_config"]
+
+
 def _as_recipe(values: dict[str, Any]) -> Recipe:
     values = {k: v for k, v in values.items() if k not in ("recipe", "__path__")}
-    return Recipe(**values)
+    given = {name: section for name in METHODS.names() if (section := values.pop(name, None)) is not None}
+    method = values["method"]
+    METHODS[method]  # an unknown method is an error that lists the valid ones
+    for name in given:
+        if name != method:
+            raise RecipeError(
+                f"Recipe '{values.get('name', 'custom')}' is for method '{method}' but sets the "
+                f"'{name}:' section. Remove it, or set method: {name}."
+            )
+    return Recipe(**values, method_config=given.get(method))
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
-    """Plain YAML-safe dict (tuples become lists; unset method sections dropped)."""
+    """Plain YAML-safe dict (tuples become lists); the method's settings under its name."""
 
     def plain(value: Any) -> Any:
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
         if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items() if v is not None or k not in METHOD_SECTIONS}
+            return {k: plain(v) for k, v in value.items()}
         return value
 
-    return plain(dataclasses.asdict(recipe))
+    values = plain(dataclasses.asdict(recipe))
+    values[recipe.method] = values.pop("method_config")
+    return values
 
 
 def recipe_from_dict(values: dict[str, Any]) -> Recipe:

@@ -1,13 +1,14 @@
-"""The benchmark report: results.json, report.md (plots as PNG files) and a
-self-contained report.html (plots embedded), written from the runs of one ``bench``."""
+"""The benchmark report: report.md (plots as PNG files) and a self-contained report.html
+(plots embedded), rendered from what ``bench`` gathered: its results (results.json, as a
+dict) and the arrays its figures show (``ReportFigures``). Nothing here trains, loads or
+evaluates a model."""
 
 from __future__ import annotations
 
 import base64
-import datetime
 import html
-import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,37 +18,31 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from kornia.enhance import denormalize  # noqa: E402
 
-from ssl_zoo.augment import ViewAugment  # noqa: E402
-from ssl_zoo.bench import BenchConfig, BenchRun, random_init_model  # noqa: E402
-from ssl_zoo.data.datamodule import load_split  # noqa: E402
-from ssl_zoo.eval.confidence import RESAMPLES, bootstrap_interval, correct_from_text, intervals_overlap  # noqa: E402
-from ssl_zoo.eval.stage import RETRIEVAL_SPLIT, EvalConfig, Evaluator, LabelledSplits, load_method  # noqa: E402
-from ssl_zoo.eval.stage import device_name, pick_device, versions  # noqa: E402
-from ssl_zoo.methods import METHODS  # noqa: E402
-from ssl_zoo.recipe import METRIC_NAMES  # noqa: E402
-
-TSNE_POINTS = 1000  # test images per t-SNE map
+from ssl_zoo.eval.confidence import COMPARED_METRICS, RESAMPLES, intervals_overlap  # noqa: E402
+from ssl_zoo.recipe import METRIC_NAMES, ReferenceConfig  # noqa: E402
 
 
-# ----------------------------------------------------------------------------- curves
+@dataclass
+class Similarity:
+    """A text method's cosine similarities of test images and their first captions."""
+
+    label: str  # the run's
+    name: str  # its recipe's (names the plot's file)
+    images: torch.Tensor  # uint8 (N, 3, H, W)
+    captions: list[str]  # N
+    matrix: torch.Tensor  # (N images, N captions)
 
 
-def read_curves(run_dir: Path) -> dict[str, list[list[float]]]:
-    """Loss by step and kNN top-1 by seconds since the run started, from TensorBoard."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+@dataclass
+class ReportFigures:
+    """The arrays the report's plots show, gathered by ``bench``."""
 
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    tags = set(events.Tags()["scalars"])
-    scalars = {tag: events.Scalars(tag) for tag in ("train/loss", "knn/top1", "knn/top1_random_init") if tag in tags}
-    start = min((s[0].wall_time for s in scalars.values() if s), default=0.0)
-    knn = scalars.get("knn/top1_random_init", [])[:1] + scalars.get("knn/top1", [])
-    return {
-        "loss": [[e.step, e.value] for e in scalars.get("train/loss", [])],
-        "knn_by_seconds": [[e.wall_time - start, e.value] for e in knn],
-    }
+    tsne_features: dict[str, torch.Tensor]  # run label -> (N, D) test features of a seeded sample
+    tsne_labels: torch.Tensor  # (N,) their classes
+    classes: list[str]
+    gallery: list[tuple[str, torch.Tensor]]  # row title -> (N, H, W, 3) pixels in [0, 1]
+    similarities: list[Similarity] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -59,13 +54,13 @@ def _save(figure: plt.Figure, path: Path) -> Path:
     return path
 
 
-def plot_losses(runs: list[BenchRun], path: Path) -> Path:
-    trained = [r for r in runs if r.training is not None]
+def plot_losses(runs: list[dict[str, Any]], path: Path) -> Path:
+    trained = [r for r in runs if r["training"] is not None]
     figure, axes = plt.subplots(1, len(trained), figsize=(3.6 * len(trained), 3), squeeze=False)
     for ax, run in zip(axes[0], trained):
-        steps, values = zip(*run.curves["loss"]) if run.curves["loss"] else ((), ())
+        steps, values = zip(*run["curves"]["loss"]) if run["curves"]["loss"] else ((), ())
         ax.plot(steps, values, color="tab:blue")
-        ax.set_title(run.label, fontsize=10)
+        ax.set_title(run["label"], fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("training loss")
@@ -73,12 +68,12 @@ def plot_losses(runs: list[BenchRun], path: Path) -> Path:
     return _save(figure, path)
 
 
-def plot_time_to_accuracy(runs: list[BenchRun], path: Path) -> Path:
+def plot_time_to_accuracy(runs: list[dict[str, Any]], path: Path) -> Path:
     figure, ax = plt.subplots(figsize=(6.5, 4))
     for run in runs:
-        if run.training is not None and run.curves["knn_by_seconds"]:
-            seconds, values = zip(*run.curves["knn_by_seconds"])
-            ax.plot(seconds, [100 * v for v in values], marker="o", label=run.label)
+        if run["training"] is not None and run["curves"]["knn_by_seconds"]:
+            seconds, values = zip(*run["curves"]["knn_by_seconds"])
+            ax.plot(seconds, [100 * v for v in values], marker="o", label=run["label"])
     # Each curve starts at its random-init backbone (the monitor scores it before step 1).
     ax.set_xlabel("wall-clock seconds since the run started")
     ax.set_ylabel("kNN top-1 (%), training monitor")
@@ -88,20 +83,21 @@ def plot_time_to_accuracy(runs: list[BenchRun], path: Path) -> Path:
     return _save(figure, path)
 
 
-def plot_tsne(runs: list[BenchRun], features: dict[str, torch.Tensor], labels: torch.Tensor, classes: list[str], path: Path) -> Path:
+def plot_tsne(figures: ReportFigures, path: Path) -> Path:
     from sklearn.manifold import TSNE
 
-    shown = [r for r in runs if r.label in features]
+    shown = list(figures.tsne_features)
+    classes = figures.classes
     columns = min(len(shown), 3)
     rows = math.ceil(len(shown) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4 * rows), squeeze=False)
     colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-    for ax, run in zip(axes.flat, shown):
-        x = F.normalize(features[run.label].float(), dim=1).cpu().numpy()
+    for ax, label in zip(axes.flat, shown):
+        x = F.normalize(figures.tsne_features[label].float(), dim=1).cpu().numpy()
         perplexity = min(30.0, (len(x) - 1) / 3)
         points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0).fit_transform(x)
-        ax.scatter(points[:, 0], points[:, 1], c=labels.numpy(), cmap=colours, s=4, vmin=0, vmax=colours.N - 1)
-        ax.set_title(run.label, fontsize=10)
+        ax.scatter(points[:, 0], points[:, 1], c=figures.tsne_labels.numpy(), cmap=colours, s=4, vmin=0, vmax=colours.N - 1)
+        ax.set_title(label, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in list(axes.flat)[len(shown):]:
@@ -113,21 +109,9 @@ def plot_tsne(runs: list[BenchRun], features: dict[str, torch.Tensor], labels: t
     return _save(figure, path)
 
 
-def _to_pixels(views: torch.Tensor, mean, std) -> torch.Tensor:
-    """(N, 3, S, S) normalised -> (N, S, S, 3) in [0, 1] for imshow."""
-    images = denormalize(views.float(), torch.tensor(mean), torch.tensor(std)).clamp(0, 1)
-    return images.permute(0, 2, 3, 1)
-
-
-def plot_gallery(runs: list[BenchRun], images: torch.Tensor, path: Path) -> Path:
+def plot_gallery(rows: list[tuple[str, torch.Tensor]], path: Path) -> Path:
     """The same images, and the views each run's augmentation makes of them."""
-    trained = [r for r in runs if r.training is not None]
-    rows = [("original", images.permute(0, 2, 3, 1).float() / 255)]
-    for run in trained:
-        augment = run.recipe.augment
-        views = ViewAugment(augment, METHODS[run.recipe.method].num_views, seed=0)(images)  # (V, N, 3, S, S)
-        rows += [(f"{run.label}\nview {v + 1}", _to_pixels(views[v], augment.mean, augment.std)) for v in range(len(views))]
-    count = images.shape[0]
+    count = rows[0][1].shape[0]
     figure, axes = plt.subplots(len(rows), count, figsize=(1.1 * count + 1.5, 1.15 * len(rows)), squeeze=False)
     for (name, row), row_axes in zip(rows, axes):
         for ax, image in zip(row_axes, row):
@@ -139,32 +123,23 @@ def plot_gallery(runs: list[BenchRun], images: torch.Tensor, path: Path) -> Path
     return _save(figure, path)
 
 
-@torch.no_grad()
-def plot_clip_similarity(run: BenchRun, eval_config: EvalConfig, path: Path, count: int = 8) -> Path:
-    """Cosine similarity of ``count`` test images and their first captions."""
-    model = load_method(run.training.checkpoint)
-    evaluator = Evaluator(model, eval_config)
-    name = run.recipe.data.name
-    pairs = load_split(run.recipe.data, RETRIEVAL_SPLIT.get(name, "test"), eval_config.seed)
-    images = pairs.images[:count]
-    captions = [c[0] for c in pairs.captions[:count]]
-    image_embeddings = model.encode_image(model.eval_transform(images.to(evaluator.device)))
-    similarity = (image_embeddings @ evaluator.encode_texts(captions).T).cpu()  # (images, captions)
-
+def plot_similarity(similarity: Similarity, path: Path) -> Path:
+    """Cosine similarity of test images (columns) and their first captions (rows)."""
+    count, matrix, captions = len(similarity.captions), similarity.matrix, similarity.captions
     figure = plt.figure(figsize=(1.0 * count + 4, 1.0 * count + 1.6))
     grid = figure.add_gridspec(2, 1, height_ratios=[1, count], hspace=0.05)
     strip = figure.add_subplot(grid[0])
-    strip.imshow(torch.cat(list(images.permute(0, 2, 3, 1)), dim=1).numpy())
+    strip.imshow(torch.cat(list(similarity.images.permute(0, 2, 3, 1)), dim=1).numpy())
     strip.axis("off")
     ax = figure.add_subplot(grid[1])
-    shown = ax.imshow(similarity.T.numpy(), cmap="viridis")
+    shown = ax.imshow(matrix.T.numpy(), cmap="viridis")
     ax.set_yticks(range(count), [c if len(c) < 48 else c[:45] + "..." for c in captions], fontsize=7)
     ax.set_xticks(range(count), [f"image {i + 1}" for i in range(count)], fontsize=7, rotation=45)
     for i in range(count):
         for j in range(count):
-            ax.text(i, j, f"{similarity[i, j]:.2f}", ha="center", va="center", fontsize=6, color="white")
+            ax.text(i, j, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6, color="white")
     figure.colorbar(shown, ax=ax, fraction=0.03, label="cosine similarity")
-    ax.set_title(f"{run.label}: image-caption similarity (diagonal = true pairs)", fontsize=10)
+    ax.set_title(f"{similarity.label}: image-caption similarity (diagonal = true pairs)", fontsize=10)
     return _save(figure, path)
 
 
@@ -182,35 +157,6 @@ def _with_interval(result: dict[str, Any], name: str) -> str:
     low, high = result.get("intervals", {}).get(name, (None, None))
     shown = _percent(result["metrics"], name)
     return shown if low is None else f"{shown} [{100 * low:.1f}, {100 * high:.1f}]"
-
-
-# The accuracies that get intervals, seed statistics and pairwise comparisons.
-COMPARED_METRICS = ("knn_top1", "linear_top1", "zero_shot_top1")
-
-
-def group_summaries(runs: list[BenchRun]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per group of runs (one recipe, every seed) and compared metric: the seeds' mean and
-    standard deviation, and the 95 % bootstrap interval of their mean accuracy (the test
-    images resampled jointly across seeds)."""
-    groups: dict[str, list[BenchRun]] = {}
-    for run in runs:
-        groups.setdefault(run.group, []).append(run)
-    summaries: dict[str, dict[str, dict[str, Any]]] = {}
-    for group, members in groups.items():
-        summaries[group] = {}
-        for name in COMPARED_METRICS:
-            scored = [r.result for r in members if name in r.result.get("per_image_correct", {})]
-            if not scored:
-                continue
-            values = torch.tensor([r["metrics"][name] for r in scored], dtype=torch.float64)
-            correct = torch.stack([correct_from_text(r["per_image_correct"][name]) for r in scored])  # (seeds, M)
-            summaries[group][name] = {
-                "seeds": len(scored),
-                "mean": values.mean().item(),
-                "std": values.std().item() if len(scored) > 1 else None,
-                "interval": list(bootstrap_interval(correct)),
-            }
-    return summaries
 
 
 def seed_rows(summaries: dict[str, dict[str, dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:
@@ -256,60 +202,71 @@ def _number(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if value is not None else "–"
 
 
-def headline_rows(runs: list[BenchRun]) -> tuple[list[str], list[list[str]]]:
+def _trained_how(run: dict[str, Any]) -> str:
+    """The method column: the method trained, or where the weights came from."""
+    if run["training"] is not None:
+        return run["recipe"]["method"]
+    if run["kind"] == "imported":
+        return f"imported ({run['evaluation']['weights']['source']})"
+    return "none (untrained)"
+
+
+def headline_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     header = ["run", "method", "backbone", "trained on", "epochs", "steps", "wall time (s)", "images/s",
               "peak GPU mem (GiB)", "linear top-1", "linear top-5", "kNN top-1", "zero-shot top-1",
               "R@1/5/10 image→text", "R@1/5/10 text→image"]
     rows = []
     for run in runs:
-        m, t = run.result["metrics"], run.training
+        result, t = run["evaluation"], run["training"]
+        m = result["metrics"]
         recall = {
             way: "/".join(_percent(m, f"{way}_r{k}") for k in (1, 5, 10)) if f"{way}_r1" in m else "–"
             for way in ("image_to_text", "text_to_image")
         }
         rows.append([
-            run.label, run.recipe.method if t is not None else "none (untrained)", run.recipe.backbone,
-            run.recipe.data.name if t is not None else "–",
-            str(t.epochs) if t else "0", str(t.steps) if t else "0",
-            _number(t.wall_seconds, 0) if t else "0", _number(t.images_per_second, 0) if t else "–",
-            _number(t.peak_memory_gib) if t and t.peak_memory_gib is not None else "–",
-            _with_interval(run.result, "linear_top1"), _percent(m, "linear_top5"), _with_interval(run.result, "knn_top1"),
-            _with_interval(run.result, "zero_shot_top1"), recall["image_to_text"], recall["text_to_image"],
+            run["label"], _trained_how(run), result["backbone"],
+            run["recipe"]["data"]["name"] if t is not None else "–",
+            str(t["epochs"]) if t else "0", str(t["steps"]) if t else "0",
+            _number(t["wall_seconds"], 0) if t else "0", _number(t["images_per_second"], 0) if t else "–",
+            _number(t["peak_memory_gib"]) if t and t["peak_memory_gib"] is not None else "–",
+            _with_interval(result, "linear_top1"), _percent(m, "linear_top5"), _with_interval(result, "knn_top1"),
+            _with_interval(result, "zero_shot_top1"), recall["image_to_text"], recall["text_to_image"],
         ])
     return header, rows
 
 
-def diagnostic_rows(runs: list[BenchRun]) -> tuple[list[str], list[list[str]]]:
+def diagnostic_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     header = ["run", "embedding std (×√D; 0 = collapsed)", "RankMe", "feature dim",
               "alignment (lower = closer views)", "uniformity (lower = more spread)"]
     rows = []
     for run in runs:
-        m = run.result["metrics"]
-        rows.append([run.label, _number(m.get("embedding_std")), _number(m.get("rankme"), 1),
-                     str(run.result.get("feature_dim", "–")), _number(m.get("alignment"), 3), _number(m.get("uniformity"), 3)])
+        result = run["evaluation"]
+        m = result["metrics"]
+        rows.append([run["label"], _number(m.get("embedding_std")), _number(m.get("rankme"), 1),
+                     str(result.get("feature_dim", "–")), _number(m.get("alignment"), 3), _number(m.get("uniformity"), 3)])
     return header, rows
 
 
-def reference_rows(runs: list[BenchRun]) -> tuple[list[str], list[list[str]]]:
+def reference_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Each trained run beside the published number its recipe names (``reference:``)."""
     header = ["run", "ours", "published reference", "comparison"]
     rows = []
     for run in runs:
-        if run.training is None:
+        if run["training"] is None:
             continue
-        reference, m = run.recipe.reference, run.result["metrics"]
+        reference, m = ReferenceConfig(**run["recipe"]["reference"]), run["evaluation"]["metrics"]
+        epochs = run["training"]["epochs"]
         if reference.metric == "none":
             ours, comparison = "–", "–"
-        elif reference.epochs is not None and run.training.epochs < reference.epochs:
+        elif reference.epochs is not None and epochs < reference.epochs:
             ours = _percent(m, reference.metric)
-            comparison = (f"not compared: this run trained {run.training.epochs} of the reference's "
-                          f"{reference.epochs} epochs")
+            comparison = f"not compared: this run trained {epochs} of the reference's {reference.epochs} epochs"
         elif reference.metric in m:
             ours = _percent(m, reference.metric)
             comparison = f"{100 * m[reference.metric] - reference.value:+.1f} points"
         else:
             ours, comparison = "–", f"not compared: this evaluation has no {METRIC_NAMES[reference.metric]}"
-        rows.append([run.label, ours, reference.describe(), comparison])
+        rows.append([run["label"], ours, reference.describe(), comparison])
     return header, rows
 
 
@@ -328,120 +285,84 @@ def html_table(header: list[str], rows: list[list[str]]) -> str:
 # ----------------------------------------------------------------------------- report
 
 
-def write_report(
-    runs: list[BenchRun], config: BenchConfig, eval_config: EvalConfig, splits: LabelledSplits, seconds: float
-) -> dict[str, Any]:
-    out = config.out
+def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> None:
+    """report.md, report.html and their plots (``out/plots``) from a bench's results."""
     plots_dir = out / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
-    for run in runs:
-        run.curves = read_curves(run.training.run_dir) if run.training is not None else {"loss": [], "knn_by_seconds": []}
-
-    # Test features for t-SNE come from the evaluation's cache (same weights, same images).
-    # A seeded sample, not the first images: a test split may be stored sorted by class.
-    sample = torch.randperm(len(splits.test), generator=torch.Generator().manual_seed(0))[:TSNE_POINTS]
-    features = {}
-    for run in runs:
-        model = load_method(run.training.checkpoint) if run.training is not None else random_init_model(run.recipe)
-        evaluator = Evaluator(model, eval_config)
-        features[run.label] = evaluator.features(splits.test, "test")[sample.to(evaluator.device)]
-        run.result["feature_dim"] = features[run.label].shape[1]
+    runs = results["runs"]
     plots = {
         "Training loss": plot_losses(runs, plots_dir / "loss_curves.png"),
         "Time to accuracy (kNN top-1 against wall time)": plot_time_to_accuracy(runs, plots_dir / "time_to_accuracy.png"),
-        "t-SNE of the features": plot_tsne(runs, features, splits.test.labels[sample], splits.test.classes, plots_dir / "tsne.png"),
-        "Augmentation gallery": plot_gallery(runs, splits.test.images[sample[:8]], plots_dir / "augmentation_gallery.png"),
+        "t-SNE of the features": plot_tsne(figures, plots_dir / "tsne.png"),
+        "Augmentation gallery": plot_gallery(figures.gallery, plots_dir / "augmentation_gallery.png"),
     }
-    for run in runs:
-        if run.recipe.method == "clip" and run.training is not None:
-            plots[f"CLIP image–caption similarity ({run.label})"] = plot_clip_similarity(
-                run, eval_config, plots_dir / f"clip_similarity_{run.recipe.name}.png"
-            )
+    for similarity in figures.similarities:
+        plots[f"CLIP image–caption similarity ({similarity.label})"] = plot_similarity(
+            similarity, plots_dir / f"clip_similarity_{similarity.name}.png"
+        )
 
-    device = pick_device(eval_config.device)
-    if config.budget_seconds is not None:
-        budget = (f"equal wall clock: {config.budget_seconds:.0f} s of training steps per run (each run's "
-                  "speed measured first; its step count fitted to the budget, so schedules complete)")
+    budget = results["budget"]
+    if budget["mode"] == "wall_clock":
+        budget_text = (f"equal wall clock: {budget['seconds']:.0f} s of training steps per run (each run's "
+                       "speed measured first; its step count fitted to the budget, so schedules complete)")
     else:
-        budget = f"equal epochs: {config.epochs if config.epochs is not None else 'each recipe’s own'}"
-    data = splits.info
-    summaries = group_summaries(runs)
-    results = {
-        "created": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": config.command,
-        "device": device_name(device),
-        "versions": versions(),
-        "budget": {"mode": "wall_clock" if config.budget_seconds is not None else "epochs",
-                   "seconds": config.budget_seconds, "epochs": config.epochs},
-        "eval_data": data,
-        "bench_seconds": round(seconds, 1),
-        "seeds": config.seeds,
-        # Per run label without its seed, per accuracy: mean, std over seeds, 95 % bootstrap interval.
-        "groups": summaries,
-        "runs": [
-            {
-                "label": run.label, "group": run.group, "kind": run.kind, "recipe": run.result["recipe"],
-                "training": None if run.training is None else {
-                    **{k: str(v) if isinstance(v, Path) else v for k, v in vars(run.training).items()},
-                    "steps_per_second_measured": run.steps_per_second,
-                },
-                "evaluation": run.result, "curves": run.curves,
-            }
-            for run in runs
-        ],
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-
+        budget_text = f"equal epochs: {budget['epochs'] if budget['epochs'] is not None else 'each recipe’s own'}"
+    data, eval_config, seeds = results["eval_data"], results["eval_config"], results["seeds"]
     tables = {"Results": headline_rows(runs)}
-    if config.seeds > 1:
-        tables[f"Across {config.seeds} seeds"] = seed_rows(summaries)
-    tables["Which differences are larger than the noise"] = comparison_rows(summaries)
+    if seeds > 1:
+        tables[f"Across {seeds} seeds"] = seed_rows(results["groups"])
+    tables["Which differences are larger than the noise"] = comparison_rows(results["groups"])
     tables["Published references"] = reference_rows(runs)
     tables["Representation diagnostics"] = diagnostic_rows(runs)
-    reproduce = [config.command] + [
-        f"python -m ssl_zoo fit --recipe {run.training.run_dir / 'recipe.yaml'}" for run in runs if run.training
+    trained = [run for run in runs if run["training"] is not None]
+    limits = "".join(f" --{flag} {eval_config[key]}" for flag, key in (("max-train", "max_train"), ("max-test", "max_test"))
+                     if eval_config[key])
+    reproduce = [results["command"]] + [
+        f"python -m ssl_zoo fit --recipe {Path(run['training']['run_dir']) / 'recipe.yaml'}" for run in trained
     ] + [
-        f"python -m ssl_zoo eval --ckpt {run.training.checkpoint} --data {data['name']} --root {data['root']}"
-        + (f" --max-train {eval_config.max_train}" if eval_config.max_train else "")
-        + (f" --max-test {eval_config.max_test}" if eval_config.max_test else "")
-        for run in runs if run.training
+        f"python -m ssl_zoo eval --ckpt {run['training']['checkpoint']} --data {data['name']} --root {data['root']}{limits}"
+        for run in trained
+    ] + [
+        f"python -m ssl_zoo eval --weights {run['evaluation']['weights']['source']}={run['evaluation']['weights']['path']} "
+        f"--data {data['name']} --root {data['root']}{limits}"
+        for run in runs if run["kind"] == "imported"
     ]
     retrieval = "; ".join(
-        f"{run.label} on {p['name']} '{p['split']}' ({p['num_images']} images, {p['num_captions']} captions"
+        f"{run['label']} on {p['name']} '{p['split']}' ({p['num_images']} images, {p['num_captions']} captions"
         + (", the training data itself: in-sample)" if p["split"] == "all" else ")")
-        for run in runs if (p := run.result.get("pairs"))
-    ) or "no CLIP run"
+        for run in runs if (p := run["evaluation"].get("pairs"))
+    ) or "no run with text"
     setup = [
         ("Device", results["device"]),
-        ("Budget", budget),
+        ("Budget", budget_text),
         ("Evaluated on", f"{data['name']}: {data['num_train']} training images ({data['train_split']}) for the "
                          f"linear classifier and kNN bank, {data['num_test']} test images ({data['test_split']})"),
         ("Protocol", "frozen backbone features; linear: L-BFGS logistic regression on standardised features, "
                      "L2 penalty chosen on 10 % of the training split held out; "
-                     f"kNN: k={eval_config.knn_k}, T={eval_config.knn_temperature}, cosine-weighted; zero-shot: "
-                     f"{len(eval_config.templates)} prompt templates averaged; retrieval: {retrieval}"),
+                     f"kNN: k={eval_config['knn_k']}, T={eval_config['knn_temperature']}, cosine-weighted; zero-shot: "
+                     f"{len(eval_config['templates'])} prompt templates averaged; retrieval: {retrieval}"),
         ("Time-to-accuracy curves", "the kNN monitor during training, on each run's own validation subset and memory "
                                     "bank (a smaller, faster measure than the table's)"),
         ("Versions", ", ".join(f"{k} {v}" for k, v in results["versions"].items())),
-        ("Created", f"{results['created']} in {seconds / 60:.1f} min"),
+        ("Created", f"{results['created']} in {results['bench_seconds'] / 60:.1f} min"),
     ]
     notes = [
         "Baselines: *supervised* is the same backbone, augmentation and budget trained with labels "
-        f"(cross-entropy); *random init* is the untrained backbone. Accuracies are percentages on the "
-        f"'{data['test_split']}' split of {data['name']}.",
+        f"(cross-entropy); *random init* is the untrained backbone; *imported* runs are weights made elsewhere, "
+        f"scored by the same protocol. Accuracies are percentages on the '{data['test_split']}' split of {data['name']}.",
         "Peak GPU memory is blank on the CPU. Images/s counts training images (pairs of views for SimCLR and BYOL).",
         f"In brackets: the 95 % bootstrap interval over the {data['num_test']} test images ({RESAMPLES} resamples). "
         "It measures the test set's noise, not the seed's. Two runs whose intervals overlap are not "
         "distinguishable at this budget (next table).",
-        (f"Every recipe and baseline was trained {config.seeds} times (seeds {', '.join(sorted({str(r.recipe.trainer.seed) for r in runs}))}); "
+        (f"Every recipe and baseline was trained {seeds} times (seeds "
+         f"{', '.join(sorted({str(run['recipe']['trainer']['seed']) for run in runs if run['recipe']}))}); "
          "the seed table gives mean ± standard deviation across them, and its interval is that of the mean."
-         if config.seeds > 1 else
+         if seeds > 1 else
          "One seed per run (the default, so that the bench stays within its time): the spread across seeds is "
          "not measured here. `bench --seeds N` trains each recipe N times and reports mean ± std."),
     ]
     (out / "report.md").write_text(_markdown(setup, tables, notes, plots, out, reproduce))
     (out / "report.html").write_text(_html(setup, tables, notes, plots, reproduce))
-    return results
 
 
 TITLE = "ssl_zoo benchmark: SimCLR, BYOL and CLIP side by side"

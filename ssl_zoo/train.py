@@ -17,9 +17,10 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from ssl_zoo.checkpointing import AtomicCheckpointIO, FiniteLossGuard, LastCheckpoint, read_checkpoint
 from ssl_zoo.data.datamodule import ImageDataModule
 from ssl_zoo.errors import CheckpointError
-from ssl_zoo.methods import METHODS, SSLMethod
+from ssl_zoo.methods import SSLMethod, build_method
 from ssl_zoo.monitor import KNNMonitor, SparseProgressBar, ThroughputMeter, ViewGridLogger
 from ssl_zoo.recipe import Recipe, recipe_from_dict, save_recipe
+from ssl_zoo.weights import load_backbone_weights
 
 
 # Lightning's notices that say nothing about this run (tips, a deprecation inside
@@ -65,9 +66,16 @@ def fit(
     pl.seed_everything(recipe.trainer.seed, workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    datamodule = datamodule or ImageDataModule(recipe.data, with_text=recipe.method == "clip", seed=recipe.trainer.seed)
+    datamodule = datamodule or ImageDataModule.for_recipe(recipe)
     datamodule.setup("fit")
-    model = METHODS[recipe.method](recipe, num_classes=datamodule.num_classes)
+    model = build_method(recipe, num_classes=datamodule.num_classes)
+    if recipe.init_weights is not None and resume is None:  # a resumed run has its own weights
+        loaded = load_backbone_weights(model.backbone, recipe.init_weights, f"backbone {recipe.backbone}")
+        for online, target in model.ema_pairs():  # a momentum target starts as a copy of the online network
+            target.load_state_dict(online.state_dict())
+        print(f"ssl_zoo: the backbone starts from {recipe.init_weights} ({loaded['tensors']} tensors"
+              + (f"; {loaded['head_tensors_left_out']} of a classifier head left out)." if loaded["head_tensors_left_out"] else ")."),
+              flush=True)
 
     version = None
     if resume is not None:
@@ -161,7 +169,7 @@ def check_resumable(path: Path, recipe: Recipe) -> None:
     if old.method != recipe.method:
         mismatches = [f"method: checkpoint {old.method!r}, recipe {recipe.method!r}"]
     else:  # the same method: the backbone and the heads' sizes must agree too
-        pairs = [("backbone", old.backbone, recipe.backbone), (old.method, getattr(old, old.method), getattr(recipe, old.method))]
+        pairs = [("backbone", old.backbone, recipe.backbone), (old.method, old.method_config, recipe.method_config)]
         mismatches = [f"{key}: checkpoint {a!r}, recipe {b!r}" for key, a, b in pairs if a != b]
     if mismatches:
         raise CheckpointError(

@@ -1,7 +1,10 @@
+import dataclasses
+
 import pytest
 import torch
 
 from ssl_zoo.recipe import Recipe, parse_recipe
+from ssl_zoo.registry import METHODS
 
 torch.set_num_threads(2)
 
@@ -17,12 +20,10 @@ def tiny_recipe(method: str, tmp_path, **sections) -> Recipe:
         "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
         "--trainer.log_every_n_steps", "1", "--trainer.output_dir", str(tmp_path / "runs"),
     ]
-    if method == "simclr":
-        argv += ["--simclr.hidden_dim", "128"]
-    if method == "byol":
-        argv += ["--byol.hidden_dim", "128", "--byol.output_dim", "64"]
-    if method == "clip":
-        argv += ["--clip.text_backbone", "text_transformer_tiny", "--clip.embed_dim", "64"]
+    # Small heads and towers for any method whose section has these keys.
+    section = {f.name for f in dataclasses.fields(METHODS[method].Config)}
+    tiny = {"hidden_dim": 128, "output_dim": 64, "text_backbone": "text_transformer_tiny", "embed_dim": 64}
+    argv += [arg for key, value in tiny.items() if key in section for arg in (f"--{method}.{key}", str(value))]
     for key, value in sections.items():
         argv += [f"--{key}", str(value)]
     return parse_recipe(argv)

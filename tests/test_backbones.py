@@ -31,7 +31,7 @@ def test_cpu_convnet_keeps_full_resolution_in_its_first_stage_and_is_small():
 
 
 def test_methods_keep_backbone_weights_channels_last(make_recipe):
-    from ssl_zoo.methods import SimCLR
+    from ssl_zoo.methods.simclr import SimCLR
 
     model = SimCLR(make_recipe("simclr"))
     conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
@@ -80,7 +80,7 @@ def test_clip_rn50_is_clips_modified_resnet():
 
 
 def test_clip_adds_no_projection_after_the_attention_pool(make_recipe):
-    from ssl_zoo.methods import CLIP
+    from ssl_zoo.methods.clip import CLIP
 
     recipe = make_recipe("clip", **{"backbone": "clip_rn50", "augment.size": 64, "clip.embed_dim": 1024})
     model = CLIP(recipe)

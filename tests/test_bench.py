@@ -195,16 +195,15 @@ def test_bench_rejects_an_unknown_option(tmp_path):
 
 
 def test_a_run_shorter_than_its_reference_is_not_compared():
-    from types import SimpleNamespace
-
+    from ssl_zoo.recipe import recipe_to_dict
     from ssl_zoo.report import reference_rows
 
     recipe = parse_recipe(["--recipe", "simclr_resnet18_cifar10"])
     assert recipe.reference.value == 84.8 and recipe.reference.epochs == 200
 
-    def run(epochs: int):
-        return SimpleNamespace(label="simclr", recipe=recipe, training=SimpleNamespace(epochs=epochs),
-                               result={"metrics": {"knn_top1": 0.80}})
+    def run(epochs: int) -> dict:  # a results.json run entry
+        return {"label": "simclr", "kind": "method", "recipe": recipe_to_dict(recipe), "training": {"epochs": epochs},
+                "evaluation": {"metrics": {"knn_top1": 0.80}}}
 
     (short,), (full,) = reference_rows([run(3)])[1], reference_rows([run(200)])[1]
     assert short[1] == "80.0" and short[3] == "not compared: this run trained 3 of the reference's 200 epochs"

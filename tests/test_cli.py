@@ -6,7 +6,7 @@ import sys
 import torch
 import yaml
 
-from ssl_zoo.methods import SimCLR
+from ssl_zoo.methods.simclr import SimCLR
 from ssl_zoo.recipe import recipe_from_dict
 
 

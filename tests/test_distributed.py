@@ -13,7 +13,8 @@ import torch.multiprocessing as mp
 
 from ssl_zoo.data.datamodule import EpochBatchSampler
 from ssl_zoo.losses import clip_loss, nt_xent_loss
-from ssl_zoo.methods import METHODS, SimCLR
+from ssl_zoo.methods import METHODS
+from ssl_zoo.methods.simclr import SimCLR
 from ssl_zoo.train import fit, resolve_sync_batchnorm
 
 WORLD = 2

@@ -16,9 +16,11 @@ from ssl_zoo.eval.cache import FeatureCache
 from ssl_zoo.eval.diagnostics import alignment, embedding_std, rankme, uniformity
 from ssl_zoo.eval.linear import linear_eval
 from ssl_zoo.eval.retrieval import retrieval_recall
-from ssl_zoo.eval.stage import EvalConfig, Evaluator, load_method
+from ssl_zoo.eval.config import EvalConfig
+from ssl_zoo.eval.evaluator import Evaluator
 from ssl_zoo.eval.zero_shot import zero_shot_classifier, zero_shot_hits
-from ssl_zoo.methods import SimCLR
+from ssl_zoo.methods import load_method
+from ssl_zoo.methods.simclr import SimCLR
 
 
 def test_linear_eval_recovers_a_linear_separation_and_scores_noise_at_chance():
@@ -209,7 +211,7 @@ def test_clip_trained_on_unlabelled_pairs_gets_retrieval_and_a_clear_skip(make_r
         rows.append(f"{path},a picture number {i}")
     (tmp_path / "pairs.csv").write_text("\n".join(rows))
     recipe = make_recipe("clip", **{"data.name": "pairs", "data.root": str(tmp_path / "pairs.csv")})
-    from ssl_zoo.methods import CLIP
+    from ssl_zoo.methods.clip import CLIP
 
     result = evaluate(CLIP(recipe), EvalConfig(batch_size=8))
     assert "no test split" in result["skipped"]["classification"] and "--eval-data" in result["skipped"]["classification"]

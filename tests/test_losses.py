@@ -38,7 +38,7 @@ def test_simclr_trains_on_nt_xent_with_its_recipes_temperature(monkeypatch):
     seen = {}
     monkeypatch.setattr("ssl_zoo.methods.simclr.nt_xent_loss", lambda z0, z1, t: seen.setdefault("t", t) * z0.sum() * 0)
     model.training_step({"views": torch.rand(2, 4, 3, 32, 32)}, 0)
-    assert seen["t"] == model.recipe.simclr.temperature
+    assert seen["t"] == model.config.temperature
 
 
 def naive_clip_loss(images: torch.Tensor, texts: torch.Tensor, scale: float) -> float:

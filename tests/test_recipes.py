@@ -18,12 +18,12 @@ def test_the_required_recipes_exist():
 
 @pytest.mark.parametrize("name", sorted(available_recipes()))
 def test_every_recipe_loads_and_builds_its_method(name):
-    from ssl_zoo.methods import METHODS
+    from ssl_zoo.methods import build_method
 
     recipe = parse_recipe(["--recipe", name])
     assert recipe.name == name and recipe.description
     assert recipe.method_config is not None
-    model = METHODS[recipe.method](recipe, num_classes=10)
+    model = build_method(recipe, num_classes=10)
     assert model.hparams["recipe"] == recipe_to_dict(recipe)
 
 
@@ -31,7 +31,7 @@ def test_overrides_win_wherever_they_stand():
     after = parse_recipe(["--recipe", "byol_shapes", "--optim.lr", "0.3", "--byol.base_momentum", "0.996"])
     before = parse_recipe(["--optim.lr", "0.3", "--recipe", "byol_shapes"])
     assert after.optim.lr == before.optim.lr == 0.3
-    assert after.byol.base_momentum == 0.996
+    assert after.method_config.base_momentum == 0.996
     assert after.data.name == "shapes"
 
 

@@ -22,48 +22,16 @@ import yaml
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ssl_zoo.data import sources
 from ssl_zoo.data.imageset import ImageSet
-from ssl_zoo.data.shapes import make_shapes
 from ssl_zoo.data.shards import ShardDataset, ShardSet, decode_images, expand_shard_paths, load_shard_images
+from ssl_zoo.data.spec import DatasetSpec, dataset_spec
 from ssl_zoo.errors import DataNotFoundError, RecipeError
-from ssl_zoo.recipe import DataConfig, available_recipes
-
-# (training split, validation split) when the recipe leaves them unset.
-DEFAULT_SPLITS = {
-    "shapes": ("train", "val"),
-    "shared_cifar10": ("train", "test"),
-    "shared_flickr8k": ("train", "test"),
-    "cifar10": ("train", "test"),
-    "cifar100": ("train", "test"),
-    "stl10": ("train+unlabeled", "test"),
-    "folder": ("train", "val"),
-    "pairs": ("all", None),
-    "shards": ("train", "val"),  # the training shards (data.root) and data.val_root
-}
-
+from ssl_zoo.recipe import DataConfig, Recipe, available_recipes
+from ssl_zoo.registry import METHODS
 
 def load_split(config: DataConfig, split: str, seed: int = 0) -> ImageSet:
     """Decode one split of the configured dataset."""
-    name, root, size = config.name, Path(config.root).expanduser(), config.image_size
-    if name == "shapes":
-        if split not in ("train", "val"):
-            raise RecipeError(f"The shapes dataset has splits train and val, not '{split}'.")
-        count = config.num_images if split == "train" else max(config.num_images // 4, 1)
-        return make_shapes(count, size, seed=seed if split == "train" else seed + 1)
-    if name == "shared_cifar10":
-        return sources.load_shared_cifar10(root, split)
-    if name == "shared_flickr8k":
-        return sources.load_shared_flickr8k(root, split)
-    if name in ("cifar10", "cifar100", "stl10"):
-        return sources.load_torchvision(name, root, split, download=config.download, image_size=size)
-    if name == "folder":
-        return sources.load_image_folder(root / split, size)
-    if name == "pairs":
-        return sources.load_image_text_pairs(root, size)
-    if name == "shards":  # the monitors' and the evaluation's bounded sets, decoded from shards
-        return _shard_split_subset(config, split, seed)
-    raise RecipeError(f"Unknown dataset '{name}'. Valid: {', '.join(DEFAULT_SPLITS)}.")
+    return dataset_spec(config.name).load(config, split, seed)
 
 
 # Shards: a seeded part of the training samples is held out for the monitors when there
@@ -107,6 +75,12 @@ def _shard_split_subset(config: DataConfig, split: str, seed: int) -> ImageSet:
     count = min(len(shards), SHARD_EVAL_CAP)
     keep = np.sort(torch.randperm(len(shards), generator=torch.Generator().manual_seed(seed)).numpy()[:count])
     return load_shard_images(shards, keep, config.image_size, split)
+
+
+# The training shards (data.root) and data.val_root. NOTE: neither labelled nor captioned
+# as far as the evaluation's defaults go: a shard set may hold either; evaluation on
+# shards is asked for by name (eval --data shards).
+DatasetSpec("shards", load=_shard_split_subset, splits=("train", "val"), labelled=False, streamed=True).register()
 
 
 class InMemoryDataset(Dataset):
@@ -197,6 +171,11 @@ class ImageDataModule(pl.LightningDataModule):
     """Training batches of uint8 images (+ labels, + tokens for CLIP) and labelled
     evaluation sets for the monitors (kNN memory bank and validation split)."""
 
+    @classmethod
+    def for_recipe(cls, recipe: Recipe) -> ImageDataModule:
+        """The recipe's data, with captions when its method trains on text."""
+        return cls(recipe.data, with_text=METHODS[recipe.method].uses_text, seed=recipe.trainer.seed)
+
     def __init__(self, config: DataConfig, with_text: bool = False, seed: int = 0) -> None:
         super().__init__()
         self.config = config
@@ -213,10 +192,10 @@ class ImageDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        default_train, default_val = DEFAULT_SPLITS[self.config.name]
-        train_split = self.config.train_split or default_train
-        val_split = self.config.val_split or default_val
-        if self.config.name == "shards":  # stays on disk; only the monitors' sets are decoded
+        spec = dataset_spec(self.config.name)
+        train_split = self.config.train_split or spec.splits[0]
+        val_split = self.config.val_split or spec.splits[1]
+        if spec.streamed:  # stays on disk; only the monitors' sets are decoded
             self.train_set = open_shards(self.config, "train")
             if self.config.val_root is None:  # the held-out part stands in for validation
                 held_out = held_out_samples(self.config, len(self.train_set), self.seed)
@@ -252,8 +231,9 @@ class ImageDataModule(pl.LightningDataModule):
             order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(self.seed)).numpy()
             keep = np.sort(samples[order[: self.config.knn_bank_size]])
             return load_shard_images(train, keep, self.config.image_size, "bank")
-        if train.labels is None and self.config.name == "stl10":
-            train = load_split(self.config, "train")  # STL-10's labelled part
+        spec = dataset_spec(self.config.name)
+        if train.labels is None and spec.eval_splits is not None:  # trained unlabelled: STL-10's labelled part
+            train = load_split(self.config, spec.labelled_splits[0])
         if train.labels is None or self.val_set is None or self.val_set.labels is None:
             return None
         train = train.labelled()

@@ -17,11 +17,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ssl_zoo.data.imageset import ImageSet
+from ssl_zoo.data.spec import DatasetSpec
+from ssl_zoo.errors import RecipeError
+
+if TYPE_CHECKING:
+    from ssl_zoo.recipe import DataConfig
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "hexagon", "star", "cross", "ring", "heart")
 
@@ -371,3 +377,15 @@ def make_shapes_with_factors(
 def make_shapes(num_images: int = 4000, image_size: int = 32, seed: int = 0) -> ImageSet:
     """``num_images`` shapes images of ``image_size`` px, the same for the same seed."""
     return make_shapes_with_factors(num_images, image_size, seed)[0]
+
+
+def _load_shapes_split(config: DataConfig, split: str, seed: int) -> ImageSet:
+    """The recipe's shapes split: ``data.num_images`` for training, a quarter as many for val."""
+    if split not in ("train", "val"):
+        raise RecipeError(f"The shapes dataset has splits train and val, not '{split}'.")
+    count = config.num_images if split == "train" else max(config.num_images // 4, 1)
+    return make_shapes(count, config.image_size, seed=seed if split == "train" else seed + 1)
+
+
+# Labelled (the shape) and captioned; retrieval scores on the validation images.
+DatasetSpec("shapes", load=_load_shapes_split, splits=("train", "val"), retrieval_split="val").register()

@@ -18,6 +18,7 @@ import io
 import json
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,7 +26,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ssl_zoo.data.imageset import ImageSet
+from ssl_zoo.data.spec import DatasetSpec
 from ssl_zoo.errors import DataFormatError, DataNotFoundError
+
+if TYPE_CHECKING:
+    from ssl_zoo.recipe import DataConfig
 
 # File name suffixes that load_image_folder reads (torchvision's IMG_EXTENSIONS).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -372,3 +377,34 @@ def load_image_text_pairs(path: str | Path, image_size: int) -> ImageSet:
                 f"{path}: cannot read image {image_path} ({e}); re-save or remove it."
             ) from None
     return ImageSet(images=_stack(images), captions=list(captions.values()), name=path.stem)
+
+
+# ----------------------------------------------------------------------------------------
+# The datasets these loaders make, as recipes name them (data.name).
+
+
+def _root(config: DataConfig) -> Path:
+    return Path(config.root).expanduser()
+
+
+DatasetSpec("shared_cifar10", load=lambda config, split, seed: load_shared_cifar10(_root(config), split),
+            splits=("train", "test")).register()
+# Flickr8k's captions have no class labels: it trains CLIP and scores retrieval.
+DatasetSpec("shared_flickr8k", load=lambda config, split, seed: load_shared_flickr8k(_root(config), split),
+            splits=("train", "test"), labelled=False, retrieval_split="test").register()
+
+
+def _load_torchvision_split(config: DataConfig, split: str, seed: int) -> ImageSet:
+    return load_torchvision(config.name, _root(config), split, download=config.download, image_size=config.image_size)
+
+
+DatasetSpec("cifar10", load=_load_torchvision_split, splits=("train", "test")).register()
+DatasetSpec("cifar100", load=_load_torchvision_split, splits=("train", "test")).register()
+# NOTE: STL-10 trains on its 100k unlabelled images too; its labelled 5k train the evaluation.
+DatasetSpec("stl10", load=_load_torchvision_split, splits=("train+unlabeled", "test"), eval_splits=("train", "test")).register()
+DatasetSpec("folder", load=lambda config, split, seed: load_image_folder(_root(config) / split, config.image_size),
+            splits=("train", "val")).register()
+# One CSV/JSONL file of path,caption: no test split and no labels; retrieval scores on
+# all of it (in-sample, and reports say so).
+DatasetSpec("pairs", load=lambda config, split, seed: load_image_text_pairs(_root(config), config.image_size),
+            splits=("all", None), labelled=False, retrieval_split="all").register()

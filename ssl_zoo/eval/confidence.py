@@ -56,3 +56,35 @@ def correct_to_text(correct: Tensor) -> str:
 def correct_from_text(text: str) -> Tensor:
     """'0110...' -> (M,) bool, the inverse of ``correct_to_text``."""
     return torch.frombuffer(bytearray(text.encode("ascii")), dtype=torch.uint8) == ord("1")
+
+
+# The accuracies that get intervals, seed statistics and pairwise comparisons.
+COMPARED_METRICS = ("knn_top1", "linear_top1", "zero_shot_top1")
+
+
+def group_summaries(runs: list[dict]) -> dict[str, dict[str, dict]]:
+    """Per group of runs (one recipe, every seed) and compared metric: the seeds' mean and
+    standard deviation, and the 95 % bootstrap interval of their mean accuracy (the test
+    images resampled jointly across seeds).
+
+    ``runs``: results.json's run entries, each with its ``group`` and ``evaluation``.
+    """
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(run["group"], []).append(run["evaluation"])
+    summaries: dict[str, dict[str, dict]] = {}
+    for group, results in groups.items():
+        summaries[group] = {}
+        for name in COMPARED_METRICS:
+            scored = [r for r in results if name in r.get("per_image_correct", {})]
+            if not scored:
+                continue
+            values = torch.tensor([r["metrics"][name] for r in scored], dtype=torch.float64)
+            correct = torch.stack([correct_from_text(r["per_image_correct"][name]) for r in scored])  # (seeds, M)
+            summaries[group][name] = {
+                "seeds": len(scored),
+                "mean": values.mean().item(),
+                "std": values.std().item() if len(scored) > 1 else None,
+                "interval": list(bootstrap_interval(correct)),
+            }
+    return summaries

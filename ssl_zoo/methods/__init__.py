@@ -1,11 +1,8 @@
-"""The methods: LightningModules on one shared base."""
+"""The methods: LightningModules on one shared base, one file each, registered by name
+(``ssl_zoo.registry.METHODS``) when their module is imported."""
 
 from ssl_zoo.methods.base import SSLMethod
-from ssl_zoo.methods.byol import BYOL
-from ssl_zoo.methods.clip import CLIP
-from ssl_zoo.methods.simclr import SimCLR
-from ssl_zoo.methods.supervised import Supervised
+from ssl_zoo.methods.build import build_method, load_method, method_class
+from ssl_zoo.registry import METHODS
 
-METHODS: dict[str, type[SSLMethod]] = {"simclr": SimCLR, "byol": BYOL, "clip": CLIP, "supervised": Supervised}
-
-__all__ = ["BYOL", "CLIP", "METHODS", "SSLMethod", "SimCLR", "Supervised"]
+__all__ = ["METHODS", "SSLMethod", "build_method", "load_method", "method_class"]

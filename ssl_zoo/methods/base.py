@@ -1,13 +1,24 @@
 """The small base every method shares: backbone, views, optimiser, online probe.
 
-Methods write ``__init__`` (their heads and loss) and ``training_step``; everything else a
-run needs (kNN monitor, view grids, checkpoints) lives in callbacks, not here.
+A method is one file: its recipe section (a dataclass), and a subclass of ``SSLMethod``
+that names itself and that section, which registers it::
+
+    @dataclass
+    class MyConfig:
+        temperature: float = 0.1
+
+    class MyMethod(SSLMethod, name="my_method", config=MyConfig):
+        def __init__(self, recipe, num_classes=0): ...        # heads; self.config is a MyConfig
+        def training_step(self, batch, batch_idx): ...        # batch["views"]: (V, B, 3, S, S)
+
+Recipes then say ``method: my_method`` and ``my_method: {temperature: 0.2}``. Everything
+else a run needs (kNN monitor, view grids, checkpoints) lives in callbacks, not here.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
@@ -16,11 +27,12 @@ from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.benchmarking import OnlineLinearClassifier
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
-from torch import Tensor
+from torch import Tensor, nn
 
 from ssl_zoo.augment import EvalTransform, ViewAugment
 from ssl_zoo.backbones import build_image_backbone
 from ssl_zoo.recipe import Recipe, recipe_from_dict, recipe_to_dict
+from ssl_zoo.registry import METHODS
 
 
 def labelled_cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
@@ -38,8 +50,25 @@ def labelled_cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: floa
 
 
 class SSLMethod(pl.LightningModule):
-    num_views: int = 2  # views the augmentation makes of every image
-    global_batchnorm: bool = False  # the paper normalises over the global batch (sync BN under DDP)
+    # What the rest of ssl_zoo asks a method, rather than its name:
+    method_name: ClassVar[str]  # the recipe's `method:`
+    Config: ClassVar[type]  # the dataclass of its recipe section (`<method_name>:`)
+    num_views: ClassVar[int] = 2  # views the augmentation makes of every image
+    # Trains on captions: the data module hands it tokens, and it has a text tower
+    # (``tokenize``, ``encode_text``, ``embed_image_features``) for zero-shot and retrieval.
+    uses_text: ClassVar[bool] = False
+    # Keeps a momentum (EMA) target network beside the trained one (``ema_pairs``), updated
+    # with ``ssl_zoo.methods.momentum.ema_update``; checkpoints carry it, exports leave it out.
+    has_ema_target: ClassVar[bool] = False
+    global_batchnorm: ClassVar[bool] = False  # the paper normalises over the global batch (sync BN under DDP)
+
+    def __init_subclass__(cls, name: str | None = None, config: type | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None:  # a method, not an intermediate base class
+            if config is None:
+                raise TypeError(f"{cls.__name__}: a method names its recipe section's dataclass (config=...).")
+            cls.method_name, cls.Config = name, config
+            METHODS.register(name, cls)
 
     def __init__(self, recipe: Recipe | dict[str, Any], num_classes: int = 0) -> None:
         super().__init__()
@@ -47,6 +76,7 @@ class SSLMethod(pl.LightningModule):
         # The resolved recipe travels in every checkpoint (and hparams.yaml).
         self.save_hyperparameters({"recipe": recipe_to_dict(recipe), "num_classes": num_classes})
         self.recipe = recipe
+        self.config = recipe.method_config  # this method's section of the recipe
         backbone = build_image_backbone(recipe.backbone, recipe.augment.size)
         # NOTE: channels-last (NHWC) weights make convolutions pick their NHWC kernels, which
         # oneDNN on CPUs and tensor cores on GPUs run faster (the CPU ConvNet: ~25 % on 2 cores).
@@ -62,6 +92,30 @@ class SSLMethod(pl.LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         """Backbone features: (B, 3, S, S) normalised images -> (B, feature_dim)."""
         return self.backbone(images)
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, target) modules of a momentum method: each target follows its online
+        module as an EMA, and starts as its copy (also when the backbone starts from
+        ``init_weights``). Empty for methods without a target."""
+        return []
+
+    # The text interface, for methods with ``uses_text`` (CLIP); the evaluation stage's
+    # zero-shot classification and retrieval use nothing else.
+    def tokenize(self, texts: list[str]) -> Tensor:
+        """Strings -> (n, L) token ids for ``encode_text``."""
+        raise NotImplementedError(f"{type(self).__name__} has no text tower (uses_text is False).")
+
+    def encode_text(self, tokens: Tensor) -> Tensor:
+        """(n, L) token ids -> (n, E) unit vectors in the joint image-text space."""
+        raise NotImplementedError(f"{type(self).__name__} has no text tower (uses_text is False).")
+
+    def embed_image_features(self, features: Tensor) -> Tensor:
+        """(n, feature_dim) backbone features -> (n, E) unit vectors in the joint space."""
+        raise NotImplementedError(f"{type(self).__name__} has no joint image-text space (uses_text is False).")
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """(n, 3, S, S) normalised images -> (n, E) unit vectors in the joint space."""
+        return self.embed_image_features(self.backbone(images))
 
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
         # The data path's last step, on the device: uint8 images -> float views.

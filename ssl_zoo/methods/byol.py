@@ -2,58 +2,55 @@
 
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
-from lightly.models.utils import deactivate_requires_grad
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
 from ssl_zoo.losses import byol_loss
 from ssl_zoo.methods.base import SSLMethod
+from ssl_zoo.methods.momentum import ema_update, frozen_copy
 from ssl_zoo.recipe import Recipe
 
 
-@torch.no_grad()
-def ema_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
-    """target <- momentum * target + (1 - momentum) * online, for every parameter.
-
-    NOTE: lightly's ``update_momentum`` computes the same one parameter at a time (two
-    kernels and a new tensor each: ~180 launches for a ResNet-18 + projector); the foreach
-    form updates all of them in a few fused launches, in place.
-    """
-    targets, onlines = list(target.parameters()), list(online.parameters())
-    torch._foreach_lerp_(targets, onlines, 1.0 - momentum)
+@dataclass
+class BYOLConfig:
+    hidden_dim: int = 4096
+    output_dim: int = 256
+    base_momentum: float = 0.99  # raised to 1 on a cosine schedule over training
 
 
-class BYOL(SSLMethod):
+class BYOL(SSLMethod, name="byol", config=BYOLConfig):
+    has_ema_target = True
     # NOTE: BYOL's code computes batch-norm statistics across all devices, as SimCLR's
     # does; under DDP sync BN is on unless the recipe says no.
     global_batchnorm = True
 
     def __init__(self, recipe: Recipe | dict[str, Any], num_classes: int = 0) -> None:
         super().__init__(recipe, num_classes)
-        cfg = self.recipe.byol
+        cfg: BYOLConfig = self.config
         # Online network: backbone -> projector -> predictor.
         self.projection_head = BYOLProjectionHead(self.feature_dim, cfg.hidden_dim, cfg.output_dim)
         self.prediction_head = BYOLPredictionHead(cfg.output_dim, cfg.hidden_dim, cfg.output_dim)
         # Target network: an exponential moving average of backbone + projector, never
         # trained by gradients.
-        self.target_backbone = copy.deepcopy(self.backbone)
-        self.target_projection_head = copy.deepcopy(self.projection_head)
-        deactivate_requires_grad(self.target_backbone)
-        deactivate_requires_grad(self.target_projection_head)
+        self.target_backbone = frozen_copy(self.backbone)
+        self.target_projection_head = frozen_copy(self.projection_head)
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.target_backbone), (self.projection_head, self.target_projection_head)]
 
     def momentum(self) -> float:
         """EMA momentum at this step: base_momentum raised to 1 on a cosine schedule."""
-        return cosine_schedule(self.global_step, self.total_steps(), self.recipe.byol.base_momentum, 1.0)
+        return cosine_schedule(self.global_step, self.total_steps(), self.config.base_momentum, 1.0)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         momentum = self.momentum()
-        ema_update(self.backbone, self.target_backbone, momentum)
-        ema_update(self.projection_head, self.target_projection_head, momentum)
+        for online, target in self.ema_pairs():
+            ema_update(online, target, momentum)
 
         # NOTE: each view goes through both networks on its own, as in BYOL's code, lightly
         # and solo-learn: batch-norm statistics never mix the blurred view with the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from lightly.models.modules import SimCLRProjectionHead
@@ -12,15 +13,22 @@ from ssl_zoo.methods.base import SSLMethod
 from ssl_zoo.recipe import Recipe
 
 
-class SimCLR(SSLMethod):
+@dataclass
+class SimCLRConfig:
+    hidden_dim: int = 2048
+    output_dim: int = 128
+    temperature: float = 0.5
+
+
+class SimCLR(SSLMethod, name="simclr", config=SimCLRConfig):
     # NOTE: SimCLR normalises over the global batch (section 2.2: local BN lets positives
     # cheat through batch statistics), so under DDP sync BN is on unless the recipe says no.
     global_batchnorm = True
 
     def __init__(self, recipe: Recipe | dict[str, Any], num_classes: int = 0) -> None:
         super().__init__(recipe, num_classes)
-        cfg = self.recipe.simclr
-        self.projection_head = SimCLRProjectionHead(self.feature_dim, cfg.hidden_dim, cfg.output_dim)
+        self.config: SimCLRConfig
+        self.projection_head = SimCLRProjectionHead(self.feature_dim, self.config.hidden_dim, self.config.output_dim)
         # NOTE: the loss is computed on the projections, but the features used
         # downstream are the backbone's: the head discards what the augmentations vary.
 
@@ -31,6 +39,6 @@ class SimCLR(SSLMethod):
         features = self.backbone(views.flatten(0, 1))  # (2B, D)
         z0, z1 = self.projection_head(features).chunk(2)  # (B, P) each
         # Negatives come from every process's batch, with gradients (ssl_zoo.losses).
-        loss = nt_xent_loss(z0, z1, self.recipe.simclr.temperature)
+        loss = nt_xent_loss(z0, z1, self.config.temperature)
         self.log("train/loss", loss)
         return loss + self.probe_step(features[: views.shape[1]], batch)

@@ -6,6 +6,7 @@ against (``bench`` trains one beside the methods it compares).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
@@ -15,7 +16,14 @@ from ssl_zoo.methods.base import SSLMethod, labelled_cross_entropy
 from ssl_zoo.recipe import Recipe
 
 
-class Supervised(SSLMethod):
+@dataclass
+class SupervisedConfig:
+    # The baseline every self-supervised number is read against: the same backbone,
+    # data, augmentation and budget, trained with labels (cross-entropy on one view).
+    label_smoothing: float = 0.0
+
+
+class Supervised(SSLMethod, name="supervised", config=SupervisedConfig):
     num_views = 1  # one augmented view per image, as in standard supervised training
 
     def __init__(self, recipe: Recipe | dict[str, Any], num_classes: int = 0) -> None:
@@ -31,6 +39,6 @@ class Supervised(SSLMethod):
         features = self.backbone(batch["views"][0])  # (B, D)
         logits = self.classifier(features)  # (B, C)
         # Images labelled -1 (STL-10's unlabelled part) add nothing to the loss.
-        loss, _ = labelled_cross_entropy(logits, batch["label"], self.recipe.supervised.label_smoothing)
+        loss, _ = labelled_cross_entropy(logits, batch["label"], self.config.label_smoothing)
         self.log("train/loss", loss)
         return loss + self.probe_step(features, batch)

@@ -1,0 +1,48 @@
+"""What ssl_zoo must know of a dataset, registered by the file that loads it.
+
+    DatasetSpec(name="cifar10", load=..., splits=("train", "test")).register()
+
+Recipes name it (``data.name``); training takes its default splits, the evaluation stage
+its labelled ones, retrieval its captioned split; no other file lists dataset names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ssl_zoo.registry import DATASETS
+
+if TYPE_CHECKING:
+    from ssl_zoo.data.imageset import ImageSet
+    from ssl_zoo.recipe import DataConfig
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    # (data config, split, seed) -> that split decoded into memory as uint8
+    load: Callable[[DataConfig, str, int], ImageSet]
+    # (training, validation) splits when the recipe leaves them unset; validation None: none
+    splits: tuple[str, str | None]
+    # (labelled training, test) splits the evaluation stage scores on; None: ``splits``
+    # (STL-10 trains on its unlabelled part too, and evaluates on its labelled one).
+    eval_splits: tuple[str, str | None] | None = None
+    labelled: bool = True  # has class labels: linear, kNN and zero-shot can score on it
+    retrieval_split: str | None = None  # has captions: the split image-text retrieval scores on
+    # Stays encoded on disk and is read a batch at a time (shards); only the monitors' and
+    # the evaluation's bounded sets are decoded with ``load``.
+    streamed: bool = False
+
+    def register(self) -> DatasetSpec:
+        return DATASETS.register(self.name, self)
+
+    @property
+    def labelled_splits(self) -> tuple[str, str | None]:
+        return self.eval_splits or self.splits
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The registered dataset ``name`` (an unknown name is a RecipeError listing the valid ones)."""
+    return DATASETS[name]

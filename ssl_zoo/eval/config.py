@@ -1,0 +1,25 @@
+"""The evaluation stage's settings (``eval`` and ``bench`` flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ssl_zoo.eval.zero_shot import DEFAULT_TEMPLATES
+
+
+@dataclass
+class EvalConfig:
+    data: str | None = None  # dataset for linear, kNN and zero-shot; None: the recipe's own
+    root: str | None = None  # its folder; None: the recipe's data.root
+    pairs: str | None = None  # image-text dataset for retrieval (text methods); None: the recipe's own if captioned
+    pairs_root: str | None = None
+    max_train: int | None = None  # a seeded subset of the training split (None: all of it)
+    max_test: int | None = None
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    diagnostics_size: int = 2000  # test images used for the diagnostics
+    cache_dir: str | None = None  # where features are cached (None: no cache)
+    device: str = "auto"
+    batch_size: int = 512
+    seed: int = 0

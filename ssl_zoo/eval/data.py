@@ -1,0 +1,90 @@
+"""The data the evaluation stage scores on: a labelled train/test pair for linear, kNN and
+zero-shot, and a captioned split for retrieval. Which splits those are is the dataset's
+to say (``ssl_zoo.data.spec.DatasetSpec``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ssl_zoo.data.datamodule import load_split
+from ssl_zoo.data.imageset import ImageSet
+from ssl_zoo.data.spec import dataset_spec
+from ssl_zoo.errors import SslZooError
+from ssl_zoo.eval.config import EvalConfig
+from ssl_zoo.recipe import DataConfig, Recipe
+
+HINT = "eval --data NAME --root DIR, bench --eval-data NAME --eval-root DIR"
+
+
+def data_config(data: DataConfig, name: str | None, root: str | None) -> DataConfig:
+    """A model's training data section, pointed at dataset ``name`` in ``root`` when given."""
+    if name is None or name == data.name:
+        return replace(data, root=root or data.root)
+    return replace(data, name=name, root=root or data.root, train_split=None, val_split=None)
+
+
+@dataclass
+class LabelledSplits:
+    """The labelled data linear eval, kNN and zero-shot score on."""
+
+    train: ImageSet
+    test: ImageSet
+    info: dict[str, Any]  # name, root, splits, sizes, class names: for the results
+
+
+def model_data(recipe: Recipe | None, config: EvalConfig) -> DataConfig:
+    """The data a model was trained on, which evaluation defaults to; for weights made
+    elsewhere (no recipe), the dataset the configuration names."""
+    if recipe is not None:
+        return recipe.data
+    if config.data is None:
+        raise SslZooError(f"Weights made elsewhere have no training data of ssl_zoo's to evaluate on: name a dataset ({HINT}).")
+    return DataConfig(name=config.data, root=config.root or "data")
+
+
+def load_labelled_splits(trained_on: DataConfig, config: EvalConfig) -> LabelledSplits | str:
+    """The configured (or the model's own) labelled train and test splits, subsampled as
+    configured; or, when the model's own data has no labels, the reason as a string.
+
+    ``trained_on``: the model's training data (``model_data``)."""
+    data = data_config(trained_on, config.data, config.root)
+    train_split, test_split = dataset_spec(data.name).labelled_splits
+    if test_split is None:
+        if config.data is None:  # the recipe's own data (pairs): retrieval may still run
+            return f"{data.name} has no test split; for linear, kNN and zero-shot pass a labelled dataset ({HINT})"
+        raise SslZooError(f"Dataset '{data.name}' has no test split to evaluate on; pass a labelled dataset ({HINT}).")
+    # Only labelled images fit the classifiers (STL-10's train+unlabeled has 100k at -1).
+    train = load_split(data, train_split, config.seed).labelled().subset(config.max_train, config.seed)
+    if train.labels is None:
+        if config.data is not None:
+            raise SslZooError(
+                f"Dataset '{data.name}' has no labels, so linear and kNN evaluation cannot score it. "
+                f"Pass a labelled dataset such as shared_cifar10, shapes, cifar10 or folder ({HINT})."
+            )
+        return f"{data.name} has no labels; for linear, kNN and zero-shot pass a labelled dataset ({HINT})"
+    test = load_split(data, test_split, config.seed).subset(config.max_test, config.seed)
+    info = {
+        "name": data.name, "root": data.root, "train_split": train_split, "test_split": test_split,
+        "num_train": len(train), "num_test": len(test), "classes": train.classes,
+    }
+    return LabelledSplits(train, test, info)
+
+
+def retrieval_split(name: str) -> str:
+    """The split image-text retrieval scores on ("test" for a dataset that names none)."""
+    return dataset_spec(name).retrieval_split or "test"
+
+
+def load_retrieval_pairs(trained_on: DataConfig, config: EvalConfig) -> tuple[ImageSet, dict[str, Any]] | str:
+    """The captioned images retrieval scores on, and what they are (for the results);
+    or, when neither the configuration nor the model's data has captions, why not."""
+    name = config.pairs or (trained_on.name if dataset_spec(trained_on.name).retrieval_split else None)
+    if name is None:
+        return f"{trained_on.name} has no captions; pass --pairs NAME"
+    split = retrieval_split(name)
+    pairs = load_split(data_config(trained_on, name, config.pairs_root), split, config.seed).subset(config.max_test, config.seed)
+    if pairs.captions is None:
+        raise SslZooError(f"Dataset '{name}' has no captions; retrieval needs image-text pairs.")
+    info = {"name": name, "split": split, "num_images": len(pairs), "num_captions": sum(len(c) for c in pairs.captions)}
+    return pairs, info

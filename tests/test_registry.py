@@ -1,0 +1,49 @@
+"""The registries: built-ins found without a list, plugins through entry points, clear errors."""
+
+from types import SimpleNamespace
+
+import pytest
+
+import ssl_zoo.registry
+from ssl_zoo.data.spec import DatasetSpec, dataset_spec
+from ssl_zoo.errors import RecipeError
+from ssl_zoo.registry import DATASETS, METHODS, Registry
+
+
+def test_built_ins_register_themselves_from_their_own_files():
+    assert {"simclr", "byol", "clip", "supervised"} <= set(METHODS.names())
+    assert METHODS["byol"].has_ema_target and METHODS["clip"].uses_text and METHODS["clip"].num_views == 1
+    assert {"shapes", "shared_cifar10", "shared_flickr8k", "stl10", "pairs", "shards"} <= set(DATASETS.names())
+    assert dataset_spec("stl10").labelled_splits == ("train", "test") and dataset_spec("stl10").splits[0] == "train+unlabeled"
+    assert dataset_spec("shared_flickr8k").retrieval_split == "test" and not dataset_spec("shared_flickr8k").labelled
+    assert dataset_spec("shards").streamed
+
+
+def test_an_unknown_name_lists_the_valid_ones():
+    with pytest.raises(RecipeError, match=r"Unknown method 'simclear'\. Valid methods: .*simclr"):
+        METHODS["simclear"]
+
+
+def test_a_plugin_registers_through_its_entry_point(monkeypatch):
+    registry = Registry("dataset", package="ssl_zoo.data", entry_point_group="ssl_zoo.datasets")
+    plugin = DatasetSpec("plugin_data", load=lambda config, split, seed: None, splits=("train", "val"))
+    loaded = []
+
+    def entry_points(group):  # what importlib.metadata finds for an installed plugin package
+        assert group == "ssl_zoo.datasets"
+        return [SimpleNamespace(load=lambda: loaded.append(registry.register(plugin.name, plugin)))]
+
+    monkeypatch.setattr(ssl_zoo.registry, "entry_points", entry_points)
+    assert registry["plugin_data"] is plugin and loaded == [plugin]
+    assert "plugin_data" not in DATASETS  # another registry: the global one is untouched
+
+
+def test_two_entries_cannot_share_a_name():
+    registry = Registry("dataset", package="ssl_zoo.data", entry_point_group="none")
+    registry.register("a", DatasetSpec("a", load=print, splits=("train", None)))
+
+    class Other:
+        pass
+
+    with pytest.raises(ValueError, match="Two datasets are registered as 'a'"):
+        registry.register("a", Other)
