@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import ssl_zoo
-from ssl_zoo.augment import EvalTransform
+from ssl_zoo.augment import AugmentConfig, EvalTransform
 from ssl_zoo.backbones import TIMM_PREFIX, timm_create_kwargs
 from ssl_zoo.errors import SslZooError
 from ssl_zoo.eval.cache import hash_file
@@ -69,16 +69,22 @@ def export_checkpoint(checkpoint: Path, out: Path) -> dict[str, Any]:
         "backbone": recipe.backbone,
         "feature_dim": model.feature_dim,
         "architecture": architecture,
-        "eval_transform": _eval_transform(model.eval_transform),
+        "eval_transform": _eval_transform(model.eval_transform, recipe.augment),
     }
-    how_to_load = [architecture["build"], "from safetensors.torch import load_file", f"model.load_state_dict(load_file('{BACKBONE}'))", "model.eval()"]
+    how_to_load = [
+        "# in the export folder; images prepared as eval_transform says",
+        architecture["build"], "from safetensors.torch import load_file", f"model.load_state_dict(load_file('{BACKBONE}'))",
+        "model.eval()  # model(images) -> (B, feature_dim) features",
+    ]
     if recipe.method == "clip":
         text = model.text_backbone.transformer  # open_clip's TextTransformer inside ssl_zoo's thin wrapper
         tensors[TEXT_TOWER] = _plain_state(text)
         tensors[PROJECTIONS] = _projections(model)
         config["clip"] = _clip_config(model, text)
         how_to_load += [config["clip"]["text_tower"]["build"], f"text.load_state_dict(load_file('{TEXT_TOWER}'))", "text.eval()",
-                        f"projections = load_file('{PROJECTIONS}')"]
+                        f"projections = load_file('{PROJECTIONS}')",
+                        "# embeddings: normalize(model(images) @ projections['image_projection.weight'].T) (the weight is absent",
+                        "# when the backbone projects itself), normalize(text(tokens) @ projections['text_projection.weight'].T)"]
     config["how_to_load"] = "\n".join(how_to_load) + "\n"
     config["recipe"] = recipe_to_dict(recipe)
 
@@ -211,11 +217,12 @@ def _convnet_architecture(network: nn.Sequential) -> dict[str, Any]:
     }
 
 
-def _eval_transform(transform: EvalTransform) -> dict[str, Any]:
+def _eval_transform(transform: EvalTransform, augment: AugmentConfig) -> dict[str, Any]:
+    # mean and std as the recipe gives them (the transform holds them rounded to float32)
     return {
         "size": transform.size,
-        "mean": [round(v, 8) for v in transform.mean.tolist()],
-        "std": [round(v, 8) for v in transform.std.tolist()],
+        "mean": list(augment.mean),
+        "std": list(augment.std),
         "resize": (
             "the whole image (no crop) resized to size x size unless it already is: "
             "torch.nn.functional.interpolate(x, size=(size, size), mode='bilinear', antialias=True, "

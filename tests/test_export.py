@@ -106,7 +106,7 @@ def test_exported_backbone_loads_into_the_plain_library_and_gives_the_same_featu
     assert saved == json.loads(json.dumps(config))
     assert saved["recipe"]["backbone"] == CASES[case][1] and len(saved["checkpoint"]["sha256"]) == 64
     assert saved["checkpoint"]["global_step"] == 2
-    assert saved["eval_transform"]["size"] == 32 and len(saved["eval_transform"]["mean"]) == 3
+    assert saved["eval_transform"]["size"] == 32 and saved["eval_transform"]["mean"] == [0.485, 0.456, 0.406]
     namespace = {}
     cwd = os.getcwd()
     os.chdir(tmp_path / "out")
@@ -176,3 +176,38 @@ def test_export_of_a_missing_or_corrupt_checkpoint_names_the_file_and_writes_not
     with pytest.raises(CheckpointError, match="corrupt.ckpt' is not a checkpoint"):
         export_checkpoint(corrupt, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.ckpt"]
+
+
+@pytest.mark.parametrize(
+    "method, backbone, size",
+    [("simclr", "vit_tiny_p4", 32), ("clip", "clip_rn50", 64)],  # torchvision's ViT class; open_clip's ModifiedResNet
+)
+def test_registry_backbones_export_with_their_library_constructor(method, backbone, size, make_recipe, tmp_path):
+    """Backbones built from a library class with ssl_zoo's arguments: config.json names the
+    class and the arguments, which rebuild it. Untrained (a saved fresh model) to stay fast."""
+    from open_clip.modified_resnet import ModifiedResNet
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from ssl_zoo.methods import METHODS
+
+    overrides = {"clip.embed_dim": 1024} if backbone == "clip_rn50" else {}  # the size its attention pool projects to
+    recipe = make_recipe(method, **{"backbone": backbone, "augment.size": size, **overrides})
+    model = METHODS[method](recipe)
+    checkpoint = tmp_path / "fresh.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "global_step": 0}, checkpoint)
+    config = export_checkpoint(checkpoint, tmp_path / "out")
+
+    architecture = config["architecture"]
+    if backbone == "clip_rn50":
+        assert architecture["constructor"] == "open_clip.modified_resnet.ModifiedResNet"
+        plain = ModifiedResNet(**architecture["kwargs"])
+        # Its attention pool is the image projection: nothing is added after it.
+        assert "image_projection.weight" not in load_file(tmp_path / "out" / "projections.safetensors")
+    else:
+        assert architecture["constructor"] == "torchvision.models.vision_transformer.VisionTransformer"
+        plain = VisionTransformer(**architecture["kwargs"])
+        plain.heads = torch.nn.Identity()
+    plain.load_state_dict(load_file(tmp_path / "out" / "backbone.safetensors"), strict=True)
+    x = model.eval_transform(images(size))
+    with torch.no_grad():
+        assert torch.equal(plain.eval().to(memory_format=torch.channels_last)(x), model.eval()(x))
