@@ -57,10 +57,8 @@ def export_checkpoint(checkpoint: Path, out: Path) -> dict[str, Any]:
     _check_replaceable(out)
     model = load_method(checkpoint)
     recipe = model.recipe
-    image_size = recipe.augment.size
-
     tensors = {BACKBONE: _plain_state(model.backbone)}
-    architecture = _image_architecture(recipe.backbone, model.backbone, image_size)
+    architecture = _image_architecture(recipe.backbone, model.backbone, recipe.augment.size)
     config: dict[str, Any] = {
         "format": FORMAT,
         "ssl_zoo_version": _version("ssl_zoo", ssl_zoo.__version__),

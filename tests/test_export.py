@@ -167,6 +167,28 @@ def test_export_replaces_an_earlier_export_and_refuses_any_other_folder(checkpoi
     assert (out / "notes.txt").read_text() == "mine" and (other / "config.json").read_text() == "{}"
 
 
+def test_a_crash_while_writing_keeps_the_earlier_export_and_leaves_no_partial_one(checkpoints, tmp_path, monkeypatch):
+    import ssl_zoo.export
+
+    checkpoint = checkpoints("clip_convnet4")
+    out = tmp_path / "out"
+    export_checkpoint(checkpoint, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    save_file, written = ssl_zoo.export.save_file, []
+
+    def dies_on_the_second_file(tensors, path):
+        if written:
+            raise OSError("No space left on device")
+        written.append(path)
+        save_file(tensors, path)
+
+    monkeypatch.setattr(ssl_zoo.export, "save_file", dies_on_the_second_file)
+    with pytest.raises(OSError, match="No space"):
+        export_checkpoint(checkpoint, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the staging folder is gone
+
+
 def test_export_of_a_missing_or_corrupt_checkpoint_names_the_file_and_writes_nothing(tmp_path):
     missing = tmp_path / "missing.ckpt"
     with pytest.raises(CheckpointError, match="missing.ckpt' does not exist"):
