@@ -1,14 +1,17 @@
 """One registry of backbones shared by every method.
 
 A name maps to one constructor that returns a ``Backbone``: the network (images or
-tokens in, one feature vector per sample out) and the size of that vector. Methods put
+tokens in, one feature vector per sample out) and the size of that vector. Beside the
+registry, ``timm:<name>`` builds any timm model (randomly initialised). Methods put
 their heads on top; the evaluation stage reads the features.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -99,6 +102,54 @@ def _clip_modified_resnet(image_size: int, layers: tuple[int, int, int, int], em
     return Backbone(net, embed_dim, projects=True)
 
 
+TIMM_PREFIX = "timm:"
+
+
+def timm_create_kwargs(network: nn.Module, image_size: int) -> dict[str, Any]:
+    """The keyword arguments ``timm.create_model(name, **kwargs)`` builds ``network`` with.
+
+    ``img_size`` is passed only to models whose constructor takes it (ViTs and other
+    patch-based models); convnets adapt to any input size and refuse the argument.
+    """
+    parameters = inspect.signature(type(network).__init__).parameters.values()
+    takes_size = any(p.name == "img_size" or p.kind is p.VAR_KEYWORD for p in parameters)
+    return {"pretrained": False, "num_classes": 0, **({"img_size": image_size} if takes_size else {})}
+
+
+def _timm(name: str, image_size: int) -> Backbone:
+    """Any timm model as a feature extractor: ``num_classes=0`` drops its classifier, so it
+    returns its pooled features (a ViT's class token, a convnet's global average)."""
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f" Close names: {', '.join(close)}." if close else ""
+        raise RecipeError(
+            f"Unknown timm model '{name}' (backbone: {TIMM_PREFIX}{name}).{hint} List the names with "
+            f"`python -c \"import timm; print(timm.list_models('*vit*'))\"` (timm.list_models)."
+        )
+    # NOTE: pretrained=False always: building a backbone never downloads (a run may have no
+    # internet). timm has no way to ask a model whether it takes img_size before building
+    # it, so it is offered and, when the constructor refuses it (a TypeError before any
+    # weight is made), the model is built without it.
+    try:
+        network = timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size)
+    except TypeError as error:
+        if "img_size" not in str(error):
+            raise
+        network = timm.create_model(name, pretrained=False, num_classes=0)
+    patch_size = getattr(getattr(network, "patch_embed", None), "patch_size", None)
+    if patch_size is not None and any(image_size % side for side in patch_size):
+        raise RecipeError(
+            f"{TIMM_PREFIX}{name} cuts images into {patch_size[0]}x{patch_size[1]} patches, so it needs an image "
+            f"size divisible by {patch_size[0]}; got {image_size}. Set augment.size to a multiple of {patch_size[0]}."
+        )
+    # NOTE: with num_classes=0 a timm model returns head_hidden_size features where it has a
+    # pre-logits layer (ConvNeXt's head MLP, MobileNetV3's conv head), else num_features.
+    feature_dim = getattr(network, "head_hidden_size", None) or network.num_features
+    return Backbone(network, int(feature_dim))
+
+
 class TextTransformer(nn.Module):
     """CLIP's text tower: causal transformer over BPE tokens, pooled at the EOT token.
 
@@ -154,9 +205,13 @@ TEXT_BACKBONES: dict[str, Callable[[int], Backbone]] = {
 
 
 def build_image_backbone(name: str, image_size: int) -> Backbone:
+    """A registry name, or ``timm:<model name>`` for any timm model (random init)."""
+    if name.startswith(TIMM_PREFIX):
+        return _timm(name.removeprefix(TIMM_PREFIX), image_size)
     if name not in IMAGE_BACKBONES:
         raise RecipeError(
-            f"Unknown image backbone '{name}'. Valid: {', '.join(IMAGE_BACKBONES)}."
+            f"Unknown image backbone '{name}'. Valid: {', '.join(IMAGE_BACKBONES)}, "
+            f"or {TIMM_PREFIX}<name> for any timm model."
         )
     return IMAGE_BACKBONES[name](image_size)
 

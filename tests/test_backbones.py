@@ -87,3 +87,36 @@ def test_clip_adds_no_projection_after_the_attention_pool(make_recipe):
     assert isinstance(model.image_projection, torch.nn.Identity)
     with torch.no_grad():
         assert model.encode_image(torch.randn(2, 3, 64, 64)).shape == (2, 1024)
+
+
+@pytest.mark.parametrize(
+    "name, image_size, feature_dim",
+    [
+        ("timm:vit_small_patch16_224", 224, 384),  # ViT-S/16 at its own size
+        ("timm:vit_tiny_patch16_224", 32, 192),  # a ViT rebuilt for 32 px: a 2x2 patch grid
+        ("timm:convnext_tiny", 32, 768),
+        ("timm:resnet18", 32, 512),
+    ],
+)
+def test_timm_backbones_give_their_feature_size(name, image_size, feature_dim):
+    backbone = build_image_backbone(name, image_size)
+    with torch.no_grad():
+        features = backbone.network.eval()(torch.randn(1, 3, image_size, image_size))
+    assert backbone.feature_dim == feature_dim and features.shape == (1, feature_dim)
+
+
+def test_timm_vit_takes_the_image_size_and_convnets_do_not_need_it():
+    from ssl_zoo.backbones import timm_create_kwargs
+
+    vit = build_image_backbone("timm:vit_tiny_patch16_224", 64).network
+    assert vit.patch_embed.grid_size == (4, 4)
+    assert timm_create_kwargs(vit, 64) == {"pretrained": False, "num_classes": 0, "img_size": 64}
+    resnet = build_image_backbone("timm:resnet18", 64).network
+    assert timm_create_kwargs(resnet, 64) == {"pretrained": False, "num_classes": 0}
+
+
+def test_timm_bad_name_and_bad_image_size_are_recipe_errors():
+    with pytest.raises(RecipeError, match=r"Unknown timm model 'vit_smal_patch16_224'.*vit_small_patch16_224.*timm.list_models"):
+        build_image_backbone("timm:vit_smal_patch16_224", 32)
+    with pytest.raises(RecipeError, match="16x16 patches.*divisible by 16; got 40"):
+        build_image_backbone("timm:vit_tiny_patch16_224", 40)

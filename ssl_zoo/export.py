@@ -1,0 +1,297 @@
+"""``ssl_zoo export CKPT --out DIR``: a ``fit`` checkpoint's weights for the plain libraries.
+
+DIR gets safetensors files whose keys are exactly those of the plain architecture
+(torchvision, timm, open_clip or torch), so ``load_state_dict(strict=True)`` works with no
+renaming, and a ``config.json`` that says which constructor and arguments build it, how
+images are prepared, which recipe and checkpoint the weights come from, and a snippet that
+loads them:
+
+    backbone.safetensors     the image backbone (BYOL: the online network, not the EMA target)
+    text_tower.safetensors   CLIP only: open_clip's TextTransformer
+    projections.safetensors  CLIP only: image_projection.weight (absent when the backbone
+                             ends in its own projection), text_projection.weight, logit_scale
+    config.json              written last: a folder with it is a whole export
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import ssl_zoo
+from ssl_zoo.augment import AugmentConfig, EvalTransform
+from ssl_zoo.backbones import TIMM_PREFIX, timm_create_kwargs
+from ssl_zoo.errors import SslZooError
+from ssl_zoo.eval.cache import hash_file
+from ssl_zoo.eval.stage import load_method  # NOTE: moving to ssl_zoo.methods; this is the one import to change
+from ssl_zoo.recipe import recipe_to_dict
+
+FORMAT = "ssl_zoo-export/1"  # in config.json: marks a folder as an export this command may replace
+BACKBONE, TEXT_TOWER, PROJECTIONS, CONFIG = "backbone.safetensors", "text_tower.safetensors", "projections.safetensors", "config.json"
+EXPORT_FILES = {BACKBONE, TEXT_TOWER, PROJECTIONS, CONFIG}
+
+
+class ExportError(SslZooError):
+    """The export's output folder cannot be written without losing what is in it."""
+
+
+def export_checkpoint(checkpoint: Path, out: Path) -> dict[str, Any]:
+    """Write ``checkpoint``'s weights and config into ``out``; returns the config written.
+
+    ``out`` may be missing, empty, or an earlier export (replaced whole); anything else is
+    refused before the checkpoint is read. The files are written into a temporary folder
+    beside ``out`` and renamed into place, so a crash never leaves a partial export at ``out``.
+    """
+    checkpoint, out = Path(checkpoint), Path(out)
+    _check_replaceable(out)
+    model = load_method(checkpoint)
+    recipe = model.recipe
+    tensors = {BACKBONE: _plain_state(model.backbone)}
+    architecture = _image_architecture(recipe.backbone, model.backbone, recipe.augment.size)
+    config: dict[str, Any] = {
+        "format": FORMAT,
+        "ssl_zoo_version": _version("ssl_zoo", ssl_zoo.__version__),
+        "checkpoint": {"file": checkpoint.name, "sha256": hash_file(checkpoint), "global_step": model.trained_steps},
+        "method": recipe.method,
+        "backbone": recipe.backbone,
+        "feature_dim": model.feature_dim,
+        "architecture": architecture,
+        "eval_transform": _eval_transform(model.eval_transform, recipe.augment),
+    }
+    how_to_load = [
+        "# in the export folder; images prepared as eval_transform says",
+        architecture["build"], "from safetensors.torch import load_file", f"model.load_state_dict(load_file('{BACKBONE}'))",
+        "model.eval()  # model(images) -> (B, feature_dim) features",
+    ]
+    if recipe.method == "clip":
+        text = model.text_backbone.transformer  # open_clip's TextTransformer inside ssl_zoo's thin wrapper
+        tensors[TEXT_TOWER] = _plain_state(text)
+        tensors[PROJECTIONS] = _projections(model)
+        config["clip"] = _clip_config(model, text)
+        how_to_load += [config["clip"]["text_tower"]["build"], f"text.load_state_dict(load_file('{TEXT_TOWER}'))", "text.eval()",
+                        f"projections = load_file('{PROJECTIONS}')",
+                        "# embeddings: normalize(model(images) @ projections['image_projection.weight'].T) (the weight is absent",
+                        "# when the backbone projects itself), normalize(text(tokens) @ projections['text_projection.weight'].T)"]
+    config["how_to_load"] = "\n".join(how_to_load) + "\n"
+    config["recipe"] = recipe_to_dict(recipe)
+
+    _write(out, tensors, config)
+    return config
+
+
+def _check_replaceable(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out '{out}' is a file, not a folder. Pass a new folder (it is created).")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    entries = {p.name for p in out.iterdir()}
+    foreign = sorted(entries - EXPORT_FILES)
+    if not foreign and _is_export(out / CONFIG):
+        return
+    what = f"it holds {', '.join(repr(name) for name in foreign[:3])}" if foreign else f"its {CONFIG} is not an export's"
+    raise ExportError(
+        f"--out '{out}' is not empty and is not an earlier export ({what}). Nothing was written. "
+        "Pass a new or empty folder; an earlier export (its config.json and safetensors files only) is replaced."
+    )
+
+
+def _is_export(config: Path) -> bool:
+    try:
+        return json.loads(config.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _plain_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    # NOTE: the methods keep the backbone channels-last, and safetensors stores only dense
+    # row-major tensors; .contiguous() gives each tensor the plain layout (same values).
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in module.state_dict().items()}
+
+
+def _write(out: Path, tensors: dict[str, dict[str, torch.Tensor]], config: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Same parent, so the final renames stay on one file system (atomic, not a copy).
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        for name, state in tensors.items():
+            save_file(state, str(staging / name))
+        config["files"] = {name: {"bytes": (staging / name).stat().st_size, "sha256": hash_file(staging / name)} for name in tensors}
+        (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n")  # last: its presence means whole
+        # NOTE: a folder cannot be renamed over a non-empty one, so an earlier export is first
+        # moved aside. A crash between the two renames leaves no folder at `out` (and the old
+        # export under a hidden name beside it), never a mix of old and new files.
+        retired = out.with_name(f".{out.name}.old-{os.getpid()}") if out.exists() else None
+        if retired is not None:
+            os.replace(out, retired)
+        os.replace(staging, out)
+        if retired is not None:
+            shutil.rmtree(retired)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _image_architecture(name: str, network: nn.Module, image_size: int) -> dict[str, Any]:
+    """Library, constructor, arguments and modifications that build ``network``'s plain twin,
+    and ``build``: Python lines that do it (they define ``model``)."""
+    if name.startswith(TIMM_PREFIX):
+        kwargs = timm_create_kwargs(network, image_size)
+        return _architecture("timm", "timm.create_model", [name.removeprefix(TIMM_PREFIX)], kwargs, [], "import timm")
+    if name in ("resnet18", "resnet50", "resnet18_cifar", "resnet50_cifar"):
+        modifications = ["model.fc = torch.nn.Identity()  # pooled features out, no classifier"]
+        if name.endswith("_cifar"):
+            # NOTE: ssl_zoo's CIFAR stem (backbones._resnet): a 3x3 stride-1 conv and no
+            # max-pool in place of the 7x7 stride-2 conv and max-pool; without these two lines
+            # the conv1 weights do not even load (their shape is 64x3x3x3, not 64x3x7x7).
+            modifications = [
+                "model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)",
+                "model.maxpool = torch.nn.Identity()",
+                *modifications,
+            ]
+        constructor = f"torchvision.models.{name.removesuffix('_cifar')}"
+        return _architecture("torchvision", constructor, [], {}, modifications, "import torch\nimport torchvision")
+    if name.startswith("vit_"):
+        kwargs = {
+            "image_size": network.image_size, "patch_size": network.patch_size, "num_layers": len(network.encoder.layers),
+            "num_heads": network.encoder.layers[0].self_attention.num_heads, "hidden_dim": network.hidden_dim, "mlp_dim": network.mlp_dim,
+        }
+        return _architecture(
+            "torchvision", "torchvision.models.vision_transformer.VisionTransformer", [], kwargs,
+            ["model.heads = torch.nn.Identity()  # class-token features out, no classifier"], "import torch\nimport torchvision",
+        )
+    if name == "clip_rn50":
+        kwargs = {
+            "layers": [len(network.layer1), len(network.layer2), len(network.layer3), len(network.layer4)],
+            "output_dim": network.output_dim, "heads": network.attnpool.num_heads, "image_size": network.image_size,
+            "width": network.conv1.out_channels * 2,  # the stem's first conv is half as wide
+        }
+        return _architecture("open_clip", "open_clip.modified_resnet.ModifiedResNet", [], kwargs, [], "import open_clip.modified_resnet")
+    if name == "convnet4":
+        return _convnet_architecture(network)
+    raise SslZooError(f"Backbone '{name}' has no export recipe yet; add it to ssl_zoo.export._image_architecture.")
+
+
+def _architecture(library: str, constructor: str, args: list[Any], kwargs: dict[str, Any], modifications: list[str], imports: str) -> dict[str, Any]:
+    call = ", ".join([*(repr(a) for a in args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+    build = "\n".join([imports, f"model = {constructor}({call})", *modifications])
+    return {
+        "library": library, "library_version": _version(_DISTRIBUTIONS[library], ""),
+        "constructor": constructor, "args": args, "kwargs": kwargs, "modifications": modifications, "build": build,
+    }
+
+
+_DISTRIBUTIONS = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "open_clip": "open_clip_torch"}
+
+
+def _convnet_architecture(network: nn.Sequential) -> dict[str, Any]:
+    # ssl_zoo's CPU ConvNet (backbones._convnet) has no library constructor; these lines
+    # rebuild the same nn.Sequential, so its "0.weight", "1.running_mean"... keys line up.
+    widths = [m.out_channels for m in network if isinstance(m, nn.Conv2d)]
+    lines = [
+        "layers, channels = [], 3",
+        f"for i, width in enumerate({widths}):",
+        "    layers += [torch.nn.Conv2d(channels, width, kernel_size=3, padding=1, bias=False), torch.nn.BatchNorm2d(width), torch.nn.ReLU(inplace=True)]",
+        f"    if i < {len(widths) - 1}:",
+        "        layers.append(torch.nn.MaxPool2d(2))",
+        "    channels = width",
+        "model = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())",
+    ]
+    return {
+        "library": "torch", "library_version": _version("torch", ""), "constructor": "torch.nn.Sequential", "args": [],
+        "kwargs": {"widths": widths}, "modifications": [],
+        "note": "per width: 3x3 conv (no bias), batch norm, ReLU, then a 2x2 max-pool except after the last; global average pool",
+        "build": "\n".join(["import torch", *lines]),
+    }
+
+
+def _eval_transform(transform: EvalTransform, augment: AugmentConfig) -> dict[str, Any]:
+    # mean and std as the recipe gives them (the transform holds them rounded to float32)
+    return {
+        "size": transform.size,
+        "mean": list(augment.mean),
+        "std": list(augment.std),
+        "resize": (
+            "the whole image (no crop) resized to size x size unless it already is: "
+            "torch.nn.functional.interpolate(x, size=(size, size), mode='bilinear', antialias=True, "
+            "align_corners=False) on RGB floats in [0, 1], then (x - mean) / std per channel"
+        ),
+        "input": "float (B, 3, size, size), RGB",
+    }
+
+
+def _projections(model: nn.Module) -> dict[str, torch.Tensor]:
+    tensors = {"text_projection.weight": model.text_projection.weight, "logit_scale": model.logit_scale}
+    if isinstance(model.image_projection, nn.Linear):
+        tensors["image_projection.weight"] = model.image_projection.weight
+    return {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+
+
+def _clip_config(model: nn.Module, text: nn.Module) -> dict[str, Any]:
+    kwargs = {
+        "context_length": text.context_length, "vocab_size": text.vocab_size, "width": text.width, "heads": text.heads,
+        "layers": len(text.transformer.resblocks), "output_dim": None, "pool_type": text.pool_type,
+    }
+    call = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return {
+        "embed_dim": model.recipe.clip.embed_dim,
+        "text_tower": {
+            "library": "open_clip", "library_version": _version("open_clip_torch", ""),
+            "constructor": "open_clip.transformer.TextTransformer", "kwargs": kwargs,
+            "build": f"import open_clip.transformer\ntext = open_clip.transformer.TextTransformer({call})",
+            "output": "(B, width) features pooled at the end-of-text token (the highest id), before the projection",
+        },
+        "projections": {
+            "image_projection.weight": (
+                "(embed_dim, feature_dim): image embedding = normalize(features @ W.T)"
+                if isinstance(model.image_projection, nn.Linear)
+                else None  # the backbone's attention pool already projects into the joint space
+            ),
+            "text_projection.weight": "(embed_dim, width): text embedding = normalize(text_features @ W.T)",
+            "logit_scale": "log of 1 / temperature: logits = logit_scale.exp() * image_embeddings @ text_embeddings.T",
+        },
+        "tokenizer": {
+            "library": "open_clip", "class": "open_clip.tokenizer.SimpleTokenizer",
+            "context_length": text.context_length,
+            "call": f"open_clip.tokenizer.SimpleTokenizer()(texts, context_length={text.context_length})",
+            "note": "<start> tokens <end> then 0-padding; longer texts are cut, keeping <end> last",
+        },
+    }
+
+
+def _version(distribution: str, fallback: str) -> str:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return fallback
+
+
+def export_main(argv: list[str]) -> int:
+    """``ssl_zoo export CKPT --out DIR``; prints what was written. Errors raise SslZooError."""
+    parser = argparse.ArgumentParser(
+        prog="ssl_zoo export",
+        description="Write a fit checkpoint's weights as safetensors, loadable by torchvision, timm or "
+        "open_clip without ssl_zoo, with a config.json that says how.",
+    )
+    parser.add_argument("checkpoint", metavar="CKPT", type=Path, help="a .ckpt file that `fit` wrote")
+    parser.add_argument("--out", metavar="DIR", type=Path, required=True, help="folder to write (new, empty, or an earlier export)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    config = export_checkpoint(args.checkpoint, args.out)
+    sizes = ", ".join(f"{name} ({entry['bytes'] / 1e6:.1f} MB)" for name, entry in config["files"].items())
+    print(
+        f"exported {args.checkpoint} ({config['method']}, {config['backbone']}, step {config['checkpoint']['global_step']}, "
+        f"{config['feature_dim']}-d features) to {args.out} in {time.perf_counter() - started:.1f} s: {sizes}, {CONFIG}.\n"
+        f"load it with the snippet in {args.out / CONFIG} under \"how_to_load\" ({config['architecture']['constructor']})."
+    )
+    return 0
