@@ -33,6 +33,8 @@ def labelled_cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: floa
     labelled = labels >= 0  # (B,)
     count = labelled.sum().clamp_min(1)
     loss = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum", label_smoothing=label_smoothing) / count
+    # NOTE: by hand, not torchmetrics: its multiclass_accuracy drops ignore_index rows with
+    # a boolean mask (preds[target != -1]), a host sync at every step (tests/test_host_sync.py).
     top1 = ((logits.argmax(dim=1) == labels) & labelled).sum() / count
     return loss, top1
 
