@@ -32,8 +32,8 @@ def check_logger_packages(names: Sequence[str]) -> None:
     missing = [PACKAGES[name] for name in names if name in PACKAGES and importlib.util.find_spec(PACKAGES[name]) is None]
     if missing:
         raise RecipeError(
-            f"trainer.loggers names {', '.join(missing)}, which is not installed: pip install {' '.join(missing)} "
-            "(or remove it from trainer.loggers; TensorBoard always logs)."
+            f"trainer.loggers needs {' and '.join(missing)}, not installed here: pip install {' '.join(missing)} "
+            "(or take it out of trainer.loggers; TensorBoard always logs)."
         )
 
 
