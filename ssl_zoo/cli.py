@@ -28,6 +28,8 @@ usage:
                                                  the same for torchvision, timm or open_clip weights
   python -m ssl_zoo bench --recipes A B C [--budget 10m | --epochs N] [--out DIR]
                                                  train under one budget, evaluate, write a report
+  python -m ssl_zoo export CKPT --out DIR        the backbone (and CLIP's text tower) as safetensors that
+                                                 plain torchvision/timm/open_clip load, with config.json
   python -m ssl_zoo shards --from folder DIR|pairs FILE --out OUT --size S [--shard-size N] [--workers N]
                                                  write indexed WebDataset shards (data.name: shards)
   python -m ssl_zoo shards --index PATH          index existing shards (img2dataset's, say)
@@ -320,7 +322,11 @@ def main(argv: list[str] | None = None) -> int:
             from ssl_zoo.data.convert import shards_command
 
             return shards_command(rest)
-        print(f"ssl_zoo: unknown command '{command}'. Commands: fit, eval, bench, shards, recipes.\n\n{USAGE}", file=sys.stderr)
+        if command == "export":
+            from ssl_zoo.export import export_main
+
+            return export_main(rest)
+        print(f"ssl_zoo: unknown command '{command}'. Commands: fit, eval, bench, export, shards, recipes.\n\n{USAGE}", file=sys.stderr)
         return 2
     except SslZooError as error:
         print(f"ssl_zoo: error: {error}", file=sys.stderr)

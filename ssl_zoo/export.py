@@ -7,9 +7,9 @@ images are prepared, which recipe and checkpoint the weights come from, and a sn
 loads them:
 
     backbone.safetensors     the image backbone (BYOL: the online network, not the EMA target)
-    text_tower.safetensors   CLIP only: open_clip's TextTransformer
-    projections.safetensors  CLIP only: image_projection.weight (absent when the backbone
-                             ends in its own projection), text_projection.weight, logit_scale
+    ...                      methods with text: what their ``export_text`` gives (CLIP:
+                             text_tower.safetensors, open_clip's TextTransformer, and
+                             projections.safetensors), described under "text" in config.json
     config.json              written last: a folder with it is a whole export
 """
 
@@ -21,7 +21,6 @@ import os
 import shutil
 import tempfile
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +28,16 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-import ssl_zoo
 from ssl_zoo.augment import AugmentConfig, EvalTransform
 from ssl_zoo.backbones import TIMM_PREFIX, timm_create_kwargs
 from ssl_zoo.errors import SslZooError
 from ssl_zoo.eval.cache import hash_file
-from ssl_zoo.eval.stage import load_method  # NOTE: moving to ssl_zoo.methods; this is the one import to change
+from ssl_zoo.environment import versions
+from ssl_zoo.methods import load_method
 from ssl_zoo.recipe import recipe_to_dict
 
 FORMAT = "ssl_zoo-export/1"  # in config.json: marks a folder as an export this command may replace
-BACKBONE, TEXT_TOWER, PROJECTIONS, CONFIG = "backbone.safetensors", "text_tower.safetensors", "projections.safetensors", "config.json"
-EXPORT_FILES = {BACKBONE, TEXT_TOWER, PROJECTIONS, CONFIG}
+BACKBONE, CONFIG = "backbone.safetensors", "config.json"
 
 
 class ExportError(SslZooError):
@@ -61,7 +59,7 @@ def export_checkpoint(checkpoint: Path, out: Path) -> dict[str, Any]:
     architecture = _image_architecture(recipe.backbone, model.backbone, recipe.augment.size)
     config: dict[str, Any] = {
         "format": FORMAT,
-        "ssl_zoo_version": _version("ssl_zoo", ssl_zoo.__version__),
+        "ssl_zoo_version": versions()["ssl_zoo"],
         "checkpoint": {"file": checkpoint.name, "sha256": hash_file(checkpoint), "global_step": model.trained_steps},
         "method": recipe.method,
         "backbone": recipe.backbone,
@@ -74,15 +72,10 @@ def export_checkpoint(checkpoint: Path, out: Path) -> dict[str, Any]:
         architecture["build"], "from safetensors.torch import load_file", f"model.load_state_dict(load_file('{BACKBONE}'))",
         "model.eval()  # model(images) -> (B, feature_dim) features",
     ]
-    if recipe.method == "clip":
-        text = model.text_backbone.transformer  # open_clip's TextTransformer inside ssl_zoo's thin wrapper
-        tensors[TEXT_TOWER] = _plain_state(text)
-        tensors[PROJECTIONS] = _projections(model)
-        config["clip"] = _clip_config(model, text)
-        how_to_load += [config["clip"]["text_tower"]["build"], f"text.load_state_dict(load_file('{TEXT_TOWER}'))", "text.eval()",
-                        f"projections = load_file('{PROJECTIONS}')",
-                        "# embeddings: normalize(model(images) @ projections['image_projection.weight'].T) (the weight is absent",
-                        "# when the backbone projects itself), normalize(text(tokens) @ projections['text_projection.weight'].T)"]
+    if model.uses_text:  # the text tower and whatever joins the two: the method knows its own
+        text_files, config["text"] = model.export_text()
+        tensors.update({name: _plain_state(state) for name, state in text_files.items()})
+        how_to_load += config["text"]["how_to_load"]
     config["how_to_load"] = "\n".join(how_to_load) + "\n"
     config["recipe"] = recipe_to_dict(recipe)
 
@@ -96,27 +89,33 @@ def _check_replaceable(out: Path) -> None:
     if not out.is_dir() or not any(out.iterdir()):
         return
     entries = {p.name for p in out.iterdir()}
-    foreign = sorted(entries - EXPORT_FILES)
-    if not foreign and _is_export(out / CONFIG):
+    earlier = _earlier_export_files(out / CONFIG)
+    foreign = sorted(entries - {CONFIG} - (earlier or set()))
+    if not foreign and earlier is not None:
         return
     what = f"it holds {', '.join(repr(name) for name in foreign[:3])}" if foreign else f"its {CONFIG} is not an export's"
     raise ExportError(
         f"--out '{out}' is not empty and is not an earlier export ({what}). Nothing was written. "
-        "Pass a new or empty folder; an earlier export (its config.json and safetensors files only) is replaced."
+        "Pass a new or empty folder; an earlier export (its config.json and the files it lists only) is replaced."
     )
 
 
-def _is_export(config: Path) -> bool:
+def _earlier_export_files(config: Path) -> set[str] | None:
+    """The files an earlier export's config.json lists; None when it is not an export's."""
     try:
-        return json.loads(config.read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+        saved = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        return None
+    return set(saved.get("files", {}))
 
 
-def _plain_state(module: nn.Module) -> dict[str, torch.Tensor]:
+def _plain_state(module: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # NOTE: the methods keep the backbone channels-last, and safetensors stores only dense
     # row-major tensors; .contiguous() gives each tensor the plain layout (same values).
-    return {name: tensor.detach().cpu().contiguous() for name, tensor in module.state_dict().items()}
+    state = module.state_dict() if isinstance(module, nn.Module) else module
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
 
 
 def _write(out: Path, tensors: dict[str, dict[str, torch.Tensor]], config: dict[str, Any]) -> None:
@@ -186,7 +185,7 @@ def _architecture(library: str, constructor: str, args: list[Any], kwargs: dict[
     call = ", ".join([*(repr(a) for a in args), *(f"{k}={v!r}" for k, v in kwargs.items())])
     build = "\n".join([imports, f"model = {constructor}({call})", *modifications])
     return {
-        "library": library, "library_version": _version(_DISTRIBUTIONS[library], ""),
+        "library": library, "library_version": versions()[_DISTRIBUTIONS[library]],
         "constructor": constructor, "args": args, "kwargs": kwargs, "modifications": modifications, "build": build,
     }
 
@@ -208,7 +207,7 @@ def _convnet_architecture(network: nn.Sequential) -> dict[str, Any]:
         "model = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())",
     ]
     return {
-        "library": "torch", "library_version": _version("torch", ""), "constructor": "torch.nn.Sequential", "args": [],
+        "library": "torch", "library_version": versions()["torch"], "constructor": "torch.nn.Sequential", "args": [],
         "kwargs": {"widths": widths}, "modifications": [],
         "note": "per width: 3x3 conv (no bias), batch norm, ReLU, then a 2x2 max-pool except after the last; global average pool",
         "build": "\n".join(["import torch", *lines]),
@@ -228,52 +227,6 @@ def _eval_transform(transform: EvalTransform, augment: AugmentConfig) -> dict[st
         ),
         "input": "float (B, 3, size, size), RGB",
     }
-
-
-def _projections(model: nn.Module) -> dict[str, torch.Tensor]:
-    tensors = {"text_projection.weight": model.text_projection.weight, "logit_scale": model.logit_scale}
-    if isinstance(model.image_projection, nn.Linear):
-        tensors["image_projection.weight"] = model.image_projection.weight
-    return {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-
-
-def _clip_config(model: nn.Module, text: nn.Module) -> dict[str, Any]:
-    kwargs = {
-        "context_length": text.context_length, "vocab_size": text.vocab_size, "width": text.width, "heads": text.heads,
-        "layers": len(text.transformer.resblocks), "output_dim": None, "pool_type": text.pool_type,
-    }
-    call = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-    return {
-        "embed_dim": model.recipe.clip.embed_dim,
-        "text_tower": {
-            "library": "open_clip", "library_version": _version("open_clip_torch", ""),
-            "constructor": "open_clip.transformer.TextTransformer", "kwargs": kwargs,
-            "build": f"import open_clip.transformer\ntext = open_clip.transformer.TextTransformer({call})",
-            "output": "(B, width) features pooled at the end-of-text token (the highest id), before the projection",
-        },
-        "projections": {
-            "image_projection.weight": (
-                "(embed_dim, feature_dim): image embedding = normalize(features @ W.T)"
-                if isinstance(model.image_projection, nn.Linear)
-                else None  # the backbone's attention pool already projects into the joint space
-            ),
-            "text_projection.weight": "(embed_dim, width): text embedding = normalize(text_features @ W.T)",
-            "logit_scale": "log of 1 / temperature: logits = logit_scale.exp() * image_embeddings @ text_embeddings.T",
-        },
-        "tokenizer": {
-            "library": "open_clip", "class": "open_clip.tokenizer.SimpleTokenizer",
-            "context_length": text.context_length,
-            "call": f"open_clip.tokenizer.SimpleTokenizer()(texts, context_length={text.context_length})",
-            "note": "<start> tokens <end> then 0-padding; longer texts are cut, keeping <end> last",
-        },
-    }
-
-
-def _version(distribution: str, fallback: str) -> str:
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return fallback
 
 
 def export_main(argv: list[str]) -> int:

@@ -16,6 +16,7 @@ from ssl_zoo.data.datamodule import ImageDataModule
 from ssl_zoo.data.imageset import ImageSet
 from ssl_zoo.eval.features import image_features
 from ssl_zoo.eval.knn import knn_top1
+from ssl_zoo.loggers import log_image
 
 
 class KNNMonitor(pl.Callback):
@@ -60,13 +61,14 @@ class KNNMonitor(pl.Callback):
 
 
 class ViewGridLogger(pl.Callback):
-    """Logs the views of the first training batch of every epoch to TensorBoard."""
+    """Logs the views of the first training batch of every epoch to every logger, each
+    through its own image API (``ssl_zoo.loggers.log_image``)."""
 
     def __init__(self, num_images: int = 16) -> None:
         self.num_images = num_images
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
-        if batch_idx != 0 or not hasattr(trainer.logger, "experiment"):
+        if batch_idx != 0 or not trainer.loggers or not trainer.is_global_zero:
             return
         views = batch["views"][:, : self.num_images].float().flatten(0, 1)  # (V * n, 3, S, S)
         augment = pl_module.recipe.augment
@@ -74,7 +76,8 @@ class ViewGridLogger(pl.Callback):
         images = denormalize(views, mean, std).clamp(0, 1)
         # One row per view, one column per image: a column shows what the method pairs.
         grid = make_grid(images, nrow=len(images) // batch["views"].shape[0], padding=1)
-        trainer.logger.experiment.add_image("views", grid, global_step=trainer.global_step)
+        for logger in trainer.loggers:
+            log_image(logger, "views", grid, trainer.global_step)
 
 
 class StepTimer(pl.Callback):

@@ -86,6 +86,9 @@ class TrainerConfig:
     val_every_n_steps: int | None = None  # validate every N optimiser steps instead of by epoch
     output_dir: str = "runs"  # run folders go to output_dir/<recipe name>/version_N
     checkpoint_every_n_steps: int | None = 500  # also at every epoch's end; None: only there
+    # Loggers beside TensorBoard, which always runs (the bench report reads its files); each
+    # writes inside the run folder. wandb and mlflow need their packages (pip install ...).
+    loggers: list[Literal["csv", "wandb", "mlflow"]] = field(default_factory=list)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from ssl_zoo.checkpointing import AtomicCheckpointIO, FiniteLossGuard, LastCheckpoint, read_checkpoint
 from ssl_zoo.data.datamodule import ImageDataModule
 from ssl_zoo.errors import CheckpointError
+from ssl_zoo.loggers import check_logger_packages, extra_loggers
 from ssl_zoo.methods import SSLMethod, build_method
 from ssl_zoo.monitor import KNNMonitor, SparseProgressBar, ThroughputMeter, ViewGridLogger
 from ssl_zoo.recipe import Recipe, recipe_from_dict, save_recipe
@@ -54,7 +55,8 @@ def fit(
     callbacks: Sequence[pl.Callback] = (),
     resume: Path | None = None,
 ) -> RunSummary:
-    """Train ``recipe`` and write its run folder: checkpoints, TensorBoard logs, recipe.
+    """Train ``recipe`` and write its run folder: checkpoints, TensorBoard logs (and the
+    recipe's ``trainer.loggers``), recipe.
 
     ``datamodule``: the recipe's data, already loaded (the benchmark reuses it).
     ``callbacks``: more callbacks, after the run's own (the throughput benchmark's timer).
@@ -63,6 +65,7 @@ def fit(
     run goes on in the checkpoint's run folder.
     """
     started = time.perf_counter()
+    check_logger_packages(recipe.trainer.loggers)  # before any data is loaded
     pl.seed_everything(recipe.trainer.seed, workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -85,6 +88,8 @@ def fit(
     run_dir = Path(logger.log_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, run_dir / "recipe.yaml")
+    # Lightning sends self.log, the learning rate and the hyper-parameters (the recipe) to each.
+    loggers = [logger, *extra_loggers(recipe.trainer.loggers, recipe.name, run_dir)]
 
     cfg = recipe.trainer
     checkpoint = LastCheckpoint(run_dir / "checkpoints", every_n_steps=cfg.checkpoint_every_n_steps)
@@ -117,7 +122,7 @@ def fit(
         check_val_every_n_epoch=None if cfg.val_every_n_steps else cfg.check_val_every_n_epoch,
         val_check_interval=cfg.val_every_n_steps,
         num_sanity_val_steps=0,
-        logger=logger,
+        logger=loggers,
         callbacks=[*run_callbacks, *callbacks],
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,

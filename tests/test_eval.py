@@ -14,11 +14,12 @@ from ssl_zoo.data.shapes import make_shapes
 from ssl_zoo.errors import CheckpointError
 from ssl_zoo.eval.cache import FeatureCache
 from ssl_zoo.eval.diagnostics import alignment, embedding_std, rankme, uniformity
-from ssl_zoo.eval.linear import linear_eval
+from ssl_zoo.eval.knn import knn_accuracy
+from ssl_zoo.eval.linear import linear_eval, topk_accuracy
 from ssl_zoo.eval.retrieval import retrieval_recall
 from ssl_zoo.eval.config import EvalConfig
 from ssl_zoo.eval.evaluator import Evaluator
-from ssl_zoo.eval.zero_shot import zero_shot_classifier, zero_shot_hits
+from ssl_zoo.eval.zero_shot import zero_shot_accuracy, zero_shot_classifier, zero_shot_hits
 from ssl_zoo.methods import load_method
 from ssl_zoo.methods.simclr import SimCLR
 
@@ -34,6 +35,27 @@ def test_linear_eval_recovers_a_linear_separation_and_scores_noise_at_chance():
     noise_labels = torch.randint(0, 5, (3000,), generator=g)
     chance = linear_eval(x[:2000], noise_labels[:2000], x[2000:], noise_labels[2000:], num_classes=5)
     assert 0.12 < chance.top1 < 0.28
+
+
+def test_torchmetrics_accuracies_are_the_means_of_the_per_image_outcomes():
+    # The reported accuracies come from torchmetrics, the bootstrap intervals from the
+    # per-image vectors: the two must be one number, ties included (zero rows: all classes tie).
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 16, generator=g)
+    y = (x[:, :5] + 0.8 * torch.randn(600, 5, generator=g)).argmax(dim=1)
+    x[:100] = 0.0
+    result = linear_eval(x[:400], y[:400], x[400:], y[400:], num_classes=5, max_iter=50)
+    assert result.top1 == result.correct.float().mean().item()
+    embeddings, classifier = F.normalize(x[:, :8], dim=1), F.normalize(torch.randn(6, 8, generator=g), dim=1)
+    labels = torch.randint(0, 6, (600,), generator=g)
+    top1, top5 = zero_shot_hits(embeddings, labels, classifier)
+    assert zero_shot_accuracy(embeddings, labels, classifier) == {
+        "zero_shot_top1": top1.float().mean().item(), "zero_shot_top5": top5.float().mean().item()
+    }
+    logits = embeddings @ classifier.T
+    assert topk_accuracy(logits, labels, 10) == 1.0  # k beyond the classes: every label is in
+    predicted = torch.randint(0, 6, (600,), generator=g)
+    assert knn_accuracy(predicted, labels, 6) == (predicted == labels).float().mean().item()
 
 
 def test_zero_shot_of_agreeing_towers_is_perfect_and_of_shuffled_ones_chance():

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_recipe
 from ssl_zoo.errors import CheckpointError, SslZooError
-from ssl_zoo.eval.stage import load_method
+from ssl_zoo.methods import load_method
 from ssl_zoo.export import export_checkpoint, export_main
 from ssl_zoo.train import fit
 
@@ -125,7 +125,7 @@ def test_clip_export_gives_the_same_image_and_text_embeddings(checkpoints, tmp_p
     checkpoint = checkpoints("clip_convnet4")
     config = export_checkpoint(checkpoint, tmp_path / "out")
     model = load_method(checkpoint)
-    text_config = config["clip"]["text_tower"]
+    text_config = config["text"]["text_tower"]
     text = open_clip.transformer.TextTransformer(**text_config["kwargs"])
     text.load_state_dict(load_file(tmp_path / "out" / "text_tower.safetensors"), strict=True)
     text.eval()
@@ -134,7 +134,7 @@ def test_clip_export_gives_the_same_image_and_text_embeddings(checkpoints, tmp_p
     image.eval()
     projections = load_file(tmp_path / "out" / "projections.safetensors")
 
-    tokenizer = config["clip"]["tokenizer"]
+    tokenizer = config["text"]["tokenizer"]
     assert tokenizer["class"] == "open_clip.tokenizer.SimpleTokenizer" and tokenizer["context_length"] == 16
     tokens = open_clip.tokenizer.SimpleTokenizer()(["a red circle", "two blue squares"], context_length=tokenizer["context_length"])
     x = model.eval_transform(images(32))

@@ -23,10 +23,10 @@ from ssl_zoo.eval.cache import FeatureCache, hash_module, hash_tensor
 from ssl_zoo.eval.config import EvalConfig
 from ssl_zoo.eval.diagnostics import alignment, embedding_std, rankme, uniformity
 from ssl_zoo.eval.features import image_features
-from ssl_zoo.eval.knn import knn_predictions
+from ssl_zoo.eval.knn import knn_accuracy, knn_predictions
 from ssl_zoo.eval.linear import linear_eval
 from ssl_zoo.eval.retrieval import retrieval_recall
-from ssl_zoo.eval.zero_shot import zero_shot_classifier, zero_shot_hits
+from ssl_zoo.eval.zero_shot import zero_shot_accuracy, zero_shot_classifier, zero_shot_hits
 
 
 class EvaluatedModel(Protocol):
@@ -95,14 +95,15 @@ class Evaluator:
             num_classes=train.num_classes, k=cfg.knn_k, temperature=cfg.knn_temperature,
         )
         correct["knn_top1"] = predicted == test_y
-        metrics["knn_top1"] = correct["knn_top1"].float().mean().item()
+        metrics["knn_top1"] = knn_accuracy(predicted, test_y, train.num_classes)
         self._timed("knn", started)
 
         if with_text:
             started = time.perf_counter()
             classifier = zero_shot_classifier(self.encode_texts, train.classes, cfg.templates)
-            top1, top5 = zero_shot_hits(self.model.embed_image_features(test_x), test_y, classifier)
-            metrics.update(zero_shot_top1=top1.float().mean().item(), zero_shot_top5=top5.float().mean().item())
+            embeddings = self.model.embed_image_features(test_x)
+            top1, _ = zero_shot_hits(embeddings, test_y, classifier)
+            metrics.update(zero_shot_accuracy(embeddings, test_y, classifier))
             correct["zero_shot_top1"] = top1
             self._timed("zero_shot", started)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from lightly.utils.benchmarking import knn_predict
 from torch import Tensor
+from torchmetrics.functional.classification import multiclass_accuracy
 
 
 @torch.no_grad()
@@ -31,4 +32,9 @@ def knn_top1(
 ) -> float:
     """Top-1 accuracy of ``knn_predictions`` against test_labels (M,)."""
     predicted = knn_predictions(train_features, train_labels, test_features, num_classes, k, temperature, chunk_size)
-    return (predicted == test_labels).float().mean().item()
+    return knn_accuracy(predicted, test_labels, num_classes)
+
+
+def knn_accuracy(predicted: Tensor, labels: Tensor, num_classes: int) -> float:
+    """Share of predicted classes (M,) equal to labels (M,): the mean of ``predicted == labels``."""
+    return multiclass_accuracy(predicted, labels, num_classes, average="micro").item()

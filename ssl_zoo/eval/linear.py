@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchmetrics.functional.classification import multiclass_accuracy
 
 DEFAULT_WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -53,9 +54,12 @@ def fit_logistic_regression(
 
 
 def topk_accuracy(logits: Tensor, labels: Tensor, k: int) -> float:
-    """Fraction of rows whose label is among the k largest logits. logits (N, C), labels (N,)."""
-    k = min(k, logits.shape[1])
-    return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean().item()
+    """Fraction of rows whose label is among the k largest logits. logits (N, C), labels (N,).
+
+    Top-1 ranks by argmax, as the per-image ``correct`` vectors do, so the two agree on ties.
+    """
+    num_classes = logits.shape[1]
+    return multiclass_accuracy(logits, labels, num_classes, top_k=min(k, num_classes), average="micro").item()
 
 
 @torch.no_grad()

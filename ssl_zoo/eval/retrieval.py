@@ -18,6 +18,13 @@ def retrieval_recall(
     - image->text R@K: share of images with at least one of their captions among the K
       most similar captions.
     """
+    # NOTE: torchmetrics' retrieval metrics are not used: they take one flat (query, item)
+    # row per pair with a query index, M x N rows, and score each query in a Python loop
+    # (RetrievalHitRate, the "at least one caption" measure here; RetrievalRecall would
+    # count the share of an image's five captions found, another number). On a
+    # Flickr8k-sized test (1000 images, 5000 captions, 2 CPU cores) that took 3.7 s against
+    # 52 ms for the rank counting below, with the same recalls; and it breaks ties by sort
+    # order, crediting a collapsed model with hits.
     # NOTE: ties count against the model (a rank counts every other item scored at least
     # as high), so collapsed embeddings score chance, not perfect recall.
     similarity = text_embeddings @ image_embeddings.T  # (M, N)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssl_zoo.errors import SslZooError
+from ssl_zoo.eval.linear import topk_accuracy
 
 # A short ensemble from CLIP's CIFAR prompts: averaging over phrasings makes the class
 # embedding less sensitive to any one wording (Radford et al. 2021, sec. 3.1.4).
@@ -58,6 +59,14 @@ def zero_shot_hits(image_embeddings: Tensor, labels: Tensor, classifier: Tensor)
     """Whether each image's class is the nearest class embedding (top-1) or among the five
     nearest (top-5): two (N,) bool. image_embeddings (N, E) unit, labels (N,), classifier (C, E)."""
     logits = image_embeddings @ classifier.T  # (N, C)
-    ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    hits = ranked == labels[:, None]
-    return hits[:, 0], hits.any(dim=1)
+    # Top-1 by argmax, as ``zero_shot_accuracy`` (torchmetrics) ranks it: the same on ties.
+    top1 = logits.argmax(dim=1) == labels
+    top5 = (logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]).any(dim=1)
+    return top1, top5
+
+
+@torch.no_grad()
+def zero_shot_accuracy(image_embeddings: Tensor, labels: Tensor, classifier: Tensor) -> dict[str, float]:
+    """``zero_shot_top1`` and ``zero_shot_top5``: the means of ``zero_shot_hits``' two vectors."""
+    logits = image_embeddings @ classifier.T  # (N, C)
+    return {"zero_shot_top1": topk_accuracy(logits, labels, 1), "zero_shot_top5": topk_accuracy(logits, labels, 5)}

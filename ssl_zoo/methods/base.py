@@ -45,6 +45,8 @@ def labelled_cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: floa
     labelled = labels >= 0  # (B,)
     count = labelled.sum().clamp_min(1)
     loss = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum", label_smoothing=label_smoothing) / count
+    # NOTE: by hand, not torchmetrics: its multiclass_accuracy drops ignore_index rows with
+    # a boolean mask (preds[target != -1]), a host sync at every step (tests/test_host_sync.py).
     top1 = ((logits.argmax(dim=1) == labels) & labelled).sum() / count
     return loss, top1
 
@@ -116,6 +118,11 @@ class SSLMethod(pl.LightningModule):
     def encode_image(self, images: Tensor) -> Tensor:
         """(n, 3, S, S) normalised images -> (n, E) unit vectors in the joint space."""
         return self.embed_image_features(self.backbone(images))
+
+    def export_text(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
+        """What ``export`` writes beside the backbone: {file name: tensors by name} and
+        config.json's "text" section (with a "how_to_load" list of Python lines)."""
+        raise NotImplementedError(f"{type(self).__name__} has no text tower (uses_text is False).")
 
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
         # The data path's last step, on the device: uint8 images -> float views.

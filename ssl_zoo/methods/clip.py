@@ -25,6 +25,9 @@ class CLIPConfig:
     max_logit_scale: float = 100.0  # the learned 1/temperature never exceeds this
 
 
+TEXT_TOWER, PROJECTIONS = "text_tower.safetensors", "projections.safetensors"  # export's files
+
+
 class CLIP(SSLMethod, name="clip", config=CLIPConfig):
     num_views = 1  # NOTE: CLIP's only augmentation is a random square crop
     uses_text = True
@@ -65,6 +68,45 @@ class CLIP(SSLMethod, name="clip", config=CLIPConfig):
         loss = clip_loss(image_embeddings, text_embeddings, self.logit_scale.exp())
         self.log_dict({"train/loss": loss, "train/logit_scale": self.logit_scale.exp()})
         return loss + self.probe_step(features, batch)
+
+    def export_text(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
+        """What ``export`` writes beside the backbone: open_clip's text tower (its own keys)
+        and the projections, with config.json's "text" section saying how to use them."""
+        text = self.text_backbone.transformer  # open_clip's TextTransformer inside ssl_zoo's thin wrapper
+        projections = {"text_projection.weight": self.text_projection.weight, "logit_scale": self.logit_scale}
+        projects_itself = not isinstance(self.image_projection, nn.Linear)  # CLIP's RN: its attention pool
+        if not projects_itself:
+            projections["image_projection.weight"] = self.image_projection.weight
+        kwargs = {
+            "context_length": text.context_length, "vocab_size": text.vocab_size, "width": text.width, "heads": text.heads,
+            "layers": len(text.transformer.resblocks), "output_dim": None, "pool_type": text.pool_type,
+        }
+        build = f"import open_clip.transformer\ntext = open_clip.transformer.TextTransformer({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+        config = {
+            "embed_dim": self.config.embed_dim,
+            "text_tower": {
+                "file": TEXT_TOWER, "library": "open_clip", "constructor": "open_clip.transformer.TextTransformer",
+                "kwargs": kwargs, "build": build,
+                "output": "(B, width) features pooled at the end-of-text token (the highest id), before the projection",
+            },
+            "projections": {
+                "file": PROJECTIONS,
+                "image_projection.weight": None if projects_itself else "(embed_dim, feature_dim): image embedding = normalize(features @ W.T)",
+                "text_projection.weight": "(embed_dim, width): text embedding = normalize(text_features @ W.T)",
+                "logit_scale": "log of 1 / temperature: logits = logit_scale.exp() * image_embeddings @ text_embeddings.T",
+            },
+            "tokenizer": {
+                "library": "open_clip", "class": "open_clip.tokenizer.SimpleTokenizer", "context_length": text.context_length,
+                "call": f"open_clip.tokenizer.SimpleTokenizer()(texts, context_length={text.context_length})",
+                "note": "<start> tokens <end> then 0-padding; longer texts are cut, keeping <end> last",
+            },
+            "how_to_load": [
+                build, f"text.load_state_dict(load_file('{TEXT_TOWER}'))", "text.eval()", f"projections = load_file('{PROJECTIONS}')",
+                "# embeddings: normalize(model(images) @ projections['image_projection.weight'].T) (the weight is absent",
+                "# when the backbone projects itself), normalize(text(tokens) @ projections['text_projection.weight'].T)",
+            ],
+        }
+        return {TEXT_TOWER: text.state_dict(), PROJECTIONS: projections}, config
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # After the optimiser step, as open_clip does: keep exp(logit_scale) <= max.
