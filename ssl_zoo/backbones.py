@@ -2,7 +2,8 @@
 
 A name maps to one constructor that returns a ``Backbone``: the network (images or
 tokens in, one feature vector per sample out) and the size of that vector. Beside the
-registry, ``timm:<name>`` builds any timm model (randomly initialised). Methods put
+registry, ``timm:<name>`` and ``torchvision:<name>`` build any timm or torchvision model
+(randomly initialised; weights come in through ``init_weights`` or ``eval --weights``). Methods put
 their heads on top; the evaluation stage reads the features.
 """
 
@@ -150,6 +151,52 @@ def _timm(name: str, image_size: int) -> Backbone:
     return Backbone(network, int(feature_dim))
 
 
+TORCHVISION_PREFIX = "torchvision:"
+CLASSIFIER_ATTRIBUTES = ("fc", "heads", "head", "classifier")  # where torchvision models keep theirs
+
+
+def torchvision_kwargs(name: str, image_size: int) -> dict[str, Any]:
+    """``torchvision.models.get_model(name, weights=None, **kwargs)``'s kwargs: a ViT's
+    positional embeddings are sized to the images; other models adapt to any size."""
+    return {"image_size": image_size} if name.startswith("vit_") else {}
+
+
+def drop_torchvision_classifier(network: nn.Module) -> tuple[str, int]:
+    """Replace the last linear layer of ``network``'s classifier by an Identity, so it
+    returns the features that layer would classify; returns where it was, as Python
+    ("fc", "classifier[2]"), and its input size. The parameters of the layers before it (a
+    ConvNeXt's LayerNorm) stay, with their names."""
+    for attribute in CLASSIFIER_ATTRIBUTES:
+        head = getattr(network, attribute, None)
+        if isinstance(head, nn.Linear):
+            setattr(network, attribute, nn.Identity())
+            return attribute, head.in_features
+        if isinstance(head, nn.Sequential):
+            index = max(i for i, layer in enumerate(head) if isinstance(layer, nn.Linear))
+            features = head[index].in_features
+            head[index] = nn.Identity()
+            return f"{attribute}[{index}]", features
+    raise RecipeError(f"{type(network).__name__} has no classifier ssl_zoo knows how to remove ({', '.join(CLASSIFIER_ATTRIBUTES)}).")
+
+
+def _torchvision(name: str, image_size: int) -> Backbone:
+    """Any torchvision classification model (random init, never downloads) as a feature extractor."""
+    import torchvision
+    from torchvision.models import get_model
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        raise RecipeError(
+            f"Unknown torchvision model '{name}' (backbone: {TORCHVISION_PREFIX}{name})."
+            + (f" Close names: {', '.join(close)}." if close else "")
+            + " See torchvision.models.list_models()."
+        )
+    network = get_model(name, weights=None, **torchvision_kwargs(name, image_size))
+    _, feature_dim = drop_torchvision_classifier(network)
+    return Backbone(network, feature_dim)
+
+
 class TextTransformer(nn.Module):
     """CLIP's text tower: causal transformer over BPE tokens, pooled at the EOT token.
 
@@ -208,10 +255,12 @@ def build_image_backbone(name: str, image_size: int) -> Backbone:
     """A registry name, or ``timm:<model name>`` for any timm model (random init)."""
     if name.startswith(TIMM_PREFIX):
         return _timm(name.removeprefix(TIMM_PREFIX), image_size)
+    if name.startswith(TORCHVISION_PREFIX):
+        return _torchvision(name.removeprefix(TORCHVISION_PREFIX), image_size)
     if name not in IMAGE_BACKBONES:
         raise RecipeError(
             f"Unknown image backbone '{name}'. Valid: {', '.join(IMAGE_BACKBONES)}, "
-            f"or {TIMM_PREFIX}<name> for any timm model."
+            f"or {TIMM_PREFIX}<name> / {TORCHVISION_PREFIX}<name> for any timm or torchvision model."
         )
     return IMAGE_BACKBONES[name](image_size)
 

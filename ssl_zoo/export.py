@@ -27,12 +27,13 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from torchvision.models import get_model
 
 from ssl_zoo.augment import AugmentConfig, EvalTransform
-from ssl_zoo.backbones import TIMM_PREFIX, timm_create_kwargs
+from ssl_zoo.backbones import TIMM_PREFIX, TORCHVISION_PREFIX, drop_torchvision_classifier, timm_create_kwargs, torchvision_kwargs
 from ssl_zoo.errors import SslZooError
-from ssl_zoo.eval.cache import hash_file
 from ssl_zoo.environment import versions
+from ssl_zoo.eval.cache import hash_file
 from ssl_zoo.methods import load_method
 from ssl_zoo.recipe import recipe_to_dict
 
@@ -147,6 +148,13 @@ def _image_architecture(name: str, network: nn.Module, image_size: int) -> dict[
     if name.startswith(TIMM_PREFIX):
         kwargs = timm_create_kwargs(network, image_size)
         return _architecture("timm", "timm.create_model", [name.removeprefix(TIMM_PREFIX)], kwargs, [], "import timm")
+    if name.startswith(TORCHVISION_PREFIX):
+        model_name = name.removeprefix(TORCHVISION_PREFIX)
+        kwargs = {"weights": None, **torchvision_kwargs(model_name, image_size)}
+        head, _ = drop_torchvision_classifier(get_model(**kwargs, name=model_name))
+        modifications = [f"model.{head} = torch.nn.Identity()  # features out, no classifier"]
+        return _architecture("torchvision", "torchvision.models.get_model", [model_name], kwargs, modifications,
+                             "import torch\nimport torchvision")
     if name in ("resnet18", "resnet50", "resnet18_cifar", "resnet50_cifar"):
         modifications = ["model.fc = torch.nn.Identity()  # pooled features out, no classifier"]
         if name.endswith("_cifar"):

@@ -50,6 +50,8 @@ CASES = {
     # name: (method, backbone, the plain library's constructor)
     "torchvision_resnet18": ("simclr", "resnet18", plain_resnet18),
     "torchvision_resnet18_cifar": ("byol", "resnet18_cifar", plain_resnet18_cifar),
+    "torchvision_get_model": ("simclr", "torchvision:resnet18",
+                              lambda: setattr(m := torchvision.models.get_model("resnet18", weights=None), "fc", torch.nn.Identity()) or m),
     "timm_vit_32px": ("simclr", "timm:vit_tiny_patch16_224",
                       lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32)),
     "clip_convnet4": ("clip", "convnet4", plain_convnet4),
