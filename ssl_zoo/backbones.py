@@ -10,16 +10,35 @@ their heads on top; the evaluation stage reads the features.
 from __future__ import annotations
 
 import difflib
-import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+import torchvision
 from torch import nn
-from torchvision.models import resnet18, resnet50
 from torchvision.models.vision_transformer import VisionTransformer
 
 from ssl_zoo.errors import RecipeError
+
+
+@dataclass
+class PlainArchitecture:
+    """How a library builds the same network without ssl_zoo, so that exported weights
+    (``ssl_zoo export``) load into it key for key."""
+
+    library: str  # torchvision, timm, open_clip or torch
+    constructor: str  # its dotted name
+    args: list[Any]
+    kwargs: dict[str, Any]
+    modifications: list[str] = field(default_factory=list)  # Python lines run on `model` after it
+    imports: str = "import torch"
+    lines: list[str] | None = None  # the build itself, where no constructor call makes it (convnet4)
+
+    def build(self) -> str:
+        """Python lines that define ``model``."""
+        call = ", ".join([*(repr(a) for a in self.args), *(f"{k}={v!r}" for k, v in self.kwargs.items())])
+        body = self.lines if self.lines is not None else [f"model = {self.constructor}({call})"]
+        return "\n".join([self.imports, *body, *self.modifications])
 
 
 @dataclass
@@ -29,19 +48,25 @@ class Backbone:
     # True when the network's last layer already is CLIP's projection into the joint
     # image-text space (the modified ResNet's attention pool), so none is added after it.
     projects: bool = False
+    plain: PlainArchitecture | None = None  # image backbones: the same network without ssl_zoo
 
 
-def _resnet(build: Callable[[], nn.Module], cifar_stem: bool) -> Backbone:
-    net = build()
+def _resnet(name: str, cifar_stem: bool) -> Backbone:
+    net = getattr(torchvision.models, name)()
+    modifications = []
     if cifar_stem:
         # NOTE: for 32x32 inputs the ImageNet stem (7x7 stride-2 conv + max-pool) throws
         # away 3/4 of the resolution before the first block; SimCLR's CIFAR variant uses a
         # 3x3 stride-1 conv and no max-pool instead.
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
+        modifications = ["model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)",
+                         "model.maxpool = torch.nn.Identity()"]
     feature_dim = net.fc.in_features
     net.fc = nn.Identity()  # global-average-pooled features, (B, 512) or (B, 2048)
-    return Backbone(net, feature_dim)
+    modifications.append("model.fc = torch.nn.Identity()  # pooled features out, no classifier")
+    plain = PlainArchitecture("torchvision", f"torchvision.models.{name}", [], {}, modifications, "import torch\nimport torchvision")
+    return Backbone(net, feature_dim, plain=plain)
 
 
 def _convnet(widths: tuple[int, ...]) -> Backbone:
@@ -62,7 +87,18 @@ def _convnet(widths: tuple[int, ...]) -> Backbone:
             layers.append(nn.MaxPool2d(2))
         channels = width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]  # (B, widths[-1])
-    return Backbone(nn.Sequential(*layers), channels)
+    # The same nn.Sequential in plain torch, so its "0.weight", "1.running_mean"... keys line up.
+    lines = [
+        "layers, channels = [], 3",
+        f"for i, width in enumerate({list(widths)}):",
+        "    layers += [torch.nn.Conv2d(channels, width, kernel_size=3, padding=1, bias=False), torch.nn.BatchNorm2d(width), torch.nn.ReLU(inplace=True)]",
+        f"    if i < {len(widths) - 1}:",
+        "        layers.append(torch.nn.MaxPool2d(2))",
+        "    channels = width",
+        "model = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())",
+    ]
+    plain = PlainArchitecture("torch", "torch.nn.Sequential", [], {"widths": list(widths)}, lines=lines)
+    return Backbone(nn.Sequential(*layers), channels, plain=plain)
 
 
 def _vit(image_size: int, patch_size: int, width: int, layers: int, heads: int) -> Backbone:
@@ -71,16 +107,14 @@ def _vit(image_size: int, patch_size: int, width: int, layers: int, heads: int) 
             f"ViT with patch size {patch_size} needs an image size divisible by it; "
             f"got {image_size}. Set data.image_size to a multiple of {patch_size}."
         )
-    net = VisionTransformer(
-        image_size=image_size,
-        patch_size=patch_size,
-        num_layers=layers,
-        num_heads=heads,
-        hidden_dim=width,
-        mlp_dim=4 * width,
-    )
+    kwargs = {"image_size": image_size, "patch_size": patch_size, "num_layers": layers, "num_heads": heads,
+              "hidden_dim": width, "mlp_dim": 4 * width}
+    net = VisionTransformer(**kwargs)
     net.heads = nn.Identity()  # class-token features, (B, width)
-    return Backbone(net, width)
+    plain = PlainArchitecture("torchvision", "torchvision.models.vision_transformer.VisionTransformer", [], kwargs,
+                              ["model.heads = torch.nn.Identity()  # class-token features out, no classifier"],
+                              "import torch\nimport torchvision")
+    return Backbone(net, width, plain=plain)
 
 
 def _clip_modified_resnet(image_size: int, layers: tuple[int, int, int, int], embed_dim: int, heads: int) -> Backbone:
@@ -99,22 +133,13 @@ def _clip_modified_resnet(image_size: int, layers: tuple[int, int, int, int], em
         )
     from open_clip.modified_resnet import ModifiedResNet
 
-    net = ModifiedResNet(list(layers), output_dim=embed_dim, heads=heads, image_size=image_size, width=64)
-    return Backbone(net, embed_dim, projects=True)
+    kwargs = {"layers": list(layers), "output_dim": embed_dim, "heads": heads, "image_size": image_size, "width": 64}
+    net = ModifiedResNet(**kwargs)
+    plain = PlainArchitecture("open_clip", "open_clip.modified_resnet.ModifiedResNet", [], kwargs, imports="import open_clip.modified_resnet")
+    return Backbone(net, embed_dim, projects=True, plain=plain)
 
 
 TIMM_PREFIX = "timm:"
-
-
-def timm_create_kwargs(network: nn.Module, image_size: int) -> dict[str, Any]:
-    """The keyword arguments ``timm.create_model(name, **kwargs)`` builds ``network`` with.
-
-    ``img_size`` is passed only to models whose constructor takes it (ViTs and other
-    patch-based models); convnets adapt to any input size and refuse the argument.
-    """
-    parameters = inspect.signature(type(network).__init__).parameters.values()
-    takes_size = any(p.name == "img_size" or p.kind is p.VAR_KEYWORD for p in parameters)
-    return {"pretrained": False, "num_classes": 0, **({"img_size": image_size} if takes_size else {})}
 
 
 def _timm(name: str, image_size: int) -> Backbone:
@@ -133,12 +158,14 @@ def _timm(name: str, image_size: int) -> Backbone:
     # internet). timm has no way to ask a model whether it takes img_size before building
     # it, so it is offered and, when the constructor refuses it (a TypeError before any
     # weight is made), the model is built without it.
+    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, "img_size": image_size}
     try:
-        network = timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size)
+        network = timm.create_model(name, **kwargs)
     except TypeError as error:
         if "img_size" not in str(error):
             raise
-        network = timm.create_model(name, pretrained=False, num_classes=0)
+        del kwargs["img_size"]
+        network = timm.create_model(name, **kwargs)
     patch_size = getattr(getattr(network, "patch_embed", None), "patch_size", None)
     if patch_size is not None and any(image_size % side for side in patch_size):
         raise RecipeError(
@@ -148,17 +175,11 @@ def _timm(name: str, image_size: int) -> Backbone:
     # NOTE: with num_classes=0 a timm model returns head_hidden_size features where it has a
     # pre-logits layer (ConvNeXt's head MLP, MobileNetV3's conv head), else num_features.
     feature_dim = getattr(network, "head_hidden_size", None) or network.num_features
-    return Backbone(network, int(feature_dim))
+    return Backbone(network, int(feature_dim), plain=PlainArchitecture("timm", "timm.create_model", [name], kwargs, imports="import timm"))
 
 
 TORCHVISION_PREFIX = "torchvision:"
 CLASSIFIER_ATTRIBUTES = ("fc", "heads", "head", "classifier")  # where torchvision models keep theirs
-
-
-def torchvision_kwargs(name: str, image_size: int) -> dict[str, Any]:
-    """``torchvision.models.get_model(name, weights=None, **kwargs)``'s kwargs: a ViT's
-    positional embeddings are sized to the images; other models adapt to any size."""
-    return {"image_size": image_size} if name.startswith("vit_") else {}
 
 
 def drop_torchvision_classifier(network: nn.Module) -> tuple[str, int]:
@@ -192,9 +213,12 @@ def _torchvision(name: str, image_size: int) -> Backbone:
             + (f" Close names: {', '.join(close)}." if close else "")
             + " See torchvision.models.list_models()."
         )
-    network = get_model(name, weights=None, **torchvision_kwargs(name, image_size))
-    _, feature_dim = drop_torchvision_classifier(network)
-    return Backbone(network, feature_dim)
+    kwargs = {"weights": None, **({"image_size": image_size} if name.startswith("vit_") else {})}  # a ViT's positions fit the images
+    network = get_model(name, **kwargs)
+    head, feature_dim = drop_torchvision_classifier(network)
+    plain = PlainArchitecture("torchvision", "torchvision.models.get_model", [name], kwargs,
+                              [f"model.{head} = torch.nn.Identity()  # features out, no classifier"], "import torch\nimport torchvision")
+    return Backbone(network, feature_dim, plain=plain)
 
 
 class TextTransformer(nn.Module):
@@ -230,10 +254,10 @@ class TextTransformer(nn.Module):
 IMAGE_BACKBONES: dict[str, Callable[[int], Backbone]] = {
     # name: image_size -> Backbone
     "convnet4": lambda size: _convnet((16, 32, 64, 128)),
-    "resnet18": lambda size: _resnet(resnet18, cifar_stem=False),
-    "resnet18_cifar": lambda size: _resnet(resnet18, cifar_stem=True),
-    "resnet50": lambda size: _resnet(resnet50, cifar_stem=False),
-    "resnet50_cifar": lambda size: _resnet(resnet50, cifar_stem=True),
+    "resnet18": lambda size: _resnet("resnet18", cifar_stem=False),
+    "resnet18_cifar": lambda size: _resnet("resnet18", cifar_stem=True),
+    "resnet50": lambda size: _resnet("resnet50", cifar_stem=False),
+    "resnet50_cifar": lambda size: _resnet("resnet50", cifar_stem=True),
     # CLIP's RN50: embedding 1024, 32 attention-pool heads (width 64 * 32 / 64), as open_clip's RN50.
     "clip_rn50": lambda size: _clip_modified_resnet(size, (3, 4, 6, 3), embed_dim=1024, heads=32),
     # Small ViTs (DeiT-Tiny / -Small widths). Patch 4 suits 32-64 px images, 16 suits 224 px.

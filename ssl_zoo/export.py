@@ -21,16 +21,16 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from torchvision.models import get_model
 
 from ssl_zoo.augment import AugmentConfig, EvalTransform
-from ssl_zoo.backbones import TIMM_PREFIX, TORCHVISION_PREFIX, drop_torchvision_classifier, timm_create_kwargs, torchvision_kwargs
+from ssl_zoo.backbones import build_image_backbone
 from ssl_zoo.errors import SslZooError
 from ssl_zoo.environment import versions
 from ssl_zoo.eval.cache import hash_file
@@ -57,7 +57,7 @@ def export_checkpoint(checkpoint: Path, out: Path) -> dict[str, Any]:
     model = load_method(checkpoint)
     recipe = model.recipe
     tensors = {BACKBONE: _plain_state(model.backbone)}
-    architecture = _image_architecture(recipe.backbone, model.backbone, recipe.augment.size)
+    architecture = _image_architecture(recipe.backbone, recipe.augment.size)
     config: dict[str, Any] = {
         "format": FORMAT,
         "ssl_zoo_version": versions()["ssl_zoo"],
@@ -74,7 +74,10 @@ def export_checkpoint(checkpoint: Path, out: Path) -> dict[str, Any]:
         "model.eval()  # model(images) -> (B, feature_dim) features",
     ]
     if model.uses_text:  # the text tower and whatever joins the two: the method knows its own
-        text_files, config["text"] = model.export_text()
+        try:
+            text_files, config["text"] = model.export_text()
+        except NotImplementedError as error:
+            raise ExportError(f"'{checkpoint}': {error} Its backbone alone cannot stand for a method with text.") from None
         tensors.update({name: _plain_state(state) for name, state in text_files.items()})
         how_to_load += config["text"]["how_to_load"]
     config["how_to_load"] = "\n".join(how_to_load) + "\n"
@@ -142,84 +145,18 @@ def _write(out: Path, tensors: dict[str, dict[str, torch.Tensor]], config: dict[
         raise
 
 
-def _image_architecture(name: str, network: nn.Module, image_size: int) -> dict[str, Any]:
-    """Library, constructor, arguments and modifications that build ``network``'s plain twin,
-    and ``build``: Python lines that do it (they define ``model``)."""
-    if name.startswith(TIMM_PREFIX):
-        kwargs = timm_create_kwargs(network, image_size)
-        return _architecture("timm", "timm.create_model", [name.removeprefix(TIMM_PREFIX)], kwargs, [], "import timm")
-    if name.startswith(TORCHVISION_PREFIX):
-        model_name = name.removeprefix(TORCHVISION_PREFIX)
-        kwargs = {"weights": None, **torchvision_kwargs(model_name, image_size)}
-        head, _ = drop_torchvision_classifier(get_model(**kwargs, name=model_name))
-        modifications = [f"model.{head} = torch.nn.Identity()  # features out, no classifier"]
-        return _architecture("torchvision", "torchvision.models.get_model", [model_name], kwargs, modifications,
-                             "import torch\nimport torchvision")
-    if name in ("resnet18", "resnet50", "resnet18_cifar", "resnet50_cifar"):
-        modifications = ["model.fc = torch.nn.Identity()  # pooled features out, no classifier"]
-        if name.endswith("_cifar"):
-            # NOTE: ssl_zoo's CIFAR stem (backbones._resnet): a 3x3 stride-1 conv and no
-            # max-pool in place of the 7x7 stride-2 conv and max-pool; without these two lines
-            # the conv1 weights do not even load (their shape is 64x3x3x3, not 64x3x7x7).
-            modifications = [
-                "model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)",
-                "model.maxpool = torch.nn.Identity()",
-                *modifications,
-            ]
-        constructor = f"torchvision.models.{name.removesuffix('_cifar')}"
-        return _architecture("torchvision", constructor, [], {}, modifications, "import torch\nimport torchvision")
-    if name.startswith("vit_"):
-        kwargs = {
-            "image_size": network.image_size, "patch_size": network.patch_size, "num_layers": len(network.encoder.layers),
-            "num_heads": network.encoder.layers[0].self_attention.num_heads, "hidden_dim": network.hidden_dim, "mlp_dim": network.mlp_dim,
-        }
-        return _architecture(
-            "torchvision", "torchvision.models.vision_transformer.VisionTransformer", [], kwargs,
-            ["model.heads = torch.nn.Identity()  # class-token features out, no classifier"], "import torch\nimport torchvision",
-        )
-    if name == "clip_rn50":
-        kwargs = {
-            "layers": [len(network.layer1), len(network.layer2), len(network.layer3), len(network.layer4)],
-            "output_dim": network.output_dim, "heads": network.attnpool.num_heads, "image_size": network.image_size,
-            "width": network.conv1.out_channels * 2,  # the stem's first conv is half as wide
-        }
-        return _architecture("open_clip", "open_clip.modified_resnet.ModifiedResNet", [], kwargs, [], "import open_clip.modified_resnet")
-    if name == "convnet4":
-        return _convnet_architecture(network)
-    raise SslZooError(f"Backbone '{name}' has no export recipe yet; add it to ssl_zoo.export._image_architecture.")
-
-
-def _architecture(library: str, constructor: str, args: list[Any], kwargs: dict[str, Any], modifications: list[str], imports: str) -> dict[str, Any]:
-    call = ", ".join([*(repr(a) for a in args), *(f"{k}={v!r}" for k, v in kwargs.items())])
-    build = "\n".join([imports, f"model = {constructor}({call})", *modifications])
-    return {
-        "library": library, "library_version": versions()[_DISTRIBUTIONS[library]],
-        "constructor": constructor, "args": args, "kwargs": kwargs, "modifications": modifications, "build": build,
-    }
-
-
+# Where each library's version is found (config.json records it beside the constructor).
 _DISTRIBUTIONS = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "open_clip": "open_clip_torch"}
 
 
-def _convnet_architecture(network: nn.Sequential) -> dict[str, Any]:
-    # ssl_zoo's CPU ConvNet (backbones._convnet) has no library constructor; these lines
-    # rebuild the same nn.Sequential, so its "0.weight", "1.running_mean"... keys line up.
-    widths = [m.out_channels for m in network if isinstance(m, nn.Conv2d)]
-    lines = [
-        "layers, channels = [], 3",
-        f"for i, width in enumerate({widths}):",
-        "    layers += [torch.nn.Conv2d(channels, width, kernel_size=3, padding=1, bias=False), torch.nn.BatchNorm2d(width), torch.nn.ReLU(inplace=True)]",
-        f"    if i < {len(widths) - 1}:",
-        "        layers.append(torch.nn.MaxPool2d(2))",
-        "    channels = width",
-        "model = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())",
-    ]
-    return {
-        "library": "torch", "library_version": versions()["torch"], "constructor": "torch.nn.Sequential", "args": [],
-        "kwargs": {"widths": widths}, "modifications": [],
-        "note": "per width: 3x3 conv (no bias), batch norm, ReLU, then a 2x2 max-pool except after the last; global average pool",
-        "build": "\n".join(["import torch", *lines]),
-    }
+def _image_architecture(name: str, image_size: int) -> dict[str, Any]:
+    """Library, constructor, arguments and modifications that build the backbone's plain
+    twin, and ``build``: Python lines that do it (they define ``model``)."""
+    plain = build_image_backbone(name, image_size).plain
+    if plain is None:
+        raise ExportError(f"Backbone '{name}' does not say how a plain library builds it (Backbone.plain), so it cannot be exported.")
+    described = {k: v for k, v in asdict(plain).items() if k not in ("imports", "lines")}
+    return {**described, "library_version": versions()[_DISTRIBUTIONS[plain.library]], "build": plain.build()}
 
 
 def _eval_transform(transform: EvalTransform, augment: AugmentConfig) -> dict[str, Any]:

@@ -105,14 +105,14 @@ def test_timm_backbones_give_their_feature_size(name, image_size, feature_dim):
     assert backbone.feature_dim == feature_dim and features.shape == (1, feature_dim)
 
 
-def test_timm_vit_takes_the_image_size_and_convnets_do_not_need_it():
-    from ssl_zoo.backbones import timm_create_kwargs
-
-    vit = build_image_backbone("timm:vit_tiny_patch16_224", 64).network
-    assert vit.patch_embed.grid_size == (4, 4)
-    assert timm_create_kwargs(vit, 64) == {"pretrained": False, "num_classes": 0, "img_size": 64}
-    resnet = build_image_backbone("timm:resnet18", 64).network
-    assert timm_create_kwargs(resnet, 64) == {"pretrained": False, "num_classes": 0}
+def test_timm_vit_takes_the_image_size_and_other_models_are_built_without_it():
+    vit = build_image_backbone("timm:vit_tiny_patch16_224", 64)
+    assert vit.network.patch_embed.grid_size == (4, 4)
+    assert vit.plain.kwargs == {"pretrained": False, "num_classes": 0, "img_size": 64}
+    # Convnets adapt to any size, and some constructors refuse img_size (RegNet): the kwargs
+    # export writes are those the model was really built with.
+    for name in ("resnet18", "regnetx_002"):
+        assert build_image_backbone(f"timm:{name}", 64).plain.kwargs == {"pretrained": False, "num_classes": 0}
 
 
 def test_timm_bad_name_and_bad_image_size_are_recipe_errors():

@@ -69,6 +69,6 @@ class BYOL(SSLMethod, name="byol", config=BYOLConfig):
         # The momentum is a schedule, not a measurement: it goes to the logger at the log
         # interval, as the learning rate does (self.log of a Python number would copy it
         # to the GPU, a host sync, at every step).
-        if self.global_step % self.trainer.log_every_n_steps == 0:
+        if self.loggers and self.global_step % self.trainer.log_every_n_steps == 0:
             for logger in self.loggers:  # every logger, not only the first (self.logger)
                 logger.log_metrics({"train/momentum": self.momentum()}, step=self.global_step)
