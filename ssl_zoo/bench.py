@@ -38,7 +38,7 @@ from ssl_zoo.eval.stage import evaluate, evaluate_checkpoint, evaluate_weights, 
 from ssl_zoo.methods import SSLMethod, build_method, load_method, method_class
 from ssl_zoo.methods.supervised import Supervised
 from ssl_zoo.monitor import StepTimer
-from ssl_zoo.recipe import Recipe, parse_recipe, recipe_from_dict, recipe_to_dict
+from ssl_zoo.recipe import Recipe, parse_recipe, recipe_from_dict, recipe_to_dict, save_recipe
 from ssl_zoo.report import ReportFigures, Similarity, write_report
 from ssl_zoo.train import RunSummary, fit
 
@@ -190,7 +190,14 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     if eval_config.cache_dir is None:
         eval_config = dataclasses.replace(eval_config, cache_dir=str(out / "feature_cache"))
     # Loaded before any training, so bad evaluation data fails fast, not after the budget.
-    splits = load_labelled_splits((labelled or recipes[0]).data, eval_config)
+    data_source = labelled or recipes[0]
+    splits = load_labelled_splits(data_source.data, eval_config)
+    # Weights made elsewhere have no data of their own: they are scored on this recipe's
+    # (retrieval too), and `eval --weights --data-recipe` reproduces it.
+    save_recipe(data_source, out / "eval_data_recipe.yaml")
+    eval_config = dataclasses.replace(eval_config, data_recipe=str(out / "eval_data_recipe.yaml"))
+    for weights in imported:  # a wrong name or architecture fails now, not after the budget
+        load_imported(weights, config.weights_input_size)
 
     runs = [run for r in recipes for run in seeded_runs(r.name, "method", r, config.seeds)]
     backbones = list(dict.fromkeys(r.backbone for r in recipes))

@@ -140,18 +140,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"Checkpoint '{path}' does not exist. A run writes runs/<recipe>/version_N/checkpoints/last.ckpt."
         )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "Unsupported global" in str(error):  # a valid pickle of objects that are not plain data
-            raise CheckpointError(
-                f"'{path}' holds Python objects besides tensors and plain values. ssl_zoo loads "
-                "checkpoints with weights_only=True and does not unpickle such objects, because "
-                "unpickling can run code from the file. Pass a checkpoint that `fit` wrote."
-            ) from None
-        raise CheckpointError(_unreadable(path, error)) from None
-    except Exception as error:  # a text file, a truncated archive
-        raise CheckpointError(_unreadable(path, error)) from None
+    checkpoint = load_data(path, "checkpoint", "Pass the .ckpt file that `fit` wrote")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "recipe" not in checkpoint.get("hyper_parameters", {}):
         raise CheckpointError(
             f"'{path}' is a PyTorch file but not an ssl_zoo checkpoint (it has no saved recipe). "
@@ -160,10 +149,28 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def _unreadable(path: Path, error: Exception) -> str:
+def load_data(path: Path, kind: str, what_to_pass: str) -> Any:
+    """A torch file (a ``kind``: "checkpoint", "weights file") loaded as data only
+    (``weights_only=True``): unpickling never runs code from it. Anything else is a
+    CheckpointError that ends with ``what_to_pass``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" in str(error):  # a valid pickle of objects that are not plain data
+            raise CheckpointError(
+                f"'{path}' holds Python objects besides tensors and plain values. ssl_zoo loads "
+                "torch files with weights_only=True and does not unpickle such objects, because "
+                f"unpickling can run code from the file. {what_to_pass}."
+            ) from None
+        raise CheckpointError(_unreadable(path, error, kind, what_to_pass)) from None
+    except Exception as error:  # a text file, a truncated archive
+        raise CheckpointError(_unreadable(path, error, kind, what_to_pass)) from None
+
+
+def _unreadable(path: Path, error: Exception, kind: str, what_to_pass: str) -> str:
     return (
-        f"'{path}' is not a checkpoint ssl_zoo can read ({type(error).__name__}). Pass the .ckpt "
-        "file that `fit` wrote; if it is one, it may be truncated (copy it again)."
+        f"'{path}' is not a {kind} ssl_zoo can read ({type(error).__name__}). {what_to_pass}; "
+        "if it is one, it may be truncated (copy it again)."
     )
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m ssl_zoo {fit,recipes} ...``."""
+"""Command line: ``python -m ssl_zoo {recipes,fit,eval,bench,export,shards} ...``."""
 
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ def format_summary(summary) -> str:
         trained = percent(summary.knn_top1) if summary.knn_top1 is not None else "not measured (no validation epoch ran)"
         lines.append(
             f"  kNN top-1 (val)          {trained}   "
-            f"random-init backbone: {percent(summary.knn_top1_random_init)}"
+            + (f"at the start ({summary.init_weights}): " if summary.init_weights else "random-init backbone: ")
+            + percent(summary.knn_top1_random_init)
         )
     if summary.probe_top1 is not None:
         lines.append(f"  online probe top-1 (val) {percent(summary.probe_top1)}")
@@ -148,9 +149,12 @@ def eval_parser() -> argparse.ArgumentParser:
                             "(read locally, nothing downloads); needs --data")
     parser.add_argument("--input-size", type=int,
                         help="--weights only: the side images are resized to (default: the weights' own, often 224)")
+    parser.add_argument("--data-recipe", metavar="RECIPE",
+                        help="--weights only: take the evaluation data's settings (image size, shapes' count) from this "
+                             "recipe's data section, as bench did (default: the dataset's defaults at the input size)")
     parser.add_argument("--data", help="labelled dataset for linear/kNN/zero-shot (default: the recipe's)")
     parser.add_argument("--root", help="its folder (default: the recipe's data.root)")
-    parser.add_argument("--pairs", help="image-text dataset for retrieval, CLIP only (default: the recipe's if captioned)")
+    parser.add_argument("--pairs", help="image-text dataset for retrieval, models with text only (default: the recipe's if captioned)")
     parser.add_argument("--pairs-root", help="its folder (default: the recipe's data.root)")
     parser.add_argument("--max-train", type=int, help="evaluate on a seeded subset of the training split")
     parser.add_argument("--max-test", type=int, help="evaluate on a seeded subset of the test split")
@@ -206,7 +210,7 @@ def eval_command(argv: list[str]) -> int:
         raise _unknown_option(parser, rest[0])
     config = EvalConfig(
         data=args.data, root=args.root, pairs=args.pairs, pairs_root=args.pairs_root,
-        max_train=args.max_train, max_test=args.max_test, device=args.device,
+        max_train=args.max_train, max_test=args.max_test, device=args.device, data_recipe=args.data_recipe,
         cache_dir=None if args.no_cache else args.cache_dir,
     )
     if args.templates:
@@ -216,8 +220,9 @@ def eval_command(argv: list[str]) -> int:
         result = evaluate_weights(weights, config, input_size=args.input_size)
         in_run_folder, run_dir = False, Path("runs") / "imported" / f"{weights.library}_{weights.name}"
     else:
-        if args.input_size:
-            raise SslZooError("eval: --input-size applies to --weights; a checkpoint is evaluated at its recipe's size.")
+        if args.input_size or args.data_recipe:
+            raise SslZooError("eval: --input-size and --data-recipe apply to --weights; a checkpoint is evaluated "
+                              "at its recipe's size, on its recipe's data.")
         result = evaluate_checkpoint(args.ckpt, config)
         ckpt = Path(args.ckpt)
         in_run_folder = ckpt.parent.name == "checkpoints"  # runs/<recipe>/version_N/checkpoints/

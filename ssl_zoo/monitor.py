@@ -24,7 +24,8 @@ class KNNMonitor(pl.Callback):
     bank of training images (k=200, T=0.1, cosine-weighted votes).
 
     Runs once before training (the random-init baseline, logged as
-    ``knn/top1_random_init``) and after every validation epoch (``knn/top1``).
+    ``knn/top1_random_init``; with ``init_weights`` it scores those weights, under the same
+    tag) and after every validation epoch (``knn/top1``).
     """
 
     def __init__(self, datamodule: ImageDataModule, k: int = 200, temperature: float = 0.1) -> None:

@@ -25,6 +25,7 @@ from ssl_zoo.augment import AugmentConfig
 from ssl_zoo.errors import RecipeError
 from ssl_zoo.registry import DATASETS, METHODS
 
+
 @dataclass
 class DataConfig:
     name: str = "shapes"  # a registered dataset (ssl_zoo.registry.DATASETS; `ssl_zoo recipes` lists them)
@@ -50,7 +51,7 @@ class DataConfig:
     hold_on_device: bool = True  # keep the uint8 dataset on the GPU when there is one
     knn_bank_size: int = 10_000  # training images in the kNN monitor's memory bank
     val_size: int | None = None  # validation images the monitors score (None: the whole split)
-    context_length: int = 77  # CLIP only: tokens per caption
+    context_length: int = 77  # methods with text (CLIP) only: tokens per caption
 
     def __post_init__(self) -> None:
         DATASETS[self.name]  # an unknown name is an error that lists the valid ones

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Iterator
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
@@ -46,11 +45,15 @@ class Registry(Generic[T]):
         if self._loaded:
             return
         self._loaded = True
-        package = importlib.import_module(self.package)
-        for module in pkgutil.iter_modules(package.__path__, prefix=f"{self.package}."):
-            importlib.import_module(module.name)
-        for entry_point in entry_points(group=self.entry_point_group):
-            entry_point.load()  # importing the plugin's module registers its entries
+        try:
+            package = importlib.import_module(self.package)
+            for module in pkgutil.iter_modules(package.__path__, prefix=f"{self.package}."):
+                importlib.import_module(module.name)
+            for entry_point in entry_points(group=self.entry_point_group):
+                entry_point.load()  # importing the plugin's module registers its entries
+        except BaseException:
+            self._loaded = False  # a broken plugin: the next lookup tries again, and fails as loudly
+            raise
 
     def __getitem__(self, name: str) -> T:
         self._load()
@@ -62,9 +65,6 @@ class Registry(Generic[T]):
         self._load()
         return name in self._entries
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
     def names(self) -> list[str]:
         self._load()
         return list(self._entries)
@@ -75,7 +75,11 @@ class Registry(Generic[T]):
 
 
 def _origin(entry: object) -> str:
-    return f"{getattr(entry, '__module__', '?')}.{getattr(entry, '__qualname__', getattr(entry, 'name', repr(entry)))}"
+    """Where ``entry`` was defined: a class's module and name, or what it says of itself
+    (a dataset spec: its loader's module)."""
+    if hasattr(entry, "origin"):
+        return entry.origin
+    return f"{getattr(entry, '__module__', '?')}.{getattr(entry, '__qualname__', repr(entry))}"
 
 
 METHODS: Registry = Registry("method", package="ssl_zoo.methods", entry_point_group="ssl_zoo.methods")

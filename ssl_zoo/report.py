@@ -297,7 +297,7 @@ def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> 
         "Augmentation gallery": plot_gallery(figures.gallery, plots_dir / "augmentation_gallery.png"),
     }
     for similarity in figures.similarities:
-        plots[f"CLIP image–caption similarity ({similarity.label})"] = plot_similarity(
+        plots[f"Image–caption similarity ({similarity.label})"] = plot_similarity(
             similarity, plots_dir / f"clip_similarity_{similarity.name}.png"
         )
 
@@ -325,6 +325,8 @@ def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> 
     ] + [
         f"python -m ssl_zoo eval --weights {run['evaluation']['weights']['source']}={run['evaluation']['weights']['path']} "
         f"--data {data['name']} --root {data['root']}{limits}"
+        + (f" --data-recipe {eval_config['data_recipe']}" if eval_config.get("data_recipe") else "")
+        + (f" --input-size {results['weights_input_size']}" if results.get("weights_input_size") else "")
         for run in runs if run["kind"] == "imported"
     ]
     retrieval = "; ".join(
@@ -350,7 +352,7 @@ def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> 
         "Baselines: *supervised* is the same backbone, augmentation and budget trained with labels "
         f"(cross-entropy); *random init* is the untrained backbone; *imported* runs are weights made elsewhere, "
         f"scored by the same protocol. Accuracies are percentages on the '{data['test_split']}' split of {data['name']}.",
-        "Peak GPU memory is blank on the CPU. Images/s counts training images (pairs of views for SimCLR and BYOL).",
+        "Peak GPU memory is blank on the CPU. Images/s counts training images (pairs of views for two-view methods such as SimCLR and BYOL).",
         f"In brackets: the 95 % bootstrap interval over the {data['num_test']} test images ({RESAMPLES} resamples). "
         "It measures the test set's noise, not the seed's. Two runs whose intervals overlap are not "
         "distinguishable at this budget (next table).",
@@ -361,16 +363,20 @@ def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> 
          "One seed per run (the default, so that the bench stays within its time): the spread across seeds is "
          "not measured here. `bench --seeds N` trains each recipe N times and reports mean ± std."),
     ]
-    (out / "report.md").write_text(_markdown(setup, tables, notes, plots, out, reproduce))
-    (out / "report.html").write_text(_html(setup, tables, notes, plots, reproduce))
+    (out / "report.md").write_text(_markdown(title(runs), setup, tables, notes, plots, out, reproduce))
+    (out / "report.html").write_text(_html(title(runs), setup, tables, notes, plots, reproduce))
 
 
-TITLE = "ssl_zoo benchmark: SimCLR, BYOL and CLIP side by side"
+def title(runs: list[dict[str, Any]]) -> str:
+    """'ssl_zoo benchmark: simclr, byol and clip side by side': the methods the runs trained."""
+    methods = list(dict.fromkeys(run["recipe"]["method"] for run in runs if run["kind"] == "method"))
+    named = ", ".join(methods[:-1]) + (" and " if len(methods) > 1 else "") + methods[-1] if methods else "runs"
+    return f"ssl_zoo benchmark: {named} side by side"
 
 
-def _markdown(setup, tables, notes, plots, out: Path, reproduce) -> str:
+def _markdown(title: str, setup, tables, notes, plots, out: Path, reproduce) -> str:
     """``tables``: title -> (header, rows), in order; the notes follow the first table."""
-    parts = [f"# {TITLE}", ""]
+    parts = [f"# {title}", ""]
     parts += [f"- **{name}:** {value}" for name, value in setup]
     for i, (title, table) in enumerate(tables.items()):
         parts += ["", f"## {title}", "", markdown_table(*table), ""]
@@ -394,13 +400,13 @@ pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
 """
 
 
-def _html(setup, tables, notes, plots, reproduce) -> str:
+def _html(title: str, setup, tables, notes, plots, reproduce) -> str:
     def embedded(path: Path) -> str:
         data = base64.b64encode(path.read_bytes()).decode()
         return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{TITLE}</title><style>{STYLE}</style></head><body>",
-             f"<h1>{TITLE}</h1><dl>"]
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1><dl>"]
     parts += [f"<dt>{html.escape(name)}</dt><dd>{html.escape(value)}</dd>" for name, value in setup]
     parts += ["</dl>"]
     for i, (title, table) in enumerate(tables.items()):

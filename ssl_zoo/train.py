@@ -43,9 +43,10 @@ class RunSummary:
     images_per_second: float  # training images (pairs of views for SimCLR/BYOL) per second
     final_loss: float | None
     knn_top1: float | None
-    knn_top1_random_init: float | None
+    knn_top1_random_init: float | None  # before the first step: random init, or the recipe's init_weights
     probe_top1: float | None
     peak_memory_gib: float | None  # peak GPU memory allocated by the run (None on the CPU)
+    init_weights: str | None = None  # the file the backbone started from (None: random init)
 
 
 def fit(
@@ -74,8 +75,9 @@ def fit(
     model = build_method(recipe, num_classes=datamodule.num_classes)
     if recipe.init_weights is not None and resume is None:  # a resumed run has its own weights
         loaded = load_backbone_weights(model.backbone, recipe.init_weights, f"backbone {recipe.backbone}")
-        for online, target in model.ema_pairs():  # a momentum target starts as a copy of the online network
-            target.load_state_dict(online.state_dict())
+        if model.has_ema_target:  # its target starts as a copy of the online network: of the loaded one too
+            for online, target in model.ema_pairs():
+                target.load_state_dict(online.state_dict())
         print(f"ssl_zoo: the backbone starts from {recipe.init_weights} ({loaded['tensors']} tensors"
               + (f"; {loaded['head_tensors_left_out']} of a classifier head left out)." if loaded["head_tensors_left_out"] else ")."),
               flush=True)
@@ -148,6 +150,7 @@ def fit(
         final_loss=metric("train/loss"),
         knn_top1=knn.last_top1 if knn else None,
         knn_top1_random_init=knn.random_init_top1 if knn else None,
+        init_weights=recipe.init_weights,
         probe_top1=metric("probe/val_top1"),
         peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if trainer.strategy.root_device.type == "cuda" else None,
     )

@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+from ssl_zoo.checkpointing import load_data
 from ssl_zoo.errors import CheckpointError
 
 # Layers that classify features: present in supervised weights, absent from a backbone.
@@ -47,13 +47,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             return load_file(path)
         except SafetensorError as error:
             raise CheckpointError(f"'{path}' is not a readable safetensors file ({error}).") from None
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and unsupported-type errors all mean "not weights"
-        raise CheckpointError(
-            f"'{path}' is not a weights file torch can read safely ({type(error).__name__}: {str(error)[:200]}). "
-            "Give a .safetensors file, or a .pth/.pt state dict of tensors."
-        ) from None
+    saved = load_data(path, "weights file", "Give a .safetensors file, or a .pth/.pt state dict of tensors")
     if isinstance(saved, dict) and "hyper_parameters" in saved and "state_dict" in saved:  # a fit checkpoint
         return {k.removeprefix("backbone."): v for k, v in saved["state_dict"].items() if k.startswith("backbone.")}
     while isinstance(saved, dict) and (key := next((k for k in WRAPPER_KEYS if isinstance(saved.get(k), dict)), None)):

@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ssl_zoo.registry import METHODS
 from ssl_zoo.train import fit
 
 aten = torch.ops.aten
@@ -88,7 +89,7 @@ class CountBetweenSteps(pl.Callback):
             self.counter.counting = False
 
 
-@pytest.mark.parametrize("method", ["simclr", "byol", "clip"])
+@pytest.mark.parametrize("method", METHODS.names())
 def test_fit_steps_make_no_host_syncs(method, make_recipe):
     # 14 batches an epoch, logging every 50 steps: steps 3-10 are plain steps (logging and
     # the progress bar's metrics happen at their interval, and may sync there).

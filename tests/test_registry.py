@@ -39,11 +39,18 @@ def test_a_plugin_registers_through_its_entry_point(monkeypatch):
 
 
 def test_two_entries_cannot_share_a_name():
-    registry = Registry("dataset", package="ssl_zoo.data", entry_point_group="none")
-    registry.register("a", DatasetSpec("a", load=print, splits=("train", None)))
+    with pytest.raises(ValueError, match=r"Two datasets are registered as 'shapes': ssl_zoo.data.shapes.shapes and .*test_registry.shapes"):
+        DatasetSpec("shapes", load=lambda config, split, seed: None, splits=("train", "val")).register()
+    assert dataset_spec("shapes").load.__module__ == "ssl_zoo.data.shapes"  # the built-in stays
 
-    class Other:
-        pass
 
-    with pytest.raises(ValueError, match="Two datasets are registered as 'a'"):
-        registry.register("a", Other)
+def test_a_broken_plugin_is_not_forgotten(monkeypatch):
+    registry = Registry("method", package="ssl_zoo.methods", entry_point_group="ssl_zoo.methods")
+
+    def broken():
+        raise ImportError("the plugin's module has a typo")
+
+    monkeypatch.setattr(ssl_zoo.registry, "entry_points", lambda group: [SimpleNamespace(load=broken)])
+    for _ in range(2):  # every lookup says why, not only the first
+        with pytest.raises(ImportError, match="typo"):
+            registry["simclr"]

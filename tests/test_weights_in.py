@@ -2,6 +2,7 @@
 bench report, and start a recipe's backbone. Every file is made here; nothing downloads."""
 
 import json
+import shlex
 
 import open_clip
 import pytest
@@ -106,7 +107,12 @@ def test_imported_weights_stand_in_a_bench_report(resnet18_file, tmp_path):
     assert imported["kind"] == "imported" and imported["training"] is None and 0 < imported["evaluation"]["metrics"]["knn_top1"]
     report = (out / "report.md").read_text()
     assert "| torchvision:resnet18 | imported (torchvision:resnet18) | torchvision:resnet18 |" in report
-    assert f"eval --weights torchvision:resnet18={path}" in report
+    # Its reproduce line scores it again on the same images, to the same numbers.
+    line = next(line for line in report.splitlines() if f"eval --weights torchvision:resnet18={path}" in line)
+    assert "--data-recipe" in line and "--input-size 32" in line
+    again = tmp_path / "again.json"
+    assert main([*shlex.split(line)[3:], "--out", str(again)]) == 0
+    assert json.loads(again.read_text())["metrics"]["knn_top1"] == imported["evaluation"]["metrics"]["knn_top1"]
 
 
 def test_a_recipe_starts_from_init_weights(resnet18_file, make_recipe):
@@ -133,7 +139,7 @@ def test_weight_files_are_unwrapped_and_bad_ones_named(tmp_path, resnet18_file):
     with pytest.raises(CheckpointError, match=r"does not fit the backbone torchvision:resnet50 \(.*of another shape"):
         load_backbone_weights(resnet50, path, "backbone torchvision:resnet50")
     (tmp_path / "notes.pth").write_text("not weights")
-    with pytest.raises(CheckpointError, match="notes.pth' is not a weights file"):
+    with pytest.raises(CheckpointError, match="notes.pth' is not a weights file ssl_zoo can read.*state dict of tensors"):
         read_state_dict(tmp_path / "notes.pth")
     with pytest.raises(RecipeError, match="is not LIBRARY:NAME=FILE"):
         WeightsSource.parse("resnet50.pth")

@@ -27,7 +27,8 @@ from ssl_zoo.data.shards import ShardDataset, ShardSet, decode_images, expand_sh
 from ssl_zoo.data.spec import DatasetSpec, dataset_spec
 from ssl_zoo.errors import DataNotFoundError, RecipeError
 from ssl_zoo.recipe import DataConfig, Recipe, available_recipes
-from ssl_zoo.registry import METHODS
+from ssl_zoo.registry import DATASETS, METHODS
+
 
 def load_split(config: DataConfig, split: str, seed: int = 0) -> ImageSet:
     """Decode one split of the configured dataset."""
@@ -204,9 +205,10 @@ class ImageDataModule(pl.LightningDataModule):
             self.train_set = load_split(self.config, train_split, self.seed)
         has_captions = self.train_set.has_captions if isinstance(self.train_set, ShardSet) else self.train_set.captions is not None
         if self.with_text and not has_captions:
+            captioned = [name for name, spec in DATASETS.items() if spec.retrieval_split]
             raise RecipeError(
-                f"CLIP needs captions, and dataset '{self.config.name}' ({self.config.root}) has none. Use "
-                "shapes, shared_flickr8k, pairs (a CSV/JSONL of path,caption) or shards made from pairs "
+                f"A method with text (CLIP) needs captions, and dataset '{self.config.name}' ({self.config.root}) has "
+                f"none. Use {', '.join(captioned)} (pairs: a CSV/JSONL of path,caption) or shards made from pairs "
                 "(`python -m ssl_zoo shards --from pairs FILE ...`)."
             )
         if self.config.batch_size > len(self.train_set):

@@ -39,6 +39,11 @@ class DatasetSpec:
         return DATASETS.register(self.name, self)
 
     @property
+    def origin(self) -> str:
+        """Where it was defined (two datasets under one name are an error naming both)."""
+        return f"{self.load.__module__}.{self.name}"
+
+    @property
     def labelled_splits(self) -> tuple[str, str | None]:
         return self.eval_splits or self.splits
 

@@ -1,1 +1,2 @@
-"""Evaluation of frozen backbones: feature extraction and kNN classification."""
+"""The evaluation stage: one protocol (linear, kNN, zero-shot, retrieval, diagnostics) on
+frozen features, for checkpoints of every method and for weights made elsewhere."""

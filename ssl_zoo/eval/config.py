@@ -10,6 +10,9 @@ from ssl_zoo.eval.zero_shot import DEFAULT_TEMPLATES
 @dataclass
 class EvalConfig:
     data: str | None = None  # dataset for linear, kNN and zero-shot; None: the recipe's own
+    # Weights made elsewhere: a recipe whose data section the evaluation data follows
+    # (image size, shapes' count...), as bench's reproduce lines give it; None: data's defaults.
+    data_recipe: str | None = None
     root: str | None = None  # its folder; None: the recipe's data.root
     pairs: str | None = None  # image-text dataset for retrieval (text methods); None: the recipe's own if captioned
     pairs_root: str | None = None

@@ -11,8 +11,9 @@ from ssl_zoo.data.datamodule import load_split
 from ssl_zoo.data.imageset import ImageSet
 from ssl_zoo.data.spec import dataset_spec
 from ssl_zoo.errors import SslZooError
+from ssl_zoo.registry import DATASETS
 from ssl_zoo.eval.config import EvalConfig
-from ssl_zoo.recipe import DataConfig, Recipe
+from ssl_zoo.recipe import DataConfig, Recipe, parse_recipe
 
 HINT = "eval --data NAME --root DIR, bench --eval-data NAME --eval-root DIR"
 
@@ -33,14 +34,18 @@ class LabelledSplits:
     info: dict[str, Any]  # name, root, splits, sizes, class names: for the results
 
 
-def model_data(recipe: Recipe | None, config: EvalConfig) -> DataConfig:
-    """The data a model was trained on, which evaluation defaults to; for weights made
-    elsewhere (no recipe), the dataset the configuration names."""
+def model_data(recipe: Recipe | None, config: EvalConfig, input_size: int) -> DataConfig:
+    """The data a model was trained on, which evaluation defaults to. Weights made elsewhere
+    have none: the data section of ``config.data_recipe`` stands in (what bench scored them
+    on), or else the dataset the configuration names, decoded at the model's input size."""
     if recipe is not None:
         return recipe.data
-    if config.data is None:
+    if config.data_recipe is not None:
+        return parse_recipe(["--recipe", config.data_recipe]).data
+    name, root = (config.data, config.root) if config.data else (config.pairs, config.pairs_root)
+    if name is None:
         raise SslZooError(f"Weights made elsewhere have no training data of ssl_zoo's to evaluate on: name a dataset ({HINT}).")
-    return DataConfig(name=config.data, root=config.root or "data")
+    return DataConfig(name=name, root=root or "data", image_size=input_size)
 
 
 def load_labelled_splits(trained_on: DataConfig, config: EvalConfig) -> LabelledSplits | str:
@@ -60,7 +65,7 @@ def load_labelled_splits(trained_on: DataConfig, config: EvalConfig) -> Labelled
         if config.data is not None:
             raise SslZooError(
                 f"Dataset '{data.name}' has no labels, so linear and kNN evaluation cannot score it. "
-                f"Pass a labelled dataset such as shared_cifar10, shapes, cifar10 or folder ({HINT})."
+                f"Pass a labelled dataset: {', '.join(n for n, spec in DATASETS.items() if spec.labelled)} ({HINT})."
             )
         return f"{data.name} has no labels; for linear, kNN and zero-shot pass a labelled dataset ({HINT})"
     test = load_split(data, test_split, config.seed).subset(config.max_test, config.seed)

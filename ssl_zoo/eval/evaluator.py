@@ -101,7 +101,8 @@ class Evaluator:
         if with_text:
             started = time.perf_counter()
             classifier = zero_shot_classifier(self.encode_texts, train.classes, cfg.templates)
-            embeddings = self.model.embed_image_features(test_x)
+            with torch.no_grad():
+                embeddings = self.model.embed_image_features(test_x)
             top1, _ = zero_shot_hits(embeddings, test_y, classifier)
             metrics.update(zero_shot_accuracy(embeddings, test_y, classifier))
             correct["zero_shot_top1"] = top1

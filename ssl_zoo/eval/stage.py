@@ -42,7 +42,7 @@ def evaluate(
     started = time.perf_counter()
     recipe = model.recipe  # None for weights made elsewhere
     with_text = model.uses_text if with_text is None else with_text
-    trained_on = model_data(recipe, config)
+    trained_on = model_data(recipe, config, model.eval_transform.size)
     evaluator = Evaluator(model, config)
     imported = recipe is None
     result: dict[str, Any] = {

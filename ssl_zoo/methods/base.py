@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ssl_zoo.augment import EvalTransform, ViewAugment
 from ssl_zoo.backbones import build_image_backbone
-from ssl_zoo.recipe import Recipe, recipe_from_dict, recipe_to_dict
+from ssl_zoo.recipe import RECIPE_KEYS, Recipe, recipe_from_dict, recipe_to_dict
 from ssl_zoo.registry import METHODS
 
 
@@ -69,6 +69,8 @@ class SSLMethod(pl.LightningModule):
         if name is not None:  # a method, not an intermediate base class
             if config is None:
                 raise TypeError(f"{cls.__name__}: a method names its recipe section's dataclass (config=...).")
+            if name in RECIPE_KEYS:  # its section would shadow a recipe key
+                raise TypeError(f"{cls.__name__}: '{name}' is a recipe key ({', '.join(RECIPE_KEYS)}); name the method otherwise.")
             cls.method_name, cls.Config = name, config
             METHODS.register(name, cls)
 
