@@ -94,6 +94,22 @@ def test_open_clip_weights_get_zero_shot_and_retrieval(tiny_open_clip):
     assert result["pairs"]["name"] == "shapes"  # the labelled data is captioned too
 
 
+def test_open_clip_weights_are_scored_on_captions_alone(tiny_open_clip, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rows = ["path,caption"]
+    for i in range(12):
+        Image.fromarray(np.full((32, 32, 3), 20 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{tmp_path / f'{i}.png'},a picture number {i}")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows))
+    path, _ = tiny_open_clip
+    config = EvalConfig(pairs="pairs", pairs_root=str(tmp_path / "pairs.csv"))
+    result = evaluate_weights(WeightsSource.parse(f"open_clip:tiny-test-clip={path}"), config)
+    assert "no test split" in result["skipped"]["classification"]
+    assert result["pairs"]["num_captions"] == 12 and 0 <= result["metrics"]["image_to_text_r1"] <= 1
+
+
 def test_imported_weights_stand_in_a_bench_report(resnet18_file, tmp_path):
     path, _ = resnet18_file
     out = tmp_path / "bench"
