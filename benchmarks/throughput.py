@@ -360,7 +360,7 @@ def measure_case(case: Case, settings: Settings) -> dict:
         datamodule.setup("fit")
         tokens = None
         if method_class(recipe).uses_text:
-            tokens = tokenize_captions(datamodule.train_set.captions, recipe.data.context_length)
+            tokens = tokenize_captions(datamodule.train_set.captions, datamodule.tokenize)
         rates, memory = {}, {}
         for mode, measure in [
             ("model", lambda: model_only_rate(recipe, datamodule, tokens, settings)),

@@ -107,7 +107,7 @@ def test_byol_momentum_rises_to_one_on_a_cosine(make_recipe):
 
 def test_clip_logit_scale_is_clamped_after_each_step(make_recipe):
     recipe = make_recipe("clip")
-    datamodule = ImageDataModule(recipe.data, with_text=True)
+    datamodule = ImageDataModule.for_recipe(recipe)
     model = CLIP(recipe, num_classes=datamodule.num_classes)
     assert model.logit_scale.exp().item() == pytest.approx(1 / 0.07, rel=1e-5)
     with torch.no_grad():
@@ -118,7 +118,7 @@ def test_clip_logit_scale_is_clamped_after_each_step(make_recipe):
 
 def test_clip_text_tower_sees_the_captions(make_recipe):
     recipe = make_recipe("clip")
-    datamodule = ImageDataModule(recipe.data, with_text=True)
+    datamodule = ImageDataModule.for_recipe(recipe)
     datamodule.setup()
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["tokens"].shape == (32, 16) and batch["tokens"].dtype == torch.int64

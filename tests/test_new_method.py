@@ -1,5 +1,5 @@
-"""A method ssl_zoo has never seen, defined entirely in this file, trains, evaluates and
-benches through the same commands as the built-in ones: nothing under ssl_zoo/ names it.
+"""Methods ssl_zoo has never seen, defined entirely in this file, train, evaluate and
+bench through the same commands as the built-in ones: nothing under ssl_zoo/ names them.
 
 The method is SimSiam (Chen & He 2021): two views, a projector and a predictor, a
 stop-gradient on the other branch, no negatives and no momentum target.
@@ -7,6 +7,7 @@ stop-gradient on the other branch, no negatives and no momentum target.
 
 import json
 from dataclasses import dataclass
+from functools import partial
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
 
 from ssl_zoo.cli import main
 from ssl_zoo.methods import SSLMethod, load_method
+from ssl_zoo.methods.clip import CLIP, CLIPConfig
 from ssl_zoo.registry import METHODS
 
 
@@ -105,3 +107,39 @@ def test_it_benches_beside_a_built_in_method(recipe_file, tmp_path):
     assert simsiam["recipe"]["method"] == "simsiam" and simsiam["training"]["steps"] == 4
     assert "| simsiam_shapes | simsiam | convnet4 |" in (out / "report.md").read_text()
     assert torch.tensor(simsiam["curves"]["loss"]).shape[1] == 2
+
+
+# A second text method needs no edit to ssl_zoo either: CLIP's model with its own tokenizer
+# (characters instead of BPE), which the data module then uses for the training captions.
+def char_tokenize(texts: list[str], context_length: int) -> torch.Tensor:
+    """Characters as token ids 1..255, then an end token (the highest id, where the text
+    tower pools), then 0-padding: (n, context_length)."""
+    tokens = torch.zeros(len(texts), context_length, dtype=torch.int64)
+    for row, text in enumerate(texts):
+        ids = [min(ord(c), 255) for c in text[: context_length - 1]] + [256]
+        tokens[row, : len(ids)] = torch.tensor(ids)
+    return tokens
+
+
+class CharCLIP(CLIP, name="char_clip", config=CLIPConfig):
+    @classmethod
+    def caption_tokenizer(cls, data):
+        return partial(char_tokenize, context_length=data.context_length)
+
+
+def test_a_second_text_method_trains_and_scores_on_its_own_tokens(make_recipe):
+    from ssl_zoo.data.datamodule import ImageDataModule
+    from ssl_zoo.eval.config import EvalConfig
+    from ssl_zoo.eval.stage import evaluate
+    from ssl_zoo.train import fit
+
+    recipe = make_recipe("char_clip", **{"backbone": "convnet4", "trainer.max_steps": 2, "data.context_length": 48})
+    datamodule = ImageDataModule.for_recipe(recipe)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["tokens"].shape == (32, 48) and batch["tokens"].max() == 256  # characters, not BPE ids
+    summary = fit(recipe, enable_progress_bar=False)
+    model = load_method(summary.checkpoint)
+    assert isinstance(model, CharCLIP) and torch.equal(model.tokenize(["a cat"])[0, :6], torch.tensor([97, 32, 99, 97, 116, 256]))
+    result = evaluate(model, EvalConfig(max_test=64))
+    assert {"zero_shot_top1", "image_to_text_r1"} <= set(result["metrics"])

@@ -5,6 +5,7 @@ import json
 import pickle
 import tarfile
 import tracemalloc
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from ssl_zoo.data.shards import (
 )
 from ssl_zoo.data.sources import load_shared_cifar10, load_shared_flickr8k
 from ssl_zoo.errors import DataFormatError, DataNotFoundError, RecipeError
-from ssl_zoo.text import tokenize_captions
+from ssl_zoo.text import tokenize, tokenize_captions
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -102,9 +103,9 @@ def test_flickr8k_shards_equal_in_memory(shared_root, tmp_path):
     assert len(shards) == count and shards.num_captions == 5 and not shards.has_labels
     assert shards.read_captions(17) == memory.captions[17]
 
-    dataset = ShardDataset(shards, image_size=64, context_length=24)
+    dataset = ShardDataset(shards, image_size=64, tokenize=partial(tokenize, context_length=24))
     sampler = EpochBatchSampler(count, 50, seed=3, num_captions=shards.num_captions)
-    expected_tokens = tokenize_captions(memory.captions[:count], 24)  # (N, 5, 24)
+    expected_tokens = tokenize_captions(memory.captions[:count], partial(tokenize, context_length=24))  # (N, 5, 24)
     for items in sampler:  # (image, caption) pairs
         batch = dataset.__getitems__(items)
         image, caption = torch.tensor(items).T
@@ -285,7 +286,7 @@ def test_img2dataset_style_shard_with_json(tmp_path):
     shards = ShardSet([shard])
     assert shards.labels.tolist() == [3, 5] and shards.num_captions == 1
     assert [shards.read_caption(i) for i in range(2)] == ["red", "blue"]
-    batch = ShardDataset(shards, 8, context_length=8).__getitems__([[1, 0], [0, 0]])
+    batch = ShardDataset(shards, 8, tokenize=partial(tokenize, context_length=8)).__getitems__([[1, 0], [0, 0]])
     assert _close(_mean_colour(batch["image"][0]), (0, 0, 255)) and batch["label"].tolist() == [5, 3]
 
 
@@ -414,7 +415,7 @@ def labelled_shards(tmp_path) -> ShardSet:
 
 
 def test_worker_processes_give_the_same_batches(labelled_shards):
-    dataset = ShardDataset(labelled_shards, image_size=16, context_length=12)
+    dataset = ShardDataset(labelled_shards, image_size=16, tokenize=partial(tokenize, context_length=12))
     dataset.__getitems__([[0, 0]])  # files are open in this process now; workers must reopen
 
     def batches(workers: int) -> list[dict]:

@@ -174,13 +174,18 @@ class ImageDataModule(pl.LightningDataModule):
 
     @classmethod
     def for_recipe(cls, recipe: Recipe) -> ImageDataModule:
-        """The recipe's data, with captions when its method trains on text."""
-        return cls(recipe.data, with_text=METHODS[recipe.method].uses_text, seed=recipe.trainer.seed)
+        """The recipe's data, with captions tokenized by its method when it trains on text."""
+        method = METHODS[recipe.method]
+        tokenize = method.caption_tokenizer(recipe.data) if method.uses_text else None
+        return cls(recipe.data, tokenize=tokenize, seed=recipe.trainer.seed)
 
-    def __init__(self, config: DataConfig, with_text: bool = False, seed: int = 0) -> None:
+    def __init__(self, config: DataConfig, tokenize: Callable[[list[str]], Tensor] | None = None, seed: int = 0) -> None:
+        """``tokenize``: a text method's caption tokenizer (strings -> (n, L) token ids);
+        with it, training batches carry ``tokens``, one caption of each image."""
         super().__init__()
         self.config = config
-        self.with_text = with_text
+        self.tokenize = tokenize
+        self.with_text = tokenize is not None
         self.seed = seed
         self.train_set: ImageSet | ShardSet | None = None
         self.train_samples: np.ndarray | None = None  # shards: the samples trained on (None: all)
@@ -299,7 +304,7 @@ class ImageDataModule(pl.LightningDataModule):
         if self.with_text:
             from ssl_zoo.text import tokenize_captions
 
-            tokens = tokenize_captions(train.captions, self.config.context_length)
+            tokens = tokenize_captions(train.captions, self.tokenize)
         return InMemoryDataset(images, train.labels, tokens)
 
     def _shard_dataset(self, device: torch.device) -> tuple[ShardDataset, int, int]:
@@ -308,13 +313,12 @@ class ImageDataModule(pl.LightningDataModule):
         decode = self.config.decode
         if decode == "auto":
             decode = "device" if device.type == "cuda" else "worker"
-        context = self.config.context_length if self.with_text else None
-        dataset = ShardDataset(self.train_set, self.config.image_size, decode, context, samples=self.train_samples)
+        dataset = ShardDataset(self.train_set, self.config.image_size, decode, self.tokenize, samples=self.train_samples)
         workers = self.config.num_workers
         if workers is None:  # every core of this process's share
             processes = self.trainer.world_size // max(self.trainer.num_nodes, 1) if self.trainer is not None else 1
             workers = max(len(os.sched_getaffinity(0)) // max(processes, 1), 1)
-        return dataset, self.train_set.num_captions if context is not None else 0, workers
+        return dataset, self.train_set.num_captions if self.with_text else 0, workers
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         # Shards: the count of undecodable images travels with each batch (on the host), and

@@ -40,7 +40,7 @@ import re
 import tarfile
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -607,7 +607,7 @@ class ShardDataset(Dataset):
       or ``"encoded"``: B 1-D uint8 tensors and ``"index"``: int64 (B,) sample numbers,
       for ``decode_images(..., device="cuda")`` after the transfer (``decode="device"``);
     - ``"label"``: int64 (B,), when every sample has a label;
-    - ``"tokens"``: int64 (B, L), when ``context_length`` is given;
+    - ``"tokens"``: int64 (B, L), when ``tokenize`` (a text method's: strings -> (n, L)) is given;
     - ``"skipped"``: int64 scalar, the images of this batch replaced because they could not
       be decoded (0 with ``decode="device"``, where decode_images counts them).
     """
@@ -617,12 +617,12 @@ class ShardDataset(Dataset):
         shards: ShardSet,
         image_size: int,
         decode: Literal["worker", "device"] = "worker",
-        context_length: int | None = None,
+        tokenize: Callable[[list[str]], Tensor] | None = None,
         samples: np.ndarray | None = None,
     ):
         if decode not in ("worker", "device"):
             raise ValueError(f"decode must be 'worker' or 'device', not {decode!r}")
-        if context_length is not None and not shards.has_captions:
+        if tokenize is not None and not shards.has_captions:
             raise DataFormatError(
                 f"The shards {shards.paths[0].parent} have no captions (.txt or json "
                 "'caption' members), and captions were asked for. Use shards made from a "
@@ -631,7 +631,7 @@ class ShardDataset(Dataset):
         self.shards = shards
         self.image_size = image_size
         self.decode = decode
-        self.context_length = context_length
+        self.tokenize = tokenize  # called in the loader's workers: it must pickle
         # The sample numbers this dataset serves (None: all); item i is samples[i]. A part
         # held out for the monitors is left out of training this way.
         self.samples = samples
@@ -654,12 +654,10 @@ class ShardDataset(Dataset):
             skipped = 0
         if self.shards.has_labels:
             batch["label"] = torch.from_numpy(self.shards.labels_of(samples))
-        if self.context_length is not None:
-            from ssl_zoo.text import tokenize
-
+        if self.tokenize is not None:
             columns = index[:, 1].tolist() if index.ndim == 2 else [0] * len(samples)
             captions = [self.shards.read_caption(i, c) for i, c in zip(samples, columns)]
-            batch["tokens"] = tokenize(captions, self.context_length)  # (B, L)
+            batch["tokens"] = self.tokenize(captions)  # (B, L)
         batch["skipped"] = torch.tensor(skipped, dtype=torch.int64)
         return batch
 

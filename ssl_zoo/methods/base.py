@@ -18,6 +18,7 @@ else a run needs (kNN monitor, view grids, checkpoints) lives in callbacks, not 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 
 from ssl_zoo.augment import EvalTransform, ViewAugment
 from ssl_zoo.backbones import build_image_backbone
-from ssl_zoo.recipe import RECIPE_KEYS, Recipe, recipe_from_dict, recipe_to_dict
+from ssl_zoo.recipe import RECIPE_KEYS, DataConfig, Recipe, recipe_from_dict, recipe_to_dict
 from ssl_zoo.registry import METHODS
 
 
@@ -103,11 +104,18 @@ class SSLMethod(pl.LightningModule):
         ``init_weights``). Empty for methods without a target."""
         return []
 
-    # The text interface, for methods with ``uses_text`` (CLIP); the evaluation stage's
-    # zero-shot classification and retrieval use nothing else.
+    # The text interface, for methods with ``uses_text`` (CLIP): the data module tokenizes
+    # training captions with ``caption_tokenizer``; the evaluation stage's zero-shot
+    # classification and retrieval use ``tokenize``, ``encode_text`` and ``embed_image_features``.
+    @classmethod
+    def caption_tokenizer(cls, data: DataConfig) -> Callable[[list[str]], Tensor]:
+        """Strings -> (n, L) token ids for ``encode_text``. It runs in the loader's worker
+        processes too, so it must pickle (a module-level function or a partial of one)."""
+        raise NotImplementedError(f"{cls.__name__} has no text tower (uses_text is False).")
+
     def tokenize(self, texts: list[str]) -> Tensor:
-        """Strings -> (n, L) token ids for ``encode_text``."""
-        raise NotImplementedError(f"{type(self).__name__} has no text tower (uses_text is False).")
+        """Strings -> (n, L) token ids, as the training captions were tokenized."""
+        return self.caption_tokenizer(self.recipe.data)(texts)
 
     def encode_text(self, tokens: Tensor) -> Tensor:
         """(n, L) token ids -> (n, E) unit vectors in the joint image-text space."""

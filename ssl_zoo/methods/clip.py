@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -13,7 +15,7 @@ from torch import Tensor, nn
 from ssl_zoo.backbones import build_text_backbone
 from ssl_zoo.losses import clip_loss
 from ssl_zoo.methods.base import SSLMethod
-from ssl_zoo.recipe import Recipe
+from ssl_zoo.recipe import DataConfig, Recipe
 from ssl_zoo.text import tokenize
 
 
@@ -49,9 +51,10 @@ class CLIP(SSLMethod, name="clip", config=CLIPConfig):
         # 1 / 0.07, and clipped so that the logits are never scaled by more than 100.
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.init_temperature)))
 
-    def tokenize(self, texts: list[str]) -> Tensor:
-        """Strings -> (n, L) BPE token ids, L the recipe's context length."""
-        return tokenize(texts, self.recipe.data.context_length)
+    @classmethod
+    def caption_tokenizer(cls, data: DataConfig) -> Callable[[list[str]], Tensor]:
+        """CLIP's BPE (open_clip's SimpleTokenizer), ``data.context_length`` tokens a caption."""
+        return partial(tokenize, context_length=data.context_length)
 
     def embed_image_features(self, features: Tensor) -> Tensor:
         """(B, D) backbone features -> (B, E) unit vectors in the joint space."""
