@@ -23,6 +23,9 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
+    """Names -> entries of one kind; the package's modules and the plugins' are loaded on
+    the first lookup."""
+
     def __init__(self, kind: str, package: str, entry_point_group: str) -> None:
         self.kind = kind  # "method", "dataset": for error messages
         self.package = package
