@@ -1,6 +1,7 @@
 import dataclasses
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from ssl_zoo.recipe import Recipe, parse_recipe
@@ -27,6 +28,22 @@ def tiny_recipe(method: str, tmp_path, **sections) -> Recipe:
     for key, value in sections.items():
         argv += [f"--{key}", str(value)]
     return parse_recipe(argv)
+
+
+class Crash(Exception):
+    """A crash the tests provoke."""
+
+
+class CrashAt(pl.Callback):
+    """Raises Crash before training step ``step``: a crash between two steps, after the
+    checkpoints written so far."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise Crash
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import yaml
 
+from conftest import Crash, CrashAt
 from ssl_zoo.errors import RecipeError
 from ssl_zoo.train import fit
 
@@ -15,19 +15,6 @@ from ssl_zoo.train import fit
 def read_rows(path):
     with open(path, newline="") as file:
         return list(csv.DictReader(file))
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashBeforeStep(pl.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise Crash
 
 
 def test_csv_logger_writes_metrics_views_and_recipe_and_continues_on_resume(make_recipe, monkeypatch):
@@ -41,7 +28,7 @@ def test_csv_logger_writes_metrics_views_and_recipe_and_continues_on_resume(make
         "backbone": "convnet4", "trainer.loggers": "[csv]", "trainer.max_epochs": 2, "trainer.checkpoint_every_n_steps": 2,
     })
     with pytest.raises(Crash):
-        fit(recipe, enable_progress_bar=False, callbacks=[CrashBeforeStep(3)])
+        fit(recipe, enable_progress_bar=False, callbacks=[CrashAt(3)])
     run_dir = Path(recipe.trainer.output_dir) / recipe.name / "version_0"
     metrics = run_dir / "csv" / "metrics.csv"
     rows = read_rows(metrics)

@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
+from conftest import Crash, CrashAt
 from ssl_zoo.checkpointing import AtomicCheckpointIO
 from ssl_zoo.errors import RecipeError, TrainingError
 from ssl_zoo.recipe import parse_recipe, recipe_to_dict
@@ -92,19 +93,6 @@ def assert_sigkill_then_resume_is_bit_exact(recipe_file: Path, tmp_path: Path) -
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_exact(make_recipe, tmp_path):
     assert_sigkill_then_resume_is_bit_exact(write_recipe(make_recipe, "byol", tmp_path / "byol.yaml"), tmp_path)
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAt(pl.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise Crash  # a crash between two steps: no checkpoint of it is written
 
 
 @pytest.mark.parametrize("method", ["simclr", "clip"])

@@ -49,13 +49,13 @@ def open_shards(config: DataConfig, split: str = "train") -> ShardSet:
     try:
         return ShardSet(expand_shard_paths(Path(root).expanduser()))
     except DataNotFoundError as error:
-        stl10 = [name for name, path in available_recipes().items()
-                 if (yaml.safe_load(path.read_text()) or {}).get("data", {}).get("name") == "stl10"]
+        downloadable = [name for name, path in available_recipes().items()
+                        if dataset_spec((yaml.safe_load(path.read_text()) or {}).get("data", {}).get("name", "shapes")).downloadable]
         raise DataNotFoundError(
             f"{error} ImageNet-1k: download ILSVRC2012 from image-net.org, then convert its train/ "
             "(one folder per class) with `python -m ssl_zoo shards --from folder DIR/train --out "
             "data/imagenet/train --size 256`, and val/ likewise."
-            + (f" Recipes whose data downloads by itself: {', '.join(stl10)}." if stl10 else "")
+            + (f" Recipes whose data downloads with --data.download true: {', '.join(downloadable)}." if downloadable else "")
         ) from None
 
 

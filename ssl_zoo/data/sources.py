@@ -398,10 +398,11 @@ def _load_torchvision_split(config: DataConfig, split: str, seed: int) -> ImageS
     return load_torchvision(config.name, _root(config), split, download=config.download, image_size=config.image_size)
 
 
-DatasetSpec("cifar10", load=_load_torchvision_split, splits=("train", "test")).register()
-DatasetSpec("cifar100", load=_load_torchvision_split, splits=("train", "test")).register()
+DatasetSpec("cifar10", load=_load_torchvision_split, splits=("train", "test"), downloadable=True).register()
+DatasetSpec("cifar100", load=_load_torchvision_split, splits=("train", "test"), downloadable=True).register()
 # NOTE: STL-10 trains on its 100k unlabelled images too; its labelled 5k train the evaluation.
-DatasetSpec("stl10", load=_load_torchvision_split, splits=("train+unlabeled", "test"), eval_splits=("train", "test")).register()
+DatasetSpec("stl10", load=_load_torchvision_split, splits=("train+unlabeled", "test"), eval_splits=("train", "test"),
+            downloadable=True).register()
 DatasetSpec("folder", load=lambda config, split, seed: load_image_folder(_root(config) / split, config.image_size),
             splits=("train", "val")).register()
 # One CSV/JSONL file of path,caption: no test split and no labels; retrieval scores on

@@ -34,6 +34,7 @@ class DatasetSpec:
     # Stays encoded on disk and is read a batch at a time (shards); only the monitors' and
     # the evaluation's bounded sets are decoded with ``load``.
     streamed: bool = False
+    downloadable: bool = False  # fetched by its loader with data.download true (torchvision's)
 
     def register(self) -> DatasetSpec:
         return DATASETS.register(self.name, self)

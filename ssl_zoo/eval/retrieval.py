@@ -26,7 +26,7 @@ def retrieval_recall(
     # 52 ms for the rank counting below, with the same recalls; and it breaks ties by sort
     # order, crediting a collapsed model with hits.
     # NOTE: ties count against the model (a rank counts every other item scored at least
-    # as high), so collapsed embeddings score chance, not perfect recall.
+    # as high), so collapsed embeddings score zero, not perfect recall.
     similarity = text_embeddings @ image_embeddings.T  # (M, N)
     # Rank of the right image for each caption: the other images scored >= it.
     right = similarity.gather(1, text_to_image[:, None])  # (M, 1)
