@@ -194,8 +194,9 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     splits = load_labelled_splits(data_source.data, eval_config)
     # Weights made elsewhere have no data of their own: they are scored on this recipe's
     # (retrieval too), and `eval --weights --data-recipe` reproduces it.
-    save_recipe(data_source, out / "eval_data_recipe.yaml")
-    eval_config = dataclasses.replace(eval_config, data_recipe=str(out / "eval_data_recipe.yaml"))
+    if imported:
+        save_recipe(data_source, out / "eval_data_recipe.yaml")
+        eval_config = dataclasses.replace(eval_config, data_recipe=str(out / "eval_data_recipe.yaml"))
     for weights in imported:  # a wrong name or architecture fails now, not after the budget
         load_imported(weights, config.weights_input_size)
 

@@ -202,3 +202,13 @@ def test_unlabelled_images_add_nothing_to_the_probe_or_the_bank():
 
     images = ImageSet(torch.zeros(5, 3, 8, 8, dtype=torch.uint8), labels=torch.tensor([1, -1, 0, -1, 2]), classes=list("abc"))
     assert images.labelled().labels.tolist() == [1, 0, 2]
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_what_a_method_declares_matches_what_it_has(method, make_recipe):
+    model = build_method(make_recipe(method), num_classes=8)
+    assert model.has_ema_target == bool(model.ema_pairs())
+    for online, target in model.ema_pairs():  # targets start as copies and get no gradient
+        assert all(not p.requires_grad for p in target.parameters())
+        assert all(torch.equal(a, b) for a, b in zip(online.state_dict().values(), target.state_dict().values()))
+    assert model.num_views == model.augment.num_views

@@ -57,8 +57,8 @@ class SSLMethod(pl.LightningModule):
     method_name: ClassVar[str]  # the recipe's `method:`
     Config: ClassVar[type]  # the dataclass of its recipe section (`<method_name>:`)
     num_views: ClassVar[int] = 2  # views the augmentation makes of every image
-    # Trains on captions: the data module hands it tokens, and it has a text tower
-    # (``tokenize``, ``encode_text``, ``embed_image_features``) for zero-shot and retrieval.
+    # Trains on captions: the data module hands it tokens (``caption_tokenizer``), and it has
+    # a text tower (``encode_text``, ``embed_image_features``) for zero-shot and retrieval.
     uses_text: ClassVar[bool] = False
     # Keeps a momentum (EMA) target network beside the trained one (``ema_pairs``), updated
     # with ``ssl_zoo.methods.momentum.ema_update``; checkpoints carry it, exports leave it out.
