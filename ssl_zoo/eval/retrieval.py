@@ -22,9 +22,9 @@ def retrieval_recall(
     # row per pair with a query index, M x N rows, and score each query in a Python loop
     # (RetrievalHitRate, the "at least one caption" measure here; RetrievalRecall would
     # count the share of an image's five captions found, another number). On a
-    # Flickr8k-sized test (1000 images, 5000 captions, 2 CPU cores) that took 3.7 s against
-    # 52 ms for the rank counting below, with the same recalls; and it breaks ties by sort
-    # order, crediting a collapsed model with hits.
+    # Flickr8k-sized test (1000 images, 5000 captions, 2 CPU cores) RetrievalHitRate gave
+    # the same image->text R@5 in 554 ms, for that one recall, against 55 ms for all six
+    # recalls below; and it breaks ties by sort order, crediting a collapsed model with hits.
     # NOTE: ties count against the model (a rank counts every other item scored at least
     # as high), so collapsed embeddings score zero, not perfect recall.
     similarity = text_embeddings @ image_embeddings.T  # (M, N)
