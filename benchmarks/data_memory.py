@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ssl_zoo.data.convert import Sample, write_shards
+from ssl_zoo.data.shards.convert import Sample, write_shards
 
 CHILD = """
 import resource, sys, torch

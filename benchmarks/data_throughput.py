@@ -18,7 +18,7 @@ at S = 64 and 224 px. The data is made here, in a temporary folder: Flickr8k's 6
 images (``../shared/data``) upscaled to 400 x 300 with a little noise, saved as JPEG q90
 (~31 KB each; ImageNet's photos are of that size but average ~110 KB, so they decode
 slower), in 10 class folders; the shards are
-made from that folder by ``ssl_zoo.data.convert`` at each S (its own rate is reported
+made from that folder by ``ssl_zoo.data.shards.convert`` at each S (its own rate is reported
 too). Files are in the page cache: this measures decoding, not the disk. Each loader runs
 one warm-up epoch (worker start-up, first reads), then timed epochs, 3 s at least.
 
@@ -47,9 +47,10 @@ import torchvision.transforms.v2 as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ssl_zoo.data.convert import convert
+from ssl_zoo.data.shards.convert import convert
 from ssl_zoo.data.datamodule import EpochBatchSampler, _already_batched
-from ssl_zoo.data.shards import ShardDataset, ShardSet, decode_images, expand_shard_paths
+from ssl_zoo.data.decode import decode_images
+from ssl_zoo.data.shards import ShardDataset, ShardSet, expand_shard_paths
 from ssl_zoo.environment import versions
 
 RESULTS = Path(__file__).parent / "results"

@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "bench":
             return bench_command(rest)
         if command == "shards":
-            from ssl_zoo.data.convert import shards_command
+            from ssl_zoo.data.shards.convert import shards_command
 
             return shards_command(rest)
         if command == "export":

@@ -58,7 +58,7 @@ def write_random_shards(out, count: int, shard_size: int, size: int = 32, seed: 
     import numpy as np
     from PIL import Image
 
-    from ssl_zoo.data.convert import Sample, write_shards
+    from ssl_zoo.data.shards.convert import Sample, write_shards
 
     rng = np.random.default_rng(seed)
 

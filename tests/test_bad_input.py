@@ -112,7 +112,7 @@ def label_shards(folder: Path, count: int = 40) -> Path:
     """Indexed shards of small labelled JPEGs, 20 samples a shard."""
     import io
 
-    from ssl_zoo.data.convert import Sample, write_shards
+    from ssl_zoo.data.shards.convert import Sample, write_shards
 
     buffer = io.BytesIO()
     Image.fromarray(colour_image(16)).save(buffer, "JPEG")

@@ -1,92 +1,11 @@
-"""The training step never makes the host wait for the device.
-
-On a GPU the host queues a step's kernels while the previous ones run. Three kinds of call
-stop that, because the host must wait until the GPU has drained its queue: reading a
-value on the host (``.item()``, ``float(t)``, ``if t:``), making a tensor from Python
-numbers on the device (a blocking host-to-device copy), and ops whose output size depends
-on the data (``nonzero``, boolean masks). On the CPU the same calls are ATen ops, so this
-test counts them in the steps of ``fit`` as it runs (augmentation, loss, backward,
-optimiser, EMA, callbacks and logging included), away from the logging interval.
-
-What the CPU cannot show: ``.tolist()``, ``.cpu()`` and ``.numpy()`` read memory without
-dispatching an op, and where a tensor lives (host or device) is the same here, so copies
-the code makes on purpose from host tensors look alike. Those need a GPU run with
-``torch.cuda.set_sync_debug_mode("warn")``.
-"""
-
-import traceback
+"""The training step never makes the host wait for the device (``ssl_zoo.host_sync``)."""
 
 import pytest
 import pytorch_lightning as pl
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from ssl_zoo.host_sync import CountBetweenSteps, HostSyncCounter, count_host_syncs
 from ssl_zoo.registry import METHODS
 from ssl_zoo.train import fit
-
-aten = torch.ops.aten
-HOST_SYNCS = {
-    aten._local_scalar_dense.default: "reads a tensor's value on the host",
-    aten.lift_fresh.default: "makes a tensor from Python data (a blocking copy to the GPU)",
-    aten.nonzero.default: "has a data-dependent output size",
-    aten.masked_select.default: "has a data-dependent output size",
-    aten.is_nonzero.default: "reads a tensor's truth value on the host",
-    aten.repeat_interleave.Tensor: "has a data-dependent output size",
-    aten.repeat_interleave.self_Tensor: "has a data-dependent output size",
-}
-
-
-def syncs(func, args) -> str | None:
-    """Why ``func`` would make the host wait for a GPU, or None."""
-    if func in HOST_SYNCS:
-        return HOST_SYNCS[func]
-    if func is aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1]):
-        return "indexes with a boolean mask (a data-dependent output size)"
-    return None
-# Host-side work that is meant to be there: (file, function) of the innermost caller.
-BY_DESIGN = {
-    # The sampler's indices are a Python list; made into a tensor on the host, they go to
-    # the GPU from pinned memory without waiting.
-    ("ssl_zoo/data/datamodule.py", "__getitems__"),
-    # Kornia checks blur sigmas > 0 on the host copy of sigma; ssl_zoo draws the sigmas on
-    # the host for that reason, so on a GPU the check reads no device memory.
-    ("kornia/filters/gaussian.py", "_gaussian_blur2d"),
-}
-
-
-class HostSyncCounter(TorchDispatchMode):
-    """Records every host-syncing op while ``counting`` is set, with where it was called."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counting = False
-        self.calls: list[str] = []
-        self.ops_seen = 0  # every op while counting: proves the window was open
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops_seen += self.counting
-        reason = syncs(func, args) if self.counting else None
-        if reason:
-            frames = [f for f in traceback.extract_stack()[:-1] if "torch/" not in f.filename][-3:]
-            caller = frames[-1]
-            if any(caller.filename.endswith(path) and caller.name == name for path, name in BY_DESIGN):
-                return func(*args, **(kwargs or {}))
-            where = " <- ".join(f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}" for f in reversed(frames))
-            self.calls.append(f"{func} {reason}: {where}")
-        return func(*args, **(kwargs or {}))
-
-
-class CountBetweenSteps(pl.Callback):
-    """Counts from the end of step ``first`` to the end of step ``last``: whole steps."""
-
-    def __init__(self, counter: HostSyncCounter, first: int, last: int) -> None:
-        self.counter, self.first, self.last = counter, first, last
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.first:
-            self.counter.counting = True
-        elif trainer.global_step == self.last:
-            self.counter.counting = False
 
 
 @pytest.mark.parametrize("method", METHODS.names())
@@ -97,9 +16,7 @@ def test_fit_steps_make_no_host_syncs(method, make_recipe):
         "data.num_images": 448, "trainer.max_steps": 12, "trainer.log_every_n_steps": 50,
         "augment.blur_p": "[0.5, 0.5]", "augment.solarize_p": "[0.0, 0.2]",
     })
-    counter = HostSyncCounter()
-    with counter:
-        fit(recipe, enable_progress_bar=True, callbacks=[CountBetweenSteps(counter, first=2, last=10)])
+    counter = count_host_syncs(recipe, first=2, last=10, enable_progress_bar=True)
     assert counter.ops_seen > 1000  # 8 steps of a ResNet-18 ran under the counter
     assert not counter.calls, f"{len(counter.calls)} host syncs in 8 steps of {method}:\n" + "\n".join(counter.calls[:10])
 

@@ -14,17 +14,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ssl_zoo.data import convert as convert_module
-from ssl_zoo.data.convert import Sample, convert, index_shards, shards_command, write_shards
+from ssl_zoo.data.shards import convert as convert_module
+from ssl_zoo.data.shards.convert import Sample, convert, index_shards, shards_command, write_shards
 from ssl_zoo.data.datamodule import EpochBatchSampler, _already_batched
-from ssl_zoo.data.shards import (
-    ShardDataset,
-    ShardSet,
-    build_index,
-    decode_images,
-    expand_shard_paths,
-    index_path,
-)
+from ssl_zoo.data.decode import decode_images
+from ssl_zoo.data.shards import ShardDataset, ShardSet, build_index, expand_shard_paths, index_path
 from ssl_zoo.data.sources import load_shared_cifar10, load_shared_flickr8k
 from ssl_zoo.errors import DataFormatError, DataNotFoundError, RecipeError
 from ssl_zoo.text import tokenize, tokenize_captions
@@ -465,7 +459,7 @@ def test_shard_set_holds_no_per_sample_python_objects(tmp_path):
 
 
 def test_converter_takes_only_the_listed_classes(tmp_path):
-    from ssl_zoo.data.convert import read_class_list
+    from ssl_zoo.data.shards.convert import read_class_list
 
     imagenet100 = read_class_list("imagenet100")  # CMC's list, shipped with the package
     assert len(imagenet100) == len(set(imagenet100)) == 100 and imagenet100[0] == "n02869837"

@@ -23,7 +23,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssl_zoo.data.imageset import ImageSet
-from ssl_zoo.data.shards import ShardDataset, ShardSet, decode_images, expand_shard_paths, load_shard_images
+from ssl_zoo.data.decode import decode_images
+from ssl_zoo.data.shards import ShardDataset, ShardSet, held_out_samples, load_shard_images, open_shards
 from ssl_zoo.data.spec import DatasetSpec, dataset_spec
 from ssl_zoo.errors import DataNotFoundError, RecipeError
 from ssl_zoo.recipe import DataConfig, Recipe, available_recipes
@@ -33,55 +34,6 @@ from ssl_zoo.registry import DATASETS, METHODS
 def load_split(config: DataConfig, split: str, seed: int = 0) -> ImageSet:
     """Decode one split of the configured dataset."""
     return dataset_spec(config.name).load(config, split, seed)
-
-
-# Shards: a seeded part of the training samples is held out for the monitors when there
-# are no validation shards; evaluation sets decoded from shards are capped at this size.
-HELD_OUT_DEFAULT = 1_000
-SHARD_EVAL_CAP = 10_000
-
-
-def open_shards(config: DataConfig, split: str = "train") -> ShardSet:
-    """The training shards (data.root) or the validation shards (data.val_root)."""
-    root = config.root if split == "train" else config.val_root
-    if root is None:
-        raise RecipeError(f"data.val_root is not set, so these shards have no '{split}' split.")
-    try:
-        return ShardSet(expand_shard_paths(Path(root).expanduser()))
-    except DataNotFoundError as error:
-        downloadable = [name for name, path in available_recipes().items()
-                        if dataset_spec((yaml.safe_load(path.read_text()) or {}).get("data", {}).get("name", "shapes")).downloadable]
-        raise DataNotFoundError(
-            f"{error} ImageNet-1k: download ILSVRC2012 from image-net.org, then convert its train/ "
-            "(one folder per class) with `python -m ssl_zoo shards --from folder DIR/train --out "
-            "data/imagenet/train --size 256`, and val/ likewise."
-            + (f" Recipes whose data downloads with --data.download true: {', '.join(downloadable)}." if downloadable else "")
-        ) from None
-
-
-def held_out_samples(config: DataConfig, size: int, seed: int) -> np.ndarray:
-    """Training samples kept for the monitors when there are no validation shards (sorted)."""
-    count = min(config.val_size or HELD_OUT_DEFAULT, size // 10)
-    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed + 7)).numpy()
-    return np.sort(order[:count])
-
-
-def _shard_split_subset(config: DataConfig, split: str, seed: int) -> ImageSet:
-    """A seeded subset of a shard split, decoded into memory: the held-out part of the
-    training shards stands in for 'val' when there are no validation shards."""
-    if split == "val" and config.val_root is None:
-        train = open_shards(config, "train")
-        return load_shard_images(train, held_out_samples(config, len(train), seed), config.image_size, "held out")
-    shards = open_shards(config, split)
-    count = min(len(shards), SHARD_EVAL_CAP)
-    keep = np.sort(torch.randperm(len(shards), generator=torch.Generator().manual_seed(seed)).numpy()[:count])
-    return load_shard_images(shards, keep, config.image_size, split)
-
-
-# The training shards (data.root) and data.val_root. NOTE: neither labelled nor captioned
-# as far as the evaluation's defaults go: a shard set may hold either; evaluation on
-# shards is asked for by name (eval --data shards).
-DatasetSpec("shards", load=_shard_split_subset, splits=("train", "val"), labelled=False, streamed=True).register()
 
 
 class InMemoryDataset(Dataset):

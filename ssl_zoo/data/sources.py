@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ssl_zoo.data.decode import PIL_ERRORS, to_rgb
 from ssl_zoo.data.imageset import ImageSet
 from ssl_zoo.data.spec import DatasetSpec
 from ssl_zoo.errors import DataFormatError, DataNotFoundError
@@ -35,9 +36,6 @@ if TYPE_CHECKING:
 # File name suffixes that load_image_folder reads (torchvision's IMG_EXTENSIONS).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
-# Errors PIL raises on a file it cannot decode: OSError covers UnidentifiedImageError and
-# "image file is truncated"; some plugins raise SyntaxError or ValueError on broken data.
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 # ----------------------------------------------------------------------------------------
@@ -200,22 +198,12 @@ def load_torchvision(
 # Image files: ImageFolder trees and image-text pair files.
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-        # 16/32-bit grayscale: PIL's convert("RGB") clips at 255 (a white image), so scale
-        # 16-bit ranges down to 8 bits first.
-        a = np.asarray(img, dtype=np.float64)
-        if a.max() > 255:
-            a = a / 257.0
-        img = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8))
-    return img.convert("RGB")
-
 
 def _load_image(path: Path, image_size: int) -> np.ndarray:
     """Decode an image file to RGB uint8 (image_size, image_size, 3): shorter side resized to
-    ``image_size`` (bicubic), then centre-cropped. Raises one of _PIL_ERRORS if unreadable."""
+    ``image_size`` (bicubic), then centre-cropped. Raises one of PIL_ERRORS if unreadable."""
     with Image.open(path) as img:
-        img = _to_rgb(img)  # decodes fully, so a truncated file fails here
+        img = to_rgb(img)  # decodes fully, so a truncated file fails here
     w, h = img.size
     if (w, h) != (image_size, image_size):
         scale = image_size / min(w, h)
@@ -257,7 +245,7 @@ def load_image_folder(root: str | Path, image_size: int) -> ImageSet:
         for path in files:
             try:
                 images.append(_load_image(path, image_size))
-            except _PIL_ERRORS as e:
+            except PIL_ERRORS as e:
                 skipped.append(f"{path} ({e})")
                 continue
             labels.append(label)
@@ -372,7 +360,7 @@ def load_image_text_pairs(path: str | Path, image_size: int) -> ImageSet:
     for image_path in captions:
         try:
             images.append(_load_image(image_path, image_size))
-        except _PIL_ERRORS as e:
+        except PIL_ERRORS as e:
             raise DataFormatError(
                 f"{path}: cannot read image {image_path} ({e}); re-save or remove it."
             ) from None

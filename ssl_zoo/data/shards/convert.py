@@ -44,8 +44,10 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from ssl_zoo.data.shards import build_index, expand_shard_paths, index_path, load_index
-from ssl_zoo.data.sources import _PIL_ERRORS, IMAGE_EXTENSIONS, _load_image, read_pairs_file
+from ssl_zoo.data.decode import PIL_ERRORS
+from ssl_zoo.data.shards.index import build_index, index_path, load_index
+from ssl_zoo.data.shards.paths import expand_shard_paths
+from ssl_zoo.data.sources import IMAGE_EXTENSIONS, _load_image, read_pairs_file
 from ssl_zoo.errors import DataFormatError, DataNotFoundError, RecipeError
 
 JPEG_QUALITY = 95
@@ -153,7 +155,7 @@ def write_shards(samples: Iterable[Sample], out: Path, shard_size: int) -> list[
 # Listing sources.
 
 
-CLASS_LISTS = {"imagenet100": Path(__file__).with_name("imagenet100.txt")}  # lists that ship with ssl_zoo
+CLASS_LISTS = {"imagenet100": Path(__file__).parent.parent / "imagenet100.txt"}  # lists that ship with ssl_zoo
 
 
 def read_class_list(name_or_path: str) -> list[str]:
@@ -225,7 +227,7 @@ def _prepare(job: tuple[Path, int]) -> tuple[bytes | None, str]:
         pixels = _load_image(path, size)  # RGB uint8 (size, size, 3)
     except FileNotFoundError:
         return None, "file not found"
-    except _PIL_ERRORS as e:
+    except PIL_ERRORS as e:
         return None, f"unreadable image ({e})"
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "JPEG", quality=JPEG_QUALITY)

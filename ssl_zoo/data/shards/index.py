@@ -1,0 +1,238 @@
+"""The index of a shard: a memory-mapped table of where each sample's members lie."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ssl_zoo.data.shards.paths import MAKE_SHARDS
+from ssl_zoo.errors import DataFormatError, DataNotFoundError
+
+# Image member extensions, and the code the index stores for each (0: none).
+IMAGE_FORMATS = {"jpg": 1, "jpeg": 1, "png": 2, "webp": 3}
+
+# One index row per sample, after one header row (see _header_row). Offsets are of the
+# member's data inside the tar (TarInfo.offset_data); -1 offset / 0 size: no such member.
+INDEX_DTYPE = np.dtype(
+    [
+        ("image_offset", "<i8"),
+        ("image_size", "<i8"),
+        ("text_offset", "<i8"),
+        ("text_size", "<i8"),
+        ("json_offset", "<i8"),
+        ("json_size", "<i8"),
+        ("label", "<i8"),  # class index, -1: none
+        ("format", "<i8"),  # IMAGE_FORMATS code of the image member
+    ]
+)
+INDEX_SUFFIX = ".idx.npy"
+# Row 0's image_offset: marks an ssl_zoo index and its layout version.
+_INDEX_MAGIC = 0x53535A_494458_01  # "SSZ" "IDX" version 1
+
+
+def index_path(shard: Path) -> Path:
+    """The sidecar index of a shard: ``<shard>.idx.npy``."""
+    return shard.with_name(shard.name + INDEX_SUFFIX)
+
+
+def _index_command(shard: Path) -> str:
+    return f"python -m ssl_zoo shards --index {shard}"
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """WebDataset's (key, extension): the key runs to the first dot of the base name."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def _parse_label(shard: Path, name: str, data: bytes) -> int:
+    try:
+        label = int(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise DataFormatError(
+            f"{shard}: member {name} should hold a class index (an integer), found "
+            f"{data[:40]!r}. Fix the shard, or remake it with `{MAKE_SHARDS}`."
+        ) from None
+    if label < 0:
+        raise DataFormatError(f"{shard}: member {name} holds a negative class index {label}.")
+    return label
+
+
+def _captions_from_text(data: bytes, where: str) -> list[str]:
+    """A .txt member's captions: one per non-empty line (an empty file is one empty caption)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{where}: caption is not UTF-8 (bad byte at {e.start}).") from None
+    return [line.strip() for line in text.splitlines() if line.strip()] or [""]
+
+
+def _json_fields(data: bytes, where: str) -> dict:
+    try:
+        fields = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataFormatError(f"{where}: not valid JSON ({e}).") from None
+    return fields if isinstance(fields, dict) else {}
+
+
+def _captions_from_json(fields: dict) -> list[str]:
+    caption = fields.get("caption")
+    if isinstance(caption, str):
+        return [caption.strip()]
+    if isinstance(caption, list):
+        return [str(c).strip() for c in caption]
+    return []
+
+
+def _scan_shard(shard: Path) -> tuple[list[tuple[int, ...]], int]:
+    """The index rows of a shard's samples, and the most captions any sample has."""
+    rows: list[tuple[int, ...]] = []
+    keys: list[str] = []  # of the indexed samples, for messages
+    caption_counts: list[int] = []
+    missing_image: list[str] = []
+    sample: dict[str, tuple[tarfile.TarInfo, bytes | None]] = {}
+    key = None
+
+    def finish() -> None:
+        image = next((ext for ext in sample if ext in IMAGE_FORMATS), None)
+        if image is None:
+            missing_image.append(key)
+            return
+        info = sample[image][0]
+        text = sample.get("txt")
+        meta = sample.get("json")
+        fields = _json_fields(meta[1], f"{shard}: {meta[0].name}") if meta else {}
+        if "cls" in sample:
+            label = _parse_label(shard, sample["cls"][0].name, sample["cls"][1])
+        else:
+            label = fields.get("label", -1)
+            label = label if isinstance(label, int) and label >= 0 else -1
+        if text is not None:
+            count = len(_captions_from_text(text[1], f"{shard}: {text[0].name}"))
+        else:
+            count = len(_captions_from_json(fields))
+        caption_counts.append(count)
+        keys.append(key)
+        rows.append(
+            (
+                info.offset_data, info.size,
+                text[0].offset_data if text else -1, text[0].size if text else 0,
+                meta[0].offset_data if meta else -1, meta[0].size if meta else 0,
+                label, IMAGE_FORMATS[image],
+            )
+        )
+
+    try:
+        with tarfile.open(shard, mode="r:") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                name_key, ext = _split_name(info.name)
+                if name_key != key:
+                    if sample:
+                        finish()
+                    sample, key = {}, name_key
+                # Labels, captions and json are read now (they are small); images are not.
+                data = tar.extractfile(info).read() if ext in ("cls", "txt", "json") else None
+                sample.setdefault(ext, (info, data))
+            if sample:
+                finish()
+    except tarfile.ReadError as e:
+        raise DataFormatError(
+            f"{shard} is not a readable (uncompressed) tar file ({e}). Make shards with "
+            f"`{MAKE_SHARDS}`."
+        ) from None
+    if not rows:
+        raise DataFormatError(
+            f"{shard} holds no image member (.jpg, .jpeg, .png or .webp) in "
+            f"{len(missing_image)} sample(s); a shard needs one image per sample key. "
+            f"Make shards with `{MAKE_SHARDS}`."
+        )
+    if missing_image:
+        warnings.warn(
+            f"{shard}: {len(missing_image)} sample(s) without an image member were left out "
+            f"of the index (first: {missing_image[0]}).",
+            stacklevel=3,
+        )
+    most = max(caption_counts)
+    if most and 0 in caption_counts:
+        raise DataFormatError(
+            f"{shard}: sample {keys[caption_counts.index(0)]} has no caption (.txt or json "
+            f"'caption') while others have captions; give every sample a caption."
+        )
+    return rows, most
+
+
+def _header_row(shard_bytes: int, samples: int, num_captions: int) -> tuple[int, ...]:
+    """Row 0 of an index: (magic, the shard's size in bytes, samples, captions per sample, 0...)."""
+    return (_INDEX_MAGIC, shard_bytes, samples, num_captions, 0, 0, 0, 0)
+
+
+def build_index(shard: Path) -> Path:
+    """Scan ``shard`` and write its index beside it (atomically); returns the index path."""
+    shard = Path(shard)
+    if not shard.is_file():
+        raise DataNotFoundError(f"Shard not found: {shard.absolute()}.")
+    size = shard.stat().st_size
+    rows, num_captions = _scan_shard(shard)
+    table = np.array([_header_row(size, len(rows), num_captions), *rows], dtype=INDEX_DTYPE)
+    target = index_path(shard)
+    temp = target.with_name(target.name + f".tmp{os.getpid()}")
+    with open(temp, "wb") as f:  # a file object: np.save would append .npy to a name
+        np.save(f, table)
+    os.replace(temp, target)
+    return target
+
+
+def _member_size_before(fd: int, data_offset: int) -> int | None:
+    """Size field of the tar header block right before a member's data (None if unreadable)."""
+    block = os.pread(fd, tarfile.BLOCKSIZE, data_offset - tarfile.BLOCKSIZE)
+    try:
+        return tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape").size
+    except tarfile.HeaderError:
+        return None
+
+
+def load_index(shard: Path) -> tuple[np.memmap, int]:
+    """A shard's index rows (memory-mapped) and captions per sample; checks it is current.
+
+    An index is stale when the shard's size changed, or when the tar headers before its
+    first and last image no longer describe members of the indexed size. (The modification
+    time is not compared: copying shards changes it without changing them.)
+    """
+    path = index_path(shard)
+    rebuild = f"Build it with `{_index_command(shard)}`."
+    if not path.is_file():
+        raise DataFormatError(f"Shard {shard} has no index ({path.name} is missing). {rebuild}")
+    try:
+        table = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataFormatError(f"{path} is not a readable index ({e}). {rebuild}") from None
+    if table.dtype != INDEX_DTYPE or table.ndim != 1 or len(table) < 2 or table[0]["image_offset"] != _INDEX_MAGIC:
+        raise DataFormatError(f"{path} is not an ssl_zoo shard index of this version. {rebuild}")
+    header, rows = table[0], table[1:]
+    stale = f"The index {path.name} is stale: {shard}"
+    size = shard.stat().st_size
+    if size != header["image_size"]:
+        raise DataFormatError(
+            f"{stale} is {size} bytes, but the index was built for {header['image_size']}. "
+            f"Rebuild it with `{_index_command(shard)}`."
+        )
+    fd = os.open(shard, os.O_RDONLY)
+    try:
+        for row in (rows[0], rows[-1]):
+            if _member_size_before(fd, int(row["image_offset"])) != row["image_size"]:
+                raise DataFormatError(
+                    f"{stale} no longer holds an image of {row['image_size']} bytes at byte "
+                    f"{row['image_offset']}. Rebuild it with `{_index_command(shard)}`."
+                )
+    finally:
+        os.close(fd)
+    return rows, int(header["text_size"])
+
