@@ -17,7 +17,9 @@ from torch.utils.data import DataLoader
 from ssl_zoo.data.shards import convert as convert_module
 from ssl_zoo.data.shards.convert import Sample, convert, index_shards, shards_command, write_shards
 from ssl_zoo.data.datamodule import EpochBatchSampler, _already_batched
-from ssl_zoo.data.decode import decode_images
+from ssl_zoo.data.decode import DecodeCounts, decode_images
+from ssl_zoo.data.decode_ahead import DecodeAhead
+from ssl_zoo.data.shards.dataset import unpack_encoded
 from ssl_zoo.data.shards import ShardDataset, ShardSet, build_index, expand_shard_paths, index_path
 from ssl_zoo.data.sources import load_shared_cifar10, load_shared_flickr8k
 from ssl_zoo.errors import DataFormatError, DataNotFoundError, RecipeError
@@ -84,7 +86,7 @@ def test_cifar10_shards_equal_in_memory(shared_root, tmp_path):
     # TorchCodec's libjpeg-turbo and PIL's decode these JPEGs to the same pixels.
     assert torch.equal(batch["image"], memory.images[batch_index])
     assert torch.equal(batch["label"], memory.labels[batch_index])
-    assert int(batch["skipped"]) == 0 and "tokens" not in batch
+    assert DecodeCounts.from_tensor(batch["decode_counts"]) == DecodeCounts(images=256) and "tokens" not in batch
 
 
 def test_flickr8k_shards_equal_in_memory(shared_root, tmp_path):
@@ -159,7 +161,7 @@ def test_converter_on_a_messy_folder(messy_folder, tmp_path):
     assert shards.classes == ["a", "b", "c_empty"]
     assert shards.labels.tolist() == [label for label, _ in MESSY_EXPECTED]
     batch = ShardDataset(shards, image_size=16).__getitems__(list(range(len(shards))))
-    assert batch["image"].shape == (8, 3, 16, 16) and int(batch["skipped"]) == 0
+    assert batch["image"].shape == (8, 3, 16, 16) and DecodeCounts.from_tensor(batch["decode_counts"]).replaced == 0
     for image, (_, colour) in zip(batch["image"], MESSY_EXPECTED):
         assert _close(_mean_colour(image[:, 2:-2, 2:-2]), colour), (_mean_colour(image), colour)
     with tarfile.open(shards.paths[0]) as tar:  # every image is re-encoded as a square JPEG
@@ -368,8 +370,10 @@ def test_decode_images_formats_and_corrupt_members():
         _encode(_solid((0, 0, 0)), "BMP"),  # TorchCodec has no BMP decoder: PIL's turn
         torch.frombuffer(bytearray(_encode(_solid((9, 9, 9)), "PNG")), dtype=torch.uint8),
     ]
-    images, skipped = decode_images(encoded, size=12)
-    assert images.shape == (11, 3, 12, 12) and images.dtype == torch.uint8 and skipped == 2
+    images, counts = decode_images(encoded, size=12)
+    assert images.shape == (11, 3, 12, 12) and images.dtype == torch.uint8 and counts.replaced == 2
+    # The 6 members that are not JPEG, and the 2 broken JPEGs the batched call refused.
+    assert counts.images == 11 and counts.one_by_one == 8
     expected = [(255, 0, 0), (0, 255, 0), (0, 255, 0), (0, 0, 255), (77, 77, 77), (255, 0, 0), (255, 0, 0),
                 (156, 156, 156), (10, 200, 30), (0, 0, 0), (9, 9, 9)]
     for i, (image, colour) in enumerate(zip(images, expected)):
@@ -420,7 +424,7 @@ def test_worker_processes_give_the_same_batches(labelled_shards):
     inline, workers = batches(0), batches(2)
     assert len(inline) == len(workers) == 6
     for a, b in zip(inline, workers):
-        assert a.keys() == b.keys() == {"image", "label", "tokens", "skipped"}
+        assert a.keys() == b.keys() == {"image", "label", "tokens", "decode_counts"}
         assert all(torch.equal(a[k], b[k]) for k in a)
 
     copy = pickle.loads(pickle.dumps(dataset))
@@ -432,11 +436,14 @@ def test_worker_processes_give_the_same_batches(labelled_shards):
 
 def test_device_decode_mode_hands_over_encoded_bytes(labelled_shards):
     batch = ShardDataset(labelled_shards, image_size=16, decode="device").__getitems__([3, 50, 7])
-    assert "image" not in batch and batch["index"].tolist() == [3, 50, 7]
-    assert all(t.dtype == torch.uint8 and t.ndim == 1 for t in batch["encoded"])
-    images, skipped = decode_images(batch["encoded"], 16, device="cpu")
+    # One buffer and its offsets cross the process boundary, not one tensor per image.
+    assert "image" not in batch and batch["encoded"].dtype == torch.uint8 and batch["encoded"].ndim == 1
+    assert batch["offsets"].tolist()[0] == 0 and batch["offsets"].tolist()[-1] == len(batch["encoded"])
+    encoded = unpack_encoded(batch["encoded"], batch["offsets"])
+    assert [bytes(t.numpy()) for t in encoded] == [labelled_shards.read_image_bytes(i) for i in (3, 50, 7)]
+    images, counts = decode_images(encoded, 16, device="cpu")
     inline = ShardDataset(labelled_shards, image_size=16).__getitems__([3, 50, 7])
-    assert torch.equal(images, inline["image"]) and skipped == 0
+    assert torch.equal(images, inline["image"]) and counts == DecodeCounts(images=3)
     assert torch.equal(batch["label"], inline["label"])
 
 
@@ -475,3 +482,77 @@ def test_converter_takes_only_the_listed_classes(tmp_path):
     with pytest.raises(DataFormatError, match="lacks 100 of the 100 listed class folders, e.g. n01558993"):
         convert("folder", tmp_path / "train", tmp_path / "out100", 16, classes=imagenet100, progress=False)
     assert not (tmp_path / "out100").exists()
+
+
+def test_a_bad_jpeg_leaves_the_rest_of_its_batch_on_the_batched_decoder(monkeypatch):
+    # The batched call fails as a whole on one bad image; halves are retried, so only the
+    # bad one is decoded on its own (and counted), not the whole batch one at a time.
+    from ssl_zoo.data import decode as decode_module
+
+    good = [_encode(_solid((20 * i, 0, 0)), quality=95) for i in range(8)]
+    calls = []
+    real = decode_module.decode_jpeg
+    monkeypatch.setattr(decode_module, "decode_jpeg", lambda sources, **kw: calls.append(len(sources)) or real(sources, **kw))
+    images, counts = decode_images([*good[:5], b"\xff\xd8\xff\xe0 corrupt", *good[5:]], size=12)
+    assert counts == DecodeCounts(images=9, one_by_one=1, replaced=1)
+    assert calls[0] == 9 and max(calls[1:]) <= 5 and len(calls) <= 1 + 2 * 4  # halving, never one call per image
+    reference, _ = decode_images(good, size=12)
+    assert torch.equal(images[[0, 1, 2, 3, 4, 6, 7, 8]], reference)
+
+
+def test_decoding_ahead_gives_the_workers_batches_in_order_decoded_in_a_background_thread(labelled_shards, monkeypatch):
+    import threading
+
+    from ssl_zoo.data import decode_ahead
+
+    sampler = lambda: EpochBatchSampler(len(labelled_shards), 16, seed=2)  # noqa: E731
+    loader = lambda decode: DataLoader(  # noqa: E731
+        ShardDataset(labelled_shards, 16, decode=decode), batch_sampler=sampler(), collate_fn=_already_batched, num_workers=2
+    )
+    events, threads = [], set()
+    real = decode_ahead.decode_images
+
+    def decode(encoded, size, device):
+        threads.add(threading.current_thread().name)
+        return real(encoded, size, device=device)
+
+    class Fetches(list):  # the encoded loader, noting when each batch is taken from it
+        def __iter__(self):
+            for batch in super().__iter__():
+                events.append("fetch")
+                yield batch
+
+    monkeypatch.setattr(decode_ahead, "decode_images", decode)
+    ahead = DecodeAhead(Fetches(loader("device")), 16, torch.device("cpu"))
+    assert len(ahead) == len(sampler()) == 6
+    batches = []
+    for batch in ahead:
+        events.append("step")
+        batches.append(batch)
+    for a, b in zip(batches, loader("worker"), strict=True):
+        assert a.keys() == b.keys() == {"image", "label", "decode_counts"}
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(threads) == 1 and threads.pop().startswith("ssl_zoo-decode")  # never the step's thread
+    # Batch n + 1 is handed to the decoder before step n runs.
+    assert events == ["fetch", "fetch", "step"] * 1 + ["fetch", "step"] * 4 + ["step"]
+
+
+def test_loader_workers_take_a_slurm_tasks_own_cpus_and_share_a_nodes_otherwise(monkeypatch):
+    from types import SimpleNamespace
+
+    from pytorch_lightning.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    from ssl_zoo.data.datamodule import loader_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    trainer = lambda environment: SimpleNamespace(  # noqa: E731  8 processes on 2 nodes: 4 a node
+        strategy=SimpleNamespace(cluster_environment=environment), world_size=8, num_nodes=2
+    )
+    # torchrun or Lightning's launcher: the 4 processes of a node share its 16 cores.
+    assert loader_workers(trainer(LightningEnvironment())) == 4
+    # SLURM: the CPU set is already this task's (--cpus-per-task), not divided again.
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "12")
+    assert loader_workers(trainer(SLURMEnvironment())) == 12
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    assert loader_workers(trainer(SLURMEnvironment())) == 16
+    assert loader_workers(SimpleNamespace(strategy=SimpleNamespace(), world_size=1, num_nodes=1)) == 16  # one device

@@ -2,6 +2,8 @@
 (with loader workers decoding; CLIP with its caption draws) ends bit-identical to an
 unbroken one, and decoding on the device gives the same training as decoding in the loader."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,25 @@ def test_two_processes_read_disjoint_slices_that_make_up_the_single_process_batc
         together = torch.cat([ranks[0][b]["image"], ranks[1][b]["image"]])
         assert torch.equal(together, batch["image"])
         assert torch.equal(torch.cat([ranks[0][b]["label"], ranks[1][b]["label"]]), batch["label"])
+
+
+def test_decoding_on_the_device_with_workers_and_large_batches_keeps_within_1024_open_files(tmp_path):
+    # A batch once left each loader worker as B tensors, each an open file in the training
+    # process (torch's file_descriptor sharing): at B = 512 the run hung at step 0 under
+    # `ulimit -n 1024`. Now it is one buffer and its offsets.
+    write_random_shards(tmp_path / "train", 1100, 550, size=16)
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))\n"
+        "from ssl_zoo.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = [
+        "fit", "--recipe", "quickstart", "--data.name", "shards", "--data.root", str(tmp_path / "train"),
+        "--data.decode", "device", "--data.num_workers", "2", "--data.batch_size", "512", "--data.image_size", "16",
+        "--augment.size", "16", "--backbone", "convnet4", "--trainer.max_steps", "2", "--data.val_size", "32",
+        "--data.knn_bank_size", "32", "--trainer.output_dir", str(tmp_path / "runs"), "--trainer.accelerator", "cpu",
+    ]
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Done: " in done.stdout and " 2 steps " in done.stdout

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 import torch
 import yaml
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssl_zoo.data.imageset import ImageSet
-from ssl_zoo.data.decode import decode_images
+from ssl_zoo.data.decode import DecodeCounts
+from ssl_zoo.data.decode_ahead import DecodeAhead
 from ssl_zoo.data.shards import ShardDataset, ShardSet, held_out_samples, load_shard_images, open_shards
 from ssl_zoo.data.spec import DatasetSpec, dataset_spec
 from ssl_zoo.errors import DataNotFoundError, RecipeError
@@ -34,6 +36,27 @@ from ssl_zoo.registry import DATASETS, METHODS
 def load_split(config: DataConfig, split: str, seed: int = 0) -> ImageSet:
     """Decode one split of the configured dataset."""
     return dataset_spec(config.name).load(config, split, seed)
+
+
+# Decoding on the device: past this share of a run's images decoded one at a time on the
+# CPU (not JPEG, or refused by nvJPEG), the run ends with a warning.
+MAX_ONE_BY_ONE = 0.01
+
+
+def loader_workers(trainer: pl.Trainer | None) -> int:
+    """Loader worker processes for one training process: every core of its share.
+
+    Under SLURM each task already has its own CPU set (--cpus-per-task), so it is used as
+    is; elsewhere (torchrun, Lightning's launcher) the processes of a node share its cores.
+    """
+    cores = len(os.sched_getaffinity(0))
+    if trainer is None:
+        return cores
+    if isinstance(getattr(trainer.strategy, "cluster_environment", None), SLURMEnvironment):
+        per_task = os.environ.get("SLURM_CPUS_PER_TASK")
+        return max(min(cores, int(per_task)) if per_task else cores, 1)
+    processes_per_node = trainer.world_size // max(trainer.num_nodes, 1)
+    return max(cores // max(processes_per_node, 1), 1)
 
 
 class InMemoryDataset(Dataset):
@@ -141,7 +164,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.seed = seed
         self.train_set: ImageSet | ShardSet | None = None
         self.train_samples: np.ndarray | None = None  # shards: the samples trained on (None: all)
-        self.undecodable = 0  # shards: images replaced because they could not be decoded
+        self.decode_counts = DecodeCounts()  # shards: what decoding the training batches took
+        self.decode_on: str | None = None  # shards: where they are decoded ("device" or "workers")
         self.val_set: ImageSet | None = None
         self.bank_set: ImageSet | None = None
         self.train_sampler: EpochBatchSampler | None = None
@@ -206,7 +230,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.setup()
         return self.bank_set.num_classes if self.bank_set is not None else 0
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DecodeAhead:
         trainer = self.trainer
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         if isinstance(self.train_set, ShardSet):
@@ -229,16 +253,19 @@ class ImageDataModule(pl.LightningDataModule):
                 f"larger than the training split of {self.config.name} ({len(dataset)} images): no batch is "
                 "left for an epoch. Lower --data.batch_size or use fewer devices."
             )
-        decoded_on_host = not (isinstance(dataset, ShardDataset) and dataset.decode == "device")
+        decode_on_device = isinstance(dataset, ShardDataset) and dataset.decode == "device"
         on_host = not isinstance(dataset, InMemoryDataset) or dataset.device.type == "cpu"
-        return DataLoader(
+        loader = DataLoader(
             dataset,
             batch_sampler=self.train_sampler,
             collate_fn=_already_batched,
             num_workers=workers,
-            pin_memory=on_host and decoded_on_host and torch.cuda.is_available(),
+            # Encoded batches too: nvJPEG copies their one buffer from pinned memory faster.
+            pin_memory=on_host and torch.cuda.is_available(),
             persistent_workers=workers > 0,
         )
+        self.decode_on = "device" if decode_on_device else ("workers" if isinstance(dataset, ShardDataset) else None)
+        return DecodeAhead(loader, self.config.image_size, device) if decode_on_device else loader
 
     def _in_memory_dataset(self, device: torch.device) -> InMemoryDataset:
         train = self.train_set
@@ -267,21 +294,14 @@ class ImageDataModule(pl.LightningDataModule):
             decode = "device" if device.type == "cuda" else "worker"
         dataset = ShardDataset(self.train_set, self.config.image_size, decode, self.tokenize, samples=self.train_samples)
         workers = self.config.num_workers
-        if workers is None:  # every core of this process's share
-            processes = self.trainer.world_size // max(self.trainer.num_nodes, 1) if self.trainer is not None else 1
-            workers = max(len(os.sched_getaffinity(0)) // max(processes, 1), 1)
+        if workers is None:
+            workers = loader_workers(self.trainer)
         return dataset, self.train_set.num_captions if self.with_text else 0, workers
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        # Shards: the count of undecodable images travels with each batch (on the host), and
-        # with decode on the device the encoded JPEGs become a uint8 batch there, in one call.
-        if "skipped" in batch:
-            self.undecodable += int(batch.pop("skipped"))
-        if "encoded" in batch:
-            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-            batch.pop("index")
-            batch["image"], replaced = decode_images(batch.pop("encoded"), self.config.image_size, device=device)
-            self.undecodable += replaced
+        # Shards: what decoding each batch took travels with it, on the host.
+        if "decode_counts" in batch:
+            self.decode_counts += DecodeCounts.from_tensor(batch.pop("decode_counts"))
         return batch
 
     # Where the data order stands travels in checkpoints: a run resumed mid-epoch goes on
@@ -305,13 +325,22 @@ class ImageDataModule(pl.LightningDataModule):
 
     def teardown(self, stage: str) -> None:
         self._resume = None  # a later fit with this data module starts from its beginning
-        if self.undecodable:  # one warning for the whole run, never a crash mid-epoch
+        counts = self.decode_counts
+        # One warning each for the whole run, never a crash mid-epoch.
+        if counts.replaced:
             warnings.warn(
-                f"{self.undecodable} training image(s) in {self.config.root} could not be decoded; each was replaced "
+                f"{counts.replaced} training image(s) in {self.config.root} could not be decoded; each was replaced "
                 "by another image of its batch. Rebuild those shards with `python -m ssl_zoo shards` to drop them.",
                 stacklevel=2,
             )
-            self.undecodable = 0
+        if self.decode_on == "device" and counts.one_by_one > MAX_ONE_BY_ONE * counts.images:
+            warnings.warn(
+                f"{counts.one_by_one} of {counts.images} training images ({100 * counts.one_by_one / counts.images:.1f} %) "
+                f"in {self.config.root} were decoded one at a time on the CPU, not by the batched decoder on the device: "
+                "they are not JPEG, or JPEGs nvJPEG refuses (CMYK, say). Remake the shards as JPEG with `python -m "
+                "ssl_zoo shards --from folder ...`, or decode in the loader workers (--data.decode worker).",
+                stacklevel=2,
+            )
 
     def eval_dataloader(self, images: ImageSet) -> DataLoader:
         """Batches of a labelled set in order, for validation and the monitors."""

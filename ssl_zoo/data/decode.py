@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import astuple, dataclass
 
 import numpy as np
 import torch
@@ -59,21 +61,70 @@ def decode_one(data: bytes | Tensor) -> Tensor | None:
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
 
-def resize_crop(image: Tensor, size: int) -> Tensor:
-    """uint8 (3, H, W) -> (3, size, size): shorter side to ``size`` (bicubic, antialiased),
-    then the centre crop, as the in-memory loaders and the shard converter do."""
-    _, h, w = image.shape
+def resize_crop(images: Tensor, size: int) -> Tensor:
+    """uint8 (N, 3, H, W) -> (N, 3, size, size): shorter side to ``size`` (bicubic,
+    antialiased), then the centre crop, as the in-memory loaders and the shard converter do."""
+    h, w = images.shape[-2:]
     if (h, w) == (size, size):
-        return image
+        return images
     scale = size / min(h, w)
     h2, w2 = max(size, round(h * scale)), max(size, round(w * scale))
     # uint8 antialiased bicubic has CPU kernels only (they match PIL within one grey level).
-    x = image[None] if image.device.type == "cpu" else image[None].float()
+    x = images if images.device.type == "cpu" else images.float()
     x = F.interpolate(x, size=(h2, w2), mode="bicubic", antialias=True)
     if x.is_floating_point():
         x = x.round_().clamp_(0, 255).to(torch.uint8)
     top, left = (h2 - size) // 2, (w2 - size) // 2
-    return x[0, :, top : top + size, left : left + size]
+    return x[:, :, top : top + size, left : left + size]
+
+
+def _resize_crop_by_shape(images: list[Tensor], size: int) -> Tensor:
+    """Images of any sizes -> uint8 (B, 3, size, size): one resize call per distinct shape,
+    not one per image (a batch of web images has a few shapes, often one)."""
+    out: list[Tensor | None] = [None] * len(images)
+    by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, image in enumerate(images):
+        by_shape[tuple(image.shape[-2:])].append(i)
+    for members in by_shape.values():
+        resized = resize_crop(torch.stack([images[i] for i in members]), size)  # (n, 3, size, size)
+        for i, image in zip(members, resized):
+            out[i] = image
+    return torch.stack(out)
+
+
+@dataclass(frozen=True)
+class DecodeCounts:
+    """What decoding images took, summed over batches (the run summary reports it)."""
+
+    images: int = 0
+    # Decoded one at a time on the CPU instead of by the batched decoder: members that are
+    # not JPEG (PNG, WebP...), or JPEGs that the batched call (nvJPEG on a GPU) refused.
+    one_by_one: int = 0
+    replaced: int = 0  # decodable by nothing: replaced by another image of their batch
+
+    def __add__(self, other: DecodeCounts) -> DecodeCounts:
+        return DecodeCounts(*(a + b for a, b in zip(astuple(self), astuple(other))))
+
+    def as_tensor(self) -> Tensor:
+        """int64 (3,): how the counts travel from a loader worker with its batch."""
+        return torch.tensor(astuple(self), dtype=torch.int64)
+
+    @classmethod
+    def from_tensor(cls, counts: Tensor) -> DecodeCounts:
+        return cls(*counts.tolist())
+
+
+def _decode_jpeg_batch(encoded: Sequence[bytes | Tensor], device: torch.device) -> list[Tensor | None]:
+    """JPEGs in one TorchCodec call (one batched nvJPEG call on a GPU). The call fails as a
+    whole on one bad image, so a failed call is retried in halves: the good images stay on
+    the batched decoder and only the refused ones come back None, in O(bad x log B) calls."""
+    try:
+        return list(decode_jpeg(list(encoded), mode="RGB", device=device))
+    except CODEC_ERRORS:
+        if len(encoded) == 1:
+            return [None]
+        half = len(encoded) // 2
+        return _decode_jpeg_batch(encoded[:half], device) + _decode_jpeg_batch(encoded[half:], device)
 
 
 def decode_images(
@@ -81,29 +132,26 @@ def decode_images(
     size: int,
     device: str | torch.device = "cpu",
     names: Sequence[str] | None = None,
-) -> tuple[Tensor, int]:
+) -> tuple[Tensor, DecodeCounts]:
     """Decode a batch of encoded images to uint8 (B, 3, size, size) on ``device``.
 
-    JPEGs go to TorchCodec in one call (on a CUDA device that is one batched nvJPEG call);
-    other formats, and JPEGs that call cannot take (it fails as a whole on one bad image),
-    are decoded one by one on the CPU. Images not size x size are resized and centre-cropped.
-    An image nothing can decode is replaced by the next decodable image of the batch, so a
-    corrupt file costs one duplicate instead of a crashed run; the second value returned is
-    how many were replaced. ``names`` (one per image, e.g. ``ShardSet.describe``) go into
-    the error raised when no image of the batch decodes.
+    JPEGs go to TorchCodec in one call (on a CUDA device, one batched nvJPEG call); other
+    formats, and the JPEGs that call refuses, are decoded one by one on the CPU and counted
+    (``DecodeCounts.one_by_one``). Images not size x size are resized and centre-cropped, one
+    call per distinct shape. An image nothing can decode is replaced by the next decodable
+    image of the batch, so a corrupt file costs one duplicate instead of a crashed run
+    (``DecodeCounts.replaced``). ``names`` (one per image, e.g. ``ShardSet.describe``) go
+    into the error raised when no image of the batch decodes.
     """
     device = torch.device(device)
     images: list[Tensor | None] = [None] * len(encoded)
     jpegs = [i for i, data in enumerate(encoded) if is_jpeg(data)]
     if jpegs:
-        try:
-            decoded = decode_jpeg([encoded[i] for i in jpegs], mode="RGB", device=device)
-        except CODEC_ERRORS:
-            decoded = [None] * len(jpegs)  # retried one by one below, to find the bad one(s)
-        for i, image in zip(jpegs, decoded):
+        for i, image in zip(jpegs, _decode_jpeg_batch([encoded[i] for i in jpegs], device)):
             images[i] = image
-    for i, image in enumerate(images):
-        if image is None and (image := decode_one(encoded[i])) is not None:
+    one_by_one = [i for i, image in enumerate(images) if image is None]
+    for i in one_by_one:
+        if (image := decode_one(encoded[i])) is not None:
             images[i] = image.to(device)
     good = [i for i, image in enumerate(images) if image is not None]
     if not good:
@@ -113,11 +161,11 @@ def decode_images(
             f"is corrupt or not an image format (JPEG, PNG, WebP, ...); remake the shards "
             f"with `python -m ssl_zoo shards`."
         )
-    skipped = len(encoded) - len(good)
-    if skipped:
+    replaced = len(encoded) - len(good)
+    if replaced:
         # Each bad image takes the next good one (cyclically): deterministic for a batch.
         for i in range(len(images)):
             if images[i] is None:
                 images[i] = images[next((j for j in good if j > i), good[0])]
-    return torch.stack([resize_crop(image, size) for image in images]), skipped
-
+    counts = DecodeCounts(images=len(encoded), one_by_one=len(one_by_one), replaced=replaced)
+    return _resize_crop_by_shape(images, size), counts

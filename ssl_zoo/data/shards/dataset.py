@@ -21,9 +21,24 @@ from ssl_zoo.errors import DataFormatError, DataNotFoundError, RecipeError
 from ssl_zoo.recipe import DataConfig, available_recipes
 
 
-def _as_tensor(data: bytes) -> Tensor:
-    """Encoded bytes as a 1-D uint8 tensor (what TorchCodec and pinned transfers take)."""
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+def pack_encoded(encoded: list[bytes]) -> tuple[Tensor, Tensor]:
+    """B encoded images -> one uint8 buffer (total bytes,) and int64 offsets (B + 1,):
+    image i is ``buffer[offsets[i]:offsets[i + 1]]``.
+
+    NOTE: one tensor, not B. A tensor that leaves a loader worker costs the receiving
+    process an open file under torch's ``file_descriptor`` sharing strategy; at B = 512 and
+    two batches in flight per worker, B tensors a batch passed the common limit of 1,024
+    open files and the run hung at step 0.
+    """
+    offsets = torch.from_numpy(np.cumsum([0, *map(len, encoded)], dtype=np.int64))
+    buffer = torch.frombuffer(bytearray(b"".join(encoded)), dtype=torch.uint8) if offsets[-1] else torch.empty(0, dtype=torch.uint8)
+    return buffer, offsets
+
+
+def unpack_encoded(buffer: Tensor, offsets: Tensor) -> list[Tensor]:
+    """The B images of ``pack_encoded``'s buffer, as views (no copy)."""
+    bounds = offsets.tolist()
+    return [buffer[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
 
 
 class ShardDataset(Dataset):
@@ -32,13 +47,13 @@ class ShardDataset(Dataset):
     Items are sample numbers, or (sample, caption) pairs when there are captions (as
     ``EpochBatchSampler`` builds them). A batch is a dict like ``InMemoryDataset``'s:
 
-    - ``"image"``: uint8 (B, 3, S, S), decoded in the DataLoader worker (``decode="worker"``),
-      or ``"encoded"``: B 1-D uint8 tensors and ``"index"``: int64 (B,) sample numbers,
-      for ``decode_images(..., device="cuda")`` after the transfer (``decode="device"``);
+    - ``"image"``: uint8 (B, 3, S, S), decoded in the DataLoader worker (``decode="worker"``)
+      with ``"decode_counts"``: int64 (3,), its ``DecodeCounts``;
+    - or, for decoding on the device (``decode="device"``, ``ssl_zoo.data.decode_ahead``),
+      the images still encoded: ``"encoded"``: uint8 (total bytes,) and ``"offsets"``: int64
+      (B + 1,) (``pack_encoded``);
     - ``"label"``: int64 (B,), when every sample has a label;
-    - ``"tokens"``: int64 (B, L), when ``tokenize`` (a text method's: strings -> (n, L)) is given;
-    - ``"skipped"``: int64 scalar, the images of this batch replaced because they could not
-      be decoded (0 with ``decode="device"``, where decode_images counts them).
+    - ``"tokens"``: int64 (B, L), when ``tokenize`` (a text method's: strings -> (n, L)) is given.
     """
 
     def __init__(
@@ -68,7 +83,7 @@ class ShardDataset(Dataset):
     def __len__(self) -> int:
         return len(self.shards) if self.samples is None else len(self.samples)
 
-    def __getitems__(self, items: list[int] | list[tuple[int, int]]) -> dict[str, Tensor | list[Tensor]]:
+    def __getitems__(self, items: list[int] | list[tuple[int, int]]) -> dict[str, Tensor]:
         index = torch.as_tensor(items)  # (B,) samples or (B, 2) sample, caption
         samples = index[:, 0] if index.ndim == 2 else index
         samples = (samples if self.samples is None else torch.from_numpy(self.samples[samples.numpy()])).tolist()
@@ -76,18 +91,16 @@ class ShardDataset(Dataset):
         if self.decode == "worker":
             shards, rows = self.shards.locate(samples)
             names = [f"{self.shards.paths[s]} (sample {r})" for s, r in zip(shards.tolist(), rows.tolist())]
-            images, skipped = decode_images(encoded, self.image_size, names=names)
-            batch: dict[str, Tensor | list[Tensor]] = {"image": images}  # uint8 (B, 3, S, S)
+            images, counts = decode_images(encoded, self.image_size, names=names)
+            batch = {"image": images, "decode_counts": counts.as_tensor()}  # uint8 (B, 3, S, S)
         else:
-            batch = {"encoded": [_as_tensor(data) for data in encoded], "index": torch.tensor(samples)}
-            skipped = 0
+            batch = dict(zip(("encoded", "offsets"), pack_encoded(encoded)))
         if self.shards.has_labels:
             batch["label"] = torch.from_numpy(self.shards.labels_of(samples))
         if self.tokenize is not None:
             columns = index[:, 1].tolist() if index.ndim == 2 else [0] * len(samples)
             captions = [self.shards.read_caption(i, c) for i, c in zip(samples, columns)]
             batch["tokens"] = self.tokenize(captions)  # (B, L)
-        batch["skipped"] = torch.tensor(skipped, dtype=torch.int64)
         return batch
 
 
