@@ -54,6 +54,13 @@ BY_DESIGN = {
     # the host for that reason, so on a GPU the check reads no device memory.
     ("kornia/filters/gaussian.py", "_gaussian_blur2d"),
 }
+# Host-side work that torch does on purpose: (file, function) of a torch frame anywhere in
+# the stack, since the innermost caller outside torch (the one BY_DESIGN names) is too wide.
+TORCH_BY_DESIGN = {
+    # Adam and AdamW keep their step count in host memory (unless capturable or fused) and
+    # read it with .item(): on a GPU that reads no device memory.
+    ("torch/optim/optimizer.py", "_get_value"),
+}
 
 
 class HostSyncCounter(TorchDispatchMode):
@@ -69,9 +76,12 @@ class HostSyncCounter(TorchDispatchMode):
         self.ops_seen += self.counting
         reason = syncs(func, args) if self.counting else None
         if reason:
-            frames = [f for f in traceback.extract_stack()[:-1] if "torch/" not in f.filename][-3:]
+            stack = traceback.extract_stack()[:-1]
+            frames = [f for f in stack if "torch/" not in f.filename][-3:]
             caller = frames[-1]
-            if any(caller.filename.endswith(path) and caller.name == name for path, name in BY_DESIGN):
+            if any(caller.filename.endswith(path) and caller.name == name for path, name in BY_DESIGN) or any(
+                f.filename.endswith(path) and f.name == name for f in stack for path, name in TORCH_BY_DESIGN
+            ):
                 return func(*args, **(kwargs or {}))
             where = " <- ".join(f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}" for f in reversed(frames))
             self.calls.append(f"{func} {reason}: {where}")

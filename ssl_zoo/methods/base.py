@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.benchmarking import OnlineLinearClassifier
-from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
 from torch import Tensor, nn
 
 from ssl_zoo.augment import EvalTransform, ViewAugment
 from ssl_zoo.backbones import build_image_backbone
+from ssl_zoo.lars import LARS
 from ssl_zoo.recipe import RECIPE_KEYS, DataConfig, Recipe, recipe_from_dict, recipe_to_dict
 from ssl_zoo.registry import METHODS
 
