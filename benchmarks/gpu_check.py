@@ -36,8 +36,9 @@ Sections, with their time budgets on a GPU (seconds) and what each row means:
                        device (target >= 0.90: decoding may cost a tenth of a step, as
                        full/model allows). Estimate: 10 s + 2 x 15 s.
   recipes         140  each ImageNet recipe for 20 steps at its per-GPU batch and image size
-                       on generated shards, warm-up off (so that 20 steps move the loss),
-                       the loss read every step: s/step and images/s over steps 6-20, peak
+                       on generated shards, the lr warm-up shortened to the 5 untimed first
+                       steps (so that 20 steps move the loss), the loss read every step:
+                       s/step and images/s over steps 6-20, peak
                        GPU memory (INFO); the loss finite and falling, mean of the first 5
                        against the last 5 (PASS/FAIL). Estimate: 10-25 s a recipe, ResNet-50
                        at batch 512 the longest (if it runs out of memory: FAIL, with it).
@@ -150,7 +151,7 @@ class Sizes:
     resnet_size: int | None  # data.image_size = augment.size; None: the recipe's own
     vit_size: int | None
     recipe_steps: int
-    recipe_warmup: int  # steps before the step timer starts
+    recipe_warmup: int  # steps of learning-rate warm-up, before the step timer starts
     context_length: int | None  # tokens per caption for text methods; None: the recipe's own
     hold_batch: int
     hold_steps: int
@@ -173,7 +174,8 @@ FULL = Sizes(
     distinct_images=1024, throughput_backbone=None, throughput_batch=None, throughput_warmup=10, throughput_steps=30,
     decode_images=4096, decode_seconds=3.0,
     overlap_backbone=None, overlap_batch=256, overlap_warmup=5, overlap_steps=15,
-    recipe_images=512 * 22, recipe_batch=None, resnet_size=None, vit_size=None, recipe_steps=20, recipe_warmup=5, context_length=None,
+    recipe_images=512 * 22, recipe_batch=None, resnet_size=None, vit_size=None,
+    recipe_steps=20, recipe_warmup=5, context_length=None,
     hold_batch=512, hold_steps=30,
     sync_backbone=None, sync_size=32, sync_batch=256, sync_first=2, sync_last=10,
     eval_images=50_000, eval_size=96, eval_backbone=None,
@@ -303,7 +305,8 @@ class Section:
             rows = measure()
         except Exception as error:  # one broken check must not hide the others' results
             traceback.print_exc(file=sys.stderr)
-            message = self.check.scrub(f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}")
+            lines = str(error).strip().splitlines() or [""]
+            message = self.check.scrub(f"{type(error).__name__}: {lines[0]}")
             rows = [Row(item, f"error: {message}", "", FAIL, {"error": message})]
         finally:
             gc.collect()  # the run's model and optimiser state, before the next check
@@ -462,12 +465,14 @@ def check_recipes(check: Check, section: Section) -> None:
             data = check.shards(s.shard_size, s.recipe_images)
             base = parse_recipe(["--recipe", name])
             size = s.vit_size if "vit" in base.backbone else s.resnet_size
+            batch = s.recipe_batch or base.data.batch_size
             overrides: dict[str, object] = {
-                "trainer.max_steps": s.recipe_steps, "trainer.log_every_n_steps": 1,
-                "optim.warmup_epochs": 0, "trainer.max_time": max_time(section.left()),
+                "data.batch_size": batch, "trainer.max_steps": s.recipe_steps, "trainer.log_every_n_steps": 1,
+                # The learning rate warms up over the untimed first steps, not the recipe's
+                # epochs (hundreds of steps): the loss of 20 steps is to move.
+                "optim.warmup_epochs": s.recipe_warmup / (s.recipe_images // batch),
+                "trainer.max_time": max_time(section.left()),
             }
-            if s.recipe_batch is not None:
-                overrides["data.batch_size"] = s.recipe_batch
             if size is not None:
                 overrides.update({"data.image_size": size, "augment.size": size})
             if s.context_length is not None and method_class(base).uses_text:
@@ -480,7 +485,9 @@ def check_recipes(check: Check, section: Section) -> None:
         section.attempt(name, measure)
 
 
-def recipe_rows(check: Check, recipe: Recipe, steps: int, peak_gib: float | None, timer: StepTimer, losses: list[float]) -> list[Row]:
+def recipe_rows(
+    check: Check, recipe: Recipe, steps: int, peak_gib: float | None, timer: StepTimer, losses: list[float]
+) -> list[Row]:
     name, batch, wanted = recipe.name, recipe.data.batch_size, recipe.trainer.max_steps
     where = f"batch {batch}, {recipe.augment.size} px"
     if timer.steps == 0:  # the budget's max_time stopped the run before the timed steps ended
@@ -619,6 +626,11 @@ def device_syncs_only(device: torch.device) -> Iterator[None]:
         host_sync.syncs = counted
 
 
+def where_synced(call: str) -> str:
+    """A counter's call, "aten.OP.default why: file:line fn <- ...", as "OP at file:line fn"."""
+    return f"{call.split()[0].removeprefix('aten.')} at {call.split(': ', 1)[1].split(' <- ')[0]}"
+
+
 def check_host_syncs(check: Check, section: Section) -> None:
     s = check.sizes
     for method, base in SYNC_RECIPES.items():
@@ -641,8 +653,7 @@ def check_host_syncs(check: Check, section: Section) -> None:
                     counter = host_sync.count_host_syncs(recipe, s.sync_first, s.sync_last, enable_progress_bar=False)
                 steps = s.sync_last - s.sync_first
                 calls = [check.scrub(call) for call in counter.calls]
-                # "aten.OP.default why: file:line fn <- ..." -> "OP at file:line fn"
-                first = f"; first: {calls[0].split()[0].removeprefix('aten.')} at {calls[0].split(': ', 1)[1].split(' <- ')[0]}" if calls else ""
+                first = f"; first: {where_synced(calls[0])}" if calls else ""
                 return [Row(f"{method} {optimizer}", f"{len(calls)} in {steps} steps ({counter.ops_seen:,} ops seen){first}",
                             "0", check.judge(not calls and counter.ops_seen > 0, gpu_target=False),
                             {"host_syncs": len(calls), "steps": steps, "ops_seen": counter.ops_seen, "calls": calls[:5]})]
@@ -676,10 +687,12 @@ def check_eval(check: Check, section: Section) -> None:
                 INFO, {"images_per_s": s.eval_images / seconds["features"], "images": s.eval_images, "size": s.eval_size}),
             Row("kNN", f"{len(test) / seconds['knn']:,.0f} test images/s against {len(train):,} (top-1 "
                 f"{100 * metrics['knn_top1']:.1f} %, random init)", "", INFO,
-                {"images_per_s": len(test) / seconds["knn"], "train": len(train), "test": len(test), "top1": metrics["knn_top1"]}),
+                {"images_per_s": len(test) / seconds["knn"], "train": len(train), "test": len(test),
+                 "top1": metrics["knn_top1"]}),
             Row("linear", f"{s.eval_images / seconds['linear']:,.0f} images/s, {seconds['linear']:.1f} s (L2 penalty "
                 f"search and refit; top-1 {100 * metrics['linear_top1']:.1f} %)", "", INFO,
-                {"images_per_s": s.eval_images / seconds["linear"], "seconds": seconds["linear"], "top1": metrics["linear_top1"]}),
+                {"images_per_s": s.eval_images / seconds["linear"], "seconds": seconds["linear"],
+                 "top1": metrics["linear_top1"]}),
         ]
 
     section.attempt("50,000 images" if not check.quick else f"{s.eval_images:,} images", measure)
