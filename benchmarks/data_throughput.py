@@ -130,9 +130,11 @@ class FolderPIL(Dataset):
             return self.transform(img.convert("RGB"))
 
 
-def timed_epochs(dataset: Dataset, per_item: bool, workers: int) -> tuple[float, tuple[int, ...]]:
+def timed_epochs(
+    dataset: Dataset, per_item: bool, workers: int, min_seconds: float = MIN_SECONDS
+) -> tuple[float, tuple[int, ...]]:
     """Images/s through a DataLoader with ``workers`` workers: one warm-up epoch, then
-    epochs until ``MIN_SECONDS`` have been timed (fast loaders finish an epoch in 0.1 s)."""
+    epochs until ``min_seconds`` have been timed (fast loaders finish an epoch in 0.1 s)."""
     if per_item:  # default collate stacks single images, as lightly's loaders do
         loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True, num_workers=workers,
                             persistent_workers=True, generator=torch.Generator().manual_seed(0))
@@ -144,27 +146,31 @@ def timed_epochs(dataset: Dataset, per_item: bool, workers: int) -> tuple[float,
     for _ in loader:  # warm-up: worker start-up, first reads
         pass
     start, images = time.perf_counter(), 0
-    while time.perf_counter() - start < MIN_SECONDS:
+    while time.perf_counter() - start < min_seconds:
         for batch in loader:
             image = batch if per_item else batch["image"]
             images, shape = images + image.shape[0], tuple(image.shape)
     return images / (time.perf_counter() - start), shape
 
 
-def nvjpeg_rate(shards: ShardSet, size: int) -> float:
-    """Images/s of ``decode_images(..., device="cuda")`` on batches read beforehand.
+def nvjpeg_rate(shards: ShardSet, size: int, device: str = "cuda") -> float:
+    """Images/s of ``decode_images(..., device=device)`` on batches read beforehand.
 
-    GPU ONLY: written for a CUDA machine and never run on the CPU-only machine this
-    benchmark was developed on.
+    On "cuda" that is one batched nvJPEG call per batch. Never run on a GPU yet (the
+    machine this benchmark was developed on has none); ``benchmarks/gpu_check.py`` runs the
+    same code with ``device="cpu"`` (TorchCodec in this process) so that the path is tested.
     """
     encoded = [shards.read_image_bytes(i) for i in range(len(shards))]
     batches = [encoded[i : i + BATCH] for i in range(0, len(encoded) - BATCH + 1, BATCH)]
-    decode_images(batches[0], size, device="cuda")  # warm-up: nvJPEG handles, kernels
-    torch.cuda.synchronize()
+    on_gpu = torch.device(device).type == "cuda"
+    decode_images(batches[0], size, device=device)  # warm-up: nvJPEG handles, kernels
+    if on_gpu:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for batch in batches:
-        decode_images(batch, size, device="cuda")
-    torch.cuda.synchronize()
+        decode_images(batch, size, device=device)
+    if on_gpu:
+        torch.cuda.synchronize()
     return len(batches) * BATCH / (time.perf_counter() - start)
 
 
@@ -209,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
                 assert shape == (BATCH, 3, size, size), shape
                 rows.append({"source": source, "decoder": decoder, "size": size, "images_per_s": rate,
                              "images_per_s_per_core": rate / cores, "workers": cores})
-                print("  {source:<7} {decoder:<14} {size:>4} px  {rate:8.0f} images/s", file=sys.stderr)
+                print(f"  {source:<7} {decoder:<14} {size:>4} px  {rate:8.0f} images/s", file=sys.stderr)
             if device == "cuda":
                 rate = nvjpeg_rate(shards, size)
                 rows.append({"source": "shards", "decoder": "nvjpeg (cuda)", "size": size, "images_per_s": rate,
