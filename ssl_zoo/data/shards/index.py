@@ -6,6 +6,7 @@ import json
 import os
 import tarfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,23 @@ INDEX_DTYPE = np.dtype(
     ]
 )
 INDEX_SUFFIX = ".idx.npy"
-# Row 0's image_offset: marks an ssl_zoo index and its layout version.
-_INDEX_MAGIC = 0x53535A_494458_01  # "SSZ" "IDX" version 1
+# Row 0's image_offset: marks an ssl_zoo index (the high bytes) and its layout version (the
+# low byte). Version 2 added the label summary to the header row (see _header_row).
+_MAGIC_BASE = 0x53535A_494458_00  # "SSZ" "IDX"
+_INDEX_VERSION = 2
+_INDEX_MAGIC = _MAGIC_BASE | _INDEX_VERSION
+
+
+@dataclass(frozen=True)
+class IndexHeader:
+    """What an index's header row says about its shard: enough to open a set of shards
+    without mapping any index (a ``ShardSet`` reads only these at open)."""
+
+    shard_bytes: int  # the shard's size when indexed
+    samples: int
+    num_captions: int  # the most captions any sample has (0: none)
+    labelled: int  # samples with a class index
+    max_label: int  # the largest class index (-1: none)
 
 
 def index_path(shard: Path) -> Path:
@@ -169,9 +185,38 @@ def _scan_shard(shard: Path) -> tuple[list[tuple[int, ...]], int]:
     return rows, most
 
 
-def _header_row(shard_bytes: int, samples: int, num_captions: int) -> tuple[int, ...]:
-    """Row 0 of an index: (magic, the shard's size in bytes, samples, captions per sample, 0...)."""
-    return (_INDEX_MAGIC, shard_bytes, samples, num_captions, 0, 0, 0, 0)
+def _header_row(shard_bytes: int, rows: list[tuple[int, ...]], num_captions: int) -> tuple[int, ...]:
+    """Row 0 of an index: (magic, the shard's size in bytes, samples, captions per sample,
+    labelled samples, largest label, 0, 0), in the fields image_offset ... label."""
+    labels = [row[6] for row in rows]
+    labelled = sum(label >= 0 for label in labels)
+    return (_INDEX_MAGIC, shard_bytes, len(rows), num_captions, labelled, max(labels), 0, 0)
+
+
+def _parse_header(shard: Path, dtype: np.dtype, shape: tuple[int, ...], first: np.void | None) -> IndexHeader:
+    """The header of an index whose array has ``dtype`` and ``shape`` and row 0 ``first``;
+    refuses what is not a current ssl_zoo index."""
+    path = index_path(shard)
+    rebuild = f"Build it with `{_index_command(shard)}`."
+    if dtype != INDEX_DTYPE or len(shape) != 1 or shape[0] < 2 or first is None:
+        raise DataFormatError(f"{path} is not an ssl_zoo shard index of this version. {rebuild}")
+    magic = int(first["image_offset"])
+    if magic != _INDEX_MAGIC:
+        if magic & ~0xFF == _MAGIC_BASE:
+            raise DataFormatError(
+                f"{path} is an index of layout version {magic & 0xFF}, written by an older ssl_zoo; "
+                f"this one reads version {_INDEX_VERSION}. Rebuild it with `{_index_command(shard)}` "
+                f"(or give the shards' folder to --index to rebuild them all)."
+            )
+        raise DataFormatError(f"{path} is not an ssl_zoo shard index of this version. {rebuild}")
+    header = IndexHeader(
+        shard_bytes=int(first["image_size"]), samples=int(first["text_offset"]), num_captions=int(first["text_size"]),
+        labelled=int(first["json_offset"]), max_label=int(first["json_size"]),
+    )
+    if header.samples != shape[0] - 1:
+        raise DataFormatError(f"{path} is damaged: its header counts {header.samples} samples, its table "
+                              f"{shape[0] - 1}. {rebuild}")
+    return header
 
 
 def build_index(shard: Path) -> Path:
@@ -181,7 +226,7 @@ def build_index(shard: Path) -> Path:
         raise DataNotFoundError(f"Shard not found: {shard.absolute()}.")
     size = shard.stat().st_size
     rows, num_captions = _scan_shard(shard)
-    table = np.array([_header_row(size, len(rows), num_captions), *rows], dtype=INDEX_DTYPE)
+    table = np.array([_header_row(size, rows, num_captions), *rows], dtype=INDEX_DTYPE)
     target = index_path(shard)
     temp = target.with_name(target.name + f".tmp{os.getpid()}")
     with open(temp, "wb") as f:  # a file object: np.save would append .npy to a name
@@ -199,8 +244,31 @@ def _member_size_before(fd: int, data_offset: int) -> int | None:
         return None
 
 
-def load_index(shard: Path) -> tuple[np.memmap, int]:
-    """A shard's index rows (memory-mapped) and captions per sample; checks it is current.
+def read_header(shard: Path) -> IndexHeader:
+    """The header of ``shard``'s index: a read of its first few hundred bytes, no lasting
+    map or descriptor. Checks that the index exists and is a current ssl_zoo index, not that
+    it still matches the shard (``map_index`` does, when the index is first used)."""
+    path = index_path(shard)
+    rebuild = f"Build it with `{_index_command(shard)}`."
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_array_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read_array_header:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, fortran_order, dtype = read_array_header[version](f)
+            first = f.read(INDEX_DTYPE.itemsize)
+    except FileNotFoundError:
+        raise DataFormatError(f"Shard {shard} has no index ({path.name} is missing). {rebuild}") from None
+    except (OSError, ValueError) as e:
+        raise DataFormatError(f"{path} is not a readable index ({e}). {rebuild}") from None
+    row = np.frombuffer(first, INDEX_DTYPE)[0] if dtype == INDEX_DTYPE and len(first) == INDEX_DTYPE.itemsize else None
+    return _parse_header(shard, dtype, () if fortran_order else shape, row)
+
+
+def map_index(shard: Path, check: bool = True) -> tuple[np.memmap, IndexHeader]:
+    """A shard's index rows (memory-mapped: the map also holds one descriptor, CPython's
+    mmap keeps its own) and header. With ``check``, refuses an index that is stale.
 
     An index is stale when the shard's size changed, or when the tar headers before its
     first and last image no longer describe members of the indexed size. (The modification
@@ -214,14 +282,20 @@ def load_index(shard: Path) -> tuple[np.memmap, int]:
         table = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
         raise DataFormatError(f"{path} is not a readable index ({e}). {rebuild}") from None
-    if table.dtype != INDEX_DTYPE or table.ndim != 1 or len(table) < 2 or table[0]["image_offset"] != _INDEX_MAGIC:
-        raise DataFormatError(f"{path} is not an ssl_zoo shard index of this version. {rebuild}")
-    header, rows = table[0], table[1:]
-    stale = f"The index {path.name} is stale: {shard}"
+    header = _parse_header(shard, table.dtype, table.shape, table[0] if table.ndim == 1 and len(table) else None)
+    rows = table[1:]
+    if check:
+        _check_current(shard, header, rows)
+    return rows, header
+
+
+def _check_current(shard: Path, header: IndexHeader, rows: np.memmap) -> None:
+    """Refuse an index that no longer describes its shard (see ``map_index``)."""
+    stale = f"The index {index_path(shard).name} is stale: {shard}"
     size = shard.stat().st_size
-    if size != header["image_size"]:
+    if size != header.shard_bytes:
         raise DataFormatError(
-            f"{stale} is {size} bytes, but the index was built for {header['image_size']}. "
+            f"{stale} is {size} bytes, but the index was built for {header.shard_bytes}. "
             f"Rebuild it with `{_index_command(shard)}`."
         )
     fd = os.open(shard, os.O_RDONLY)
@@ -234,5 +308,9 @@ def load_index(shard: Path) -> tuple[np.memmap, int]:
                 )
     finally:
         os.close(fd)
-    return rows, int(header["text_size"])
 
+
+def load_index(shard: Path) -> tuple[np.memmap, int]:
+    """A shard's index rows (memory-mapped) and captions per sample; checks it is current."""
+    rows, header = map_index(shard)
+    return rows, header.num_captions
