@@ -119,6 +119,11 @@ class ShardSet:
             del state[name]
         return state
 
+    def __del__(self) -> None:
+        # The garbage collector unmaps indexes but leaves descriptors open.
+        if "_files" in self.__dict__:
+            self.close()
+
     def __setstate__(self, state: dict) -> None:
         # A copy in another process (e.g. a spawned DataLoader worker): it maps indexes, and
         # checks them, as it reads.
