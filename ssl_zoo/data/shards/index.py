@@ -49,6 +49,7 @@ class IndexHeader:
     num_captions: int  # the most captions any sample has (0: none)
     labelled: int  # samples with a class index
     max_label: int  # the largest class index (-1: none)
+    data_offset: int  # where the table (row 0) starts in the index file
 
 
 def index_path(shard: Path) -> Path:
@@ -193,9 +194,11 @@ def _header_row(shard_bytes: int, rows: list[tuple[int, ...]], num_captions: int
     return (_INDEX_MAGIC, shard_bytes, len(rows), num_captions, labelled, max(labels), 0, 0)
 
 
-def _parse_header(shard: Path, dtype: np.dtype, shape: tuple[int, ...], first: np.void | None) -> IndexHeader:
-    """The header of an index whose array has ``dtype`` and ``shape`` and row 0 ``first``;
-    refuses what is not a current ssl_zoo index."""
+def _parse_header(
+    shard: Path, dtype: np.dtype, shape: tuple[int, ...], first: np.void | None, data_offset: int
+) -> IndexHeader:
+    """The header of an index whose array has ``dtype`` and ``shape``, row 0 ``first`` and
+    its table at ``data_offset``; refuses what is not a current ssl_zoo index."""
     path = index_path(shard)
     rebuild = f"Build it with `{_index_command(shard)}`."
     if dtype != INDEX_DTYPE or len(shape) != 1 or shape[0] < 2 or first is None:
@@ -211,7 +214,7 @@ def _parse_header(shard: Path, dtype: np.dtype, shape: tuple[int, ...], first: n
         raise DataFormatError(f"{path} is not an ssl_zoo shard index of this version. {rebuild}")
     header = IndexHeader(
         shard_bytes=int(first["image_size"]), samples=int(first["text_offset"]), num_captions=int(first["text_size"]),
-        labelled=int(first["json_offset"]), max_label=int(first["json_size"]),
+        labelled=int(first["json_offset"]), max_label=int(first["json_size"]), data_offset=data_offset,
     )
     if header.samples != shape[0] - 1:
         raise DataFormatError(f"{path} is damaged: its header counts {header.samples} samples, its table "
@@ -244,53 +247,89 @@ def _member_size_before(fd: int, data_offset: int) -> int | None:
         return None
 
 
+# How np.save begins the header of an index (numpy has written it so since 1.0); the
+# number of rows and ",), }" follow. Parsed by hand: numpy's parser (ast.literal_eval)
+# costs about a millisecond an index, 40 s at open for 40,000 shards.
+_NPY_HEADER_START = f"{{'descr': {np.lib.format.dtype_to_descr(INDEX_DTYPE)!r}, 'fortran_order': False, 'shape': ("
+
+
+def _table_layout(start: bytes) -> tuple[int, int] | None:
+    """(rows, data offset) of an index from its first bytes, when np.save wrote its header
+    the usual way; None otherwise."""
+    if start[:8] == b"\x93NUMPY\x01\x00":
+        length, text_at = int.from_bytes(start[8:10], "little"), 10
+    elif start[:8] == b"\x93NUMPY\x02\x00":
+        length, text_at = int.from_bytes(start[8:12], "little"), 12
+    else:
+        return None
+    text = start[text_at : text_at + length].decode("latin1")
+    if len(text) != length or not text.startswith(_NPY_HEADER_START):
+        return None
+    rows, _, rest = text[len(_NPY_HEADER_START) :].partition(",)")
+    if not rows.isdigit() or rest.rstrip() != ", }":
+        return None
+    return int(rows), text_at + length
+
+
 def read_header(shard: Path) -> IndexHeader:
     """The header of ``shard``'s index: a read of its first few hundred bytes, no lasting
     map or descriptor. Checks that the index exists and is a current ssl_zoo index, not that
-    it still matches the shard (``map_index`` does, when the index is first used)."""
+    it still matches the shard (``map_rows`` does, when the index is first used)."""
     path = index_path(shard)
     rebuild = f"Build it with `{_index_command(shard)}`."
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_array_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-            if version not in read_array_header:
-                raise ValueError(f"unsupported .npy version {version}")
-            shape, fortran_order, dtype = read_array_header[version](f)
-            first = f.read(INDEX_DTYPE.itemsize)
+            start = f.read(1024)
+            layout = _table_layout(start)
+            if layout is None:  # another writer's header, or no index at all: numpy's parser says which
+                f.seek(0)
+                version = np.lib.format.read_magic(f)
+                if version not in ((1, 0), (2, 0)):
+                    raise ValueError(f"unsupported .npy version {version}")
+                read_array_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran_order, dtype = read_array_header(f)
+                layout = (shape[0] if len(shape) == 1 and not fortran_order and dtype == INDEX_DTYPE else 0), f.tell()
+            first = start[layout[1] : layout[1] + INDEX_DTYPE.itemsize]
     except FileNotFoundError:
         raise DataFormatError(f"Shard {shard} has no index ({path.name} is missing). {rebuild}") from None
     except (OSError, ValueError) as e:
         raise DataFormatError(f"{path} is not a readable index ({e}). {rebuild}") from None
-    row = np.frombuffer(first, INDEX_DTYPE)[0] if dtype == INDEX_DTYPE and len(first) == INDEX_DTYPE.itemsize else None
-    return _parse_header(shard, dtype, () if fortran_order else shape, row)
+    row = np.frombuffer(first, INDEX_DTYPE)[0] if len(first) == INDEX_DTYPE.itemsize else None
+    return _parse_header(shard, INDEX_DTYPE, (layout[0],), row, layout[1])
 
 
-def map_index(shard: Path, check: bool = True) -> tuple[np.memmap, IndexHeader]:
-    """A shard's index rows (memory-mapped: the map also holds one descriptor, CPython's
-    mmap keeps its own) and header. With ``check``, refuses an index that is stale.
+def map_rows(shard: Path, header: IndexHeader, check: bool = True) -> np.memmap:
+    """The rows of ``shard``'s index, memory-mapped where ``read_header`` found them (the map
+    also holds a descriptor: CPython's mmap keeps its own). Refuses an index that changed
+    since its header was read and, with ``check``, one that is stale.
 
     An index is stale when the shard's size changed, or when the tar headers before its
     first and last image no longer describe members of the indexed size. (The modification
     time is not compared: copying shards changes it without changing them.)
     """
     path = index_path(shard)
-    rebuild = f"Build it with `{_index_command(shard)}`."
-    if not path.is_file():
-        raise DataFormatError(f"Shard {shard} has no index ({path.name} is missing). {rebuild}")
     try:
-        table = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataFormatError(f"{path} is not a readable index ({e}). {rebuild}") from None
-    header = _parse_header(shard, table.dtype, table.shape, table[0] if table.ndim == 1 and len(table) else None)
+        # A str, not a Path: np.memmap resolves a Path (realpath), which costs more than the map.
+        table = np.memmap(str(path), dtype=INDEX_DTYPE, mode="r", offset=header.data_offset, shape=(header.samples + 1,))
+        now = _parse_header(shard, table.dtype, table.shape, table[0], header.data_offset)
+    except FileNotFoundError:
+        raise DataFormatError(f"Shard {shard} has no index ({path.name} is missing). Build it with "
+                              f"`{_index_command(shard)}`.") from None
+    except (OSError, ValueError, DataFormatError):
+        now = None
+    if now != header:
+        raise DataFormatError(
+            f"{path} changed after it was read: it was rebuilt or rewritten while these shards were "
+            f"open. Open the shards again (restart the run)."
+        )
     rows = table[1:]
     if check:
         _check_current(shard, header, rows)
-    return rows, header
+    return rows
 
 
 def _check_current(shard: Path, header: IndexHeader, rows: np.memmap) -> None:
-    """Refuse an index that no longer describes its shard (see ``map_index``)."""
+    """Refuse an index that no longer describes its shard (see ``map_rows``)."""
     stale = f"The index {index_path(shard).name} is stale: {shard}"
     size = shard.stat().st_size
     if size != header.shard_bytes:
@@ -312,5 +351,5 @@ def _check_current(shard: Path, header: IndexHeader, rows: np.memmap) -> None:
 
 def load_index(shard: Path) -> tuple[np.memmap, int]:
     """A shard's index rows (memory-mapped) and captions per sample; checks it is current."""
-    rows, header = map_index(shard)
-    return rows, header.num_captions
+    header = read_header(shard)
+    return map_rows(shard, header), header.num_captions

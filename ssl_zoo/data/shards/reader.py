@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import astuple, fields
 from pathlib import Path
 
 import numpy as np
 
 from ssl_zoo.data.shards.index import (
-    _captions_from_json, _captions_from_text, _index_command, _json_fields, index_path, map_index, read_header,
+    IndexHeader, _captions_from_json, _captions_from_text, _index_command, _json_fields, map_rows, read_header,
 )
 from ssl_zoo.data.shards.paths import MAKE_SHARDS
 from ssl_zoo.errors import DataFormatError, DataNotFoundError
@@ -29,9 +30,9 @@ class _MappedIndexes(Sequence):
     at most ``_MAX_MAPPED_INDEXES`` at a time. A shard's first map in a process checks that
     its index is current; mapping it again after it was dropped does not check again."""
 
-    def __init__(self, paths: list[Path], samples: np.ndarray):
+    def __init__(self, paths: list[Path], headers: np.ndarray):
         self._paths = paths
-        self._samples = samples  # (S,) samples of each shard, from the headers read at open
+        self._headers = headers  # (S,) the IndexHeader of each shard, as read at open
         self._maps: OrderedDict[int, np.memmap] = OrderedDict()  # shard -> rows, oldest use first
         self._checked = np.zeros(len(paths), dtype=bool)  # (S,) checked in this process
 
@@ -46,12 +47,8 @@ class _MappedIndexes(Sequence):
             return rows
         if not 0 <= shard < len(self._paths):
             raise IndexError(f"shard {shard} of {len(self._paths)}")
-        rows, _ = map_index(self._paths[shard], check=not self._checked[shard])
-        if len(rows) != self._samples[shard]:  # the sample numbering of the whole set rests on these counts
-            raise DataFormatError(
-                f"{index_path(self._paths[shard])} was rebuilt after these shards were opened: it lists "
-                f"{len(rows)} samples, not {self._samples[shard]}. Open the shards again (restart the run)."
-            )
+        header = IndexHeader(*self._headers[shard].tolist())
+        rows = map_rows(self._paths[shard], header, check=not self._checked[shard])
         self._checked[shard] = True
         while len(self._maps) >= _MAX_MAPPED_INDEXES:
             self._maps.popitem(last=False)  # unmapped once no row of it is referenced
@@ -93,8 +90,9 @@ class ShardSet:
         # A shard's samples may have fewer captions than the most any sample has; they are
         # cycled to this count, as tokenize_captions does in memory.
         self.num_captions = max(counts)  # 0: no captions
-        self._samples = np.array([header.samples for header in headers], dtype=np.int64)  # (S,)
-        self._starts = np.concatenate([[0], np.cumsum(self._samples)])  # (S + 1,) first sample of each shard
+        # (S,) every IndexHeader as one compact array, to map and check each index against later
+        self._headers = np.array([astuple(h) for h in headers], dtype=[(f.name, "<i8") for f in fields(IndexHeader)])
+        self._starts = np.concatenate([[0], np.cumsum(self._headers["samples"])])  # (S + 1,) first sample of each shard
         self.has_labels = all(header.labelled == header.samples for header in headers)
         self.max_label = max(header.max_label for header in headers)  # -1: no labels; classes: max_label + 1
         classes = self.paths[0].parent / "classes.txt"
@@ -104,7 +102,7 @@ class ShardSet:
 
     def _start_process(self) -> None:
         """Per-process state, empty: no index mapped, no shard open."""
-        self._rows = _MappedIndexes(self.paths, self._samples)
+        self._rows = _MappedIndexes(self.paths, self._headers)
         self._files: OrderedDict[int, int] = OrderedDict()  # shard -> descriptor, oldest use first
         self._pid = os.getpid()
 
