@@ -281,7 +281,9 @@ def read_header(shard: Path) -> IndexHeader:
         with open(path, "rb") as f:
             start = f.read(1024)
             layout = _table_layout(start)
-            if layout is None:  # another writer's header, or no index at all: numpy's parser says which
+            if layout is not None:
+                first = start[layout[1] : layout[1] + INDEX_DTYPE.itemsize]
+            else:  # another writer's header, or no index at all: numpy's parser says which
                 f.seek(0)
                 version = np.lib.format.read_magic(f)
                 if version not in ((1, 0), (2, 0)):
@@ -289,7 +291,7 @@ def read_header(shard: Path) -> IndexHeader:
                 read_array_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape, fortran_order, dtype = read_array_header(f)
                 layout = (shape[0] if len(shape) == 1 and not fortran_order and dtype == INDEX_DTYPE else 0), f.tell()
-            first = start[layout[1] : layout[1] + INDEX_DTYPE.itemsize]
+                first = f.read(INDEX_DTYPE.itemsize)
     except FileNotFoundError:
         raise DataFormatError(f"Shard {shard} has no index ({path.name} is missing). {rebuild}") from None
     except (OSError, ValueError) as e:
