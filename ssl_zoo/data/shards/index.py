@@ -198,28 +198,25 @@ def _parse_header(
     shard: Path, dtype: np.dtype, shape: tuple[int, ...], first: np.void | None, data_offset: int
 ) -> IndexHeader:
     """The header of an index whose array has ``dtype`` and ``shape``, row 0 ``first`` and
-    its table at ``data_offset``; refuses what is not a current ssl_zoo index."""
-    path = index_path(shard)
-    rebuild = f"Build it with `{_index_command(shard)}`."
-    if dtype != INDEX_DTYPE or len(shape) != 1 or shape[0] < 2 or first is None:
-        raise DataFormatError(f"{path} is not an ssl_zoo shard index of this version. {rebuild}")
-    magic = int(first["image_offset"])
-    if magic != _INDEX_MAGIC:
+    its table at ``data_offset``; refuses what is not a current ssl_zoo index. (Runs on every
+    map of an index: the messages are built only when one is needed.)"""
+    values = first.tolist() if first is not None and dtype == INDEX_DTYPE and len(shape) == 1 and shape[0] >= 2 else None
+    if values is None or values[0] != _INDEX_MAGIC:
+        path, magic = index_path(shard), values[0] if values else 0
         if magic & ~0xFF == _MAGIC_BASE:
             raise DataFormatError(
                 f"{path} is an index of layout version {magic & 0xFF}, written by an older ssl_zoo; "
                 f"this one reads version {_INDEX_VERSION}. Rebuild it with `{_index_command(shard)}` "
                 f"(or give the shards' folder to --index to rebuild them all)."
             )
-        raise DataFormatError(f"{path} is not an ssl_zoo shard index of this version. {rebuild}")
-    header = IndexHeader(
-        shard_bytes=int(first["image_size"]), samples=int(first["text_offset"]), num_captions=int(first["text_size"]),
-        labelled=int(first["json_offset"]), max_label=int(first["json_size"]), data_offset=data_offset,
-    )
-    if header.samples != shape[0] - 1:
-        raise DataFormatError(f"{path} is damaged: its header counts {header.samples} samples, its table "
-                              f"{shape[0] - 1}. {rebuild}")
-    return header
+        raise DataFormatError(
+            f"{path} is not an ssl_zoo shard index of this version. Build it with `{_index_command(shard)}`."
+        )
+    _, shard_bytes, samples, num_captions, labelled, max_label, _, _ = values
+    if samples != shape[0] - 1:
+        raise DataFormatError(f"{index_path(shard)} is damaged: its header counts {samples} samples, its table "
+                              f"{shape[0] - 1}. Build it with `{_index_command(shard)}`.")
+    return IndexHeader(shard_bytes, samples, num_captions, labelled, max_label, data_offset)
 
 
 def build_index(shard: Path) -> Path:
