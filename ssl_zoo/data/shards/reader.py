@@ -98,7 +98,7 @@ class ShardSet:
         classes = self.paths[0].parent / "classes.txt"
         self.classes = classes.read_text(encoding="utf-8").splitlines() if classes.is_file() else None
         self._start_process()
-        self._index(0)
+        self._index(0)  # checked now: shards rewritten wholesale since indexing are refused at open
 
     def _start_process(self) -> None:
         """Per-process state, empty: no index mapped, no shard open."""
@@ -117,16 +117,16 @@ class ShardSet:
             del state[name]
         return state
 
-    def __del__(self) -> None:
-        # The garbage collector unmaps indexes but leaves descriptors open.
-        if "_files" in self.__dict__:
-            self.close()
-
     def __setstate__(self, state: dict) -> None:
         # A copy in another process (e.g. a spawned DataLoader worker): it maps indexes, and
         # checks them, as it reads.
         self.__dict__.update(state)
         self._start_process()
+
+    def __del__(self) -> None:
+        # The garbage collector unmaps indexes but leaves descriptors open.
+        if "_files" in self.__dict__:
+            self.close()
 
     def _index(self, shard: int) -> np.memmap:
         """The index rows of one shard (mapped now if they are not)."""
