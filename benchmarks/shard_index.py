@@ -12,7 +12,7 @@ Writes 4,000 small shards (4 labelled 16 px JPEGs each) in a temporary folder, t
    the previous ShardSet's holding, in the same run: every index mapped at open (what it
    did, with ``load_index``) and shard files opened on demand, at most 64 at a time.
 
-    python benchmarks/shard_index.py                    # ~1 minute on 2 cores
+    python benchmarks/shard_index.py                    # ~2 minutes on 2 busy cores
     python benchmarks/shard_index.py --shards 1000      # a quicker look
 
 Prints a table and writes benchmarks/results/<date>_shard_index_cpu.json. Linux only (it
