@@ -23,7 +23,7 @@ byte-identical to an uninterrupted run. A rerun with other settings is refused.
 
     python -m ssl_zoo shards --from folder DIR --out OUT --size S [--shard-size N] [--workers N]
     python -m ssl_zoo shards --from pairs FILE.csv --out OUT --size S
-    python -m ssl_zoo shards --index PATH     # index existing shards (e.g. img2dataset's)
+    python -m ssl_zoo shards --index PATH [--workers N]   # index existing shards (e.g. img2dataset's)
 """
 
 from __future__ import annotations
@@ -383,16 +383,36 @@ def convert(
     )
 
 
-def index_shards(root: str | Path) -> list[Path]:
+def _index_if_needed(shard: Path) -> Path | None:
+    """Index ``shard`` unless its index is current; the index written, or None."""
+    try:
+        load_index(shard)
+    except DataFormatError:
+        return build_index(shard)
+    return None
+
+
+def _indexed(shards: Sequence[Path], workers: int) -> Iterator[Path | None]:
+    """``_index_if_needed`` of each shard, in order, in ``workers`` processes."""
+    if workers == 1:
+        yield from map(_index_if_needed, shards)
+        return
+    # A small shard takes about a millisecond: chunks keep the pool's messages from costing
+    # more than the work.
+    chunk = max(1, min(64, len(shards) // (workers * 8)))
+    with multiprocessing.Pool(min(workers, len(shards))) as pool:
+        yield from pool.imap(_index_if_needed, shards, chunksize=chunk)
+
+
+def index_shards(root: str | Path, workers: int = 1, progress: bool = False) -> list[Path]:
     """Index the shards ``root`` names (a .tar, a folder of them or a brace pattern) that
-    have no index or a stale one; returns the indexes written."""
-    built = []
-    for shard in expand_shard_paths(root):
-        try:
-            load_index(shard)
-        except DataFormatError:
-            built.append(build_index(shard))
-    return built
+    have no index or a stale one, in ``workers`` processes; returns the indexes written
+    (in shard order). An index is the same bytes whichever process writes it."""
+    if workers < 1:
+        raise RecipeError(f"--workers ({workers}) must be at least 1.")
+    shards = expand_shard_paths(root)
+    bar = tqdm(_indexed(shards, workers), total=len(shards), unit="shard", disable=not progress, file=sys.stderr)
+    return [path for path in bar if path is not None]
 
 
 # ----------------------------------------------------------------------------------------
@@ -419,15 +439,19 @@ def shards_command(argv: list[str]) -> int:
         "--size", type=int, help="image side in pixels: shorter side resized, then centre crop (with --from)"
     )
     parser.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default 10000)")
-    parser.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes: decoding with --from, indexing with --index (default 1)"
+    )
     parser.add_argument("--classes", help="only these class folders: imagenet100 (ships with ssl_zoo) or a text file, one a line")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.index is not None:
-        built = index_shards(args.index)
+        built = index_shards(args.index, workers=args.workers, progress=not args.quiet)
         print(f"Indexed {len(built)} shard(s); the others' indexes were current.")
-        for path in built:
+        for path in built[:10]:  # not 40,000 lines
             print(f"  {path}")
+        if len(built) > 10:
+            print(f"  ... and {len(built) - 10} more")
         return 0
     if args.out is None or args.size is None:
         parser.error("--from needs --out and --size")

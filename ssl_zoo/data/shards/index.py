@@ -6,6 +6,7 @@ import json
 import os
 import tarfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,24 @@ INDEX_DTYPE = np.dtype(
     ]
 )
 INDEX_SUFFIX = ".idx.npy"
-# Row 0's image_offset: marks an ssl_zoo index and its layout version.
-_INDEX_MAGIC = 0x53535A_494458_01  # "SSZ" "IDX" version 1
+# Row 0's image_offset: marks an ssl_zoo index (the high bytes) and its layout version (the
+# low byte). Version 2 added the label summary to the header row (see _header_row).
+_MAGIC_BASE = 0x53535A_494458_00  # "SSZ" "IDX"
+_INDEX_VERSION = 2
+_INDEX_MAGIC = _MAGIC_BASE | _INDEX_VERSION
+
+
+@dataclass(frozen=True)
+class IndexHeader:
+    """What an index's header row says about its shard: enough to open a set of shards
+    without mapping any index (a ``ShardSet`` reads only these at open)."""
+
+    shard_bytes: int  # the shard's size when indexed
+    samples: int
+    num_captions: int  # the most captions any sample has (0: none)
+    labelled: int  # samples with a class index
+    max_label: int  # the largest class index (-1: none)
+    data_offset: int  # where the table (row 0) starts in the index file
 
 
 def index_path(shard: Path) -> Path:
@@ -169,9 +186,37 @@ def _scan_shard(shard: Path) -> tuple[list[tuple[int, ...]], int]:
     return rows, most
 
 
-def _header_row(shard_bytes: int, samples: int, num_captions: int) -> tuple[int, ...]:
-    """Row 0 of an index: (magic, the shard's size in bytes, samples, captions per sample, 0...)."""
-    return (_INDEX_MAGIC, shard_bytes, samples, num_captions, 0, 0, 0, 0)
+def _header_row(shard_bytes: int, rows: list[tuple[int, ...]], num_captions: int) -> tuple[int, ...]:
+    """Row 0 of an index: (magic, the shard's size in bytes, samples, captions per sample,
+    labelled samples, largest label, 0, 0), in the fields image_offset ... label."""
+    labels = [row[6] for row in rows]
+    labelled = sum(label >= 0 for label in labels)
+    return (_INDEX_MAGIC, shard_bytes, len(rows), num_captions, labelled, max(labels), 0, 0)
+
+
+def _parse_header(
+    shard: Path, dtype: np.dtype, shape: tuple[int, ...], first: np.void | None, data_offset: int
+) -> IndexHeader:
+    """The header of an index whose array has ``dtype`` and ``shape``, row 0 ``first`` and
+    its table at ``data_offset``; refuses what is not a current ssl_zoo index. (Runs on every
+    map of an index: the messages are built only when one is needed.)"""
+    values = first.tolist() if first is not None and dtype == INDEX_DTYPE and len(shape) == 1 and shape[0] >= 2 else None
+    if values is None or values[0] != _INDEX_MAGIC:
+        path, magic = index_path(shard), values[0] if values else 0
+        if magic & ~0xFF == _MAGIC_BASE:
+            raise DataFormatError(
+                f"{path} is an index of layout version {magic & 0xFF}, written by an older ssl_zoo; "
+                f"this one reads version {_INDEX_VERSION}. Rebuild it with `{_index_command(shard)}` "
+                f"(or give the shards' folder to --index to rebuild them all)."
+            )
+        raise DataFormatError(
+            f"{path} is not an ssl_zoo shard index of this version. Build it with `{_index_command(shard)}`."
+        )
+    _, shard_bytes, samples, num_captions, labelled, max_label, _, _ = values
+    if samples != shape[0] - 1:
+        raise DataFormatError(f"{index_path(shard)} is damaged: its header counts {samples} samples, its table "
+                              f"{shape[0] - 1}. Build it with `{_index_command(shard)}`.")
+    return IndexHeader(shard_bytes, samples, num_captions, labelled, max_label, data_offset)
 
 
 def build_index(shard: Path) -> Path:
@@ -181,7 +226,7 @@ def build_index(shard: Path) -> Path:
         raise DataNotFoundError(f"Shard not found: {shard.absolute()}.")
     size = shard.stat().st_size
     rows, num_captions = _scan_shard(shard)
-    table = np.array([_header_row(size, len(rows), num_captions), *rows], dtype=INDEX_DTYPE)
+    table = np.array([_header_row(size, rows, num_captions), *rows], dtype=INDEX_DTYPE)
     target = index_path(shard)
     temp = target.with_name(target.name + f".tmp{os.getpid()}")
     with open(temp, "wb") as f:  # a file object: np.save would append .npy to a name
@@ -199,29 +244,96 @@ def _member_size_before(fd: int, data_offset: int) -> int | None:
         return None
 
 
-def load_index(shard: Path) -> tuple[np.memmap, int]:
-    """A shard's index rows (memory-mapped) and captions per sample; checks it is current.
+# How np.save begins the header of an index (numpy has written it so since 1.0); the
+# number of rows and ",), }" follow. Parsed by hand: numpy's parser (ast.literal_eval)
+# costs about a millisecond an index, 40 s at open for 40,000 shards.
+_NPY_HEADER_START = f"{{'descr': {np.lib.format.dtype_to_descr(INDEX_DTYPE)!r}, 'fortran_order': False, 'shape': ("
+
+
+def _table_layout(start: bytes) -> tuple[int, int] | None:
+    """(rows, data offset) of an index from its first bytes, when np.save wrote its header
+    the usual way; None otherwise."""
+    if start[:8] == b"\x93NUMPY\x01\x00":
+        length, text_at = int.from_bytes(start[8:10], "little"), 10
+    elif start[:8] == b"\x93NUMPY\x02\x00":
+        length, text_at = int.from_bytes(start[8:12], "little"), 12
+    else:
+        return None
+    text = start[text_at : text_at + length].decode("latin1")
+    if len(text) != length or not text.startswith(_NPY_HEADER_START):
+        return None
+    rows, _, rest = text[len(_NPY_HEADER_START) :].partition(",)")
+    if not rows.isdigit() or rest.rstrip() != ", }":
+        return None
+    return int(rows), text_at + length
+
+
+def read_header(shard: Path) -> IndexHeader:
+    """The header of ``shard``'s index: a read of its first few hundred bytes, no lasting
+    map or descriptor. Checks that the index exists and is a current ssl_zoo index, not that
+    it still matches the shard (``map_rows`` does, when the index is first used)."""
+    path = index_path(shard)
+    rebuild = f"Build it with `{_index_command(shard)}`."
+    try:
+        with open(path, "rb") as f:
+            start = f.read(1024)
+            layout = _table_layout(start)
+            if layout is not None:
+                first = start[layout[1] : layout[1] + INDEX_DTYPE.itemsize]
+            else:  # another writer's header, or no index at all: numpy's parser says which
+                f.seek(0)
+                version = np.lib.format.read_magic(f)
+                if version not in ((1, 0), (2, 0)):
+                    raise ValueError(f"unsupported .npy version {version}")
+                read_array_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran_order, dtype = read_array_header(f)
+                layout = (shape[0] if len(shape) == 1 and not fortran_order and dtype == INDEX_DTYPE else 0), f.tell()
+                first = f.read(INDEX_DTYPE.itemsize)
+    except FileNotFoundError:
+        raise DataFormatError(f"Shard {shard} has no index ({path.name} is missing). {rebuild}") from None
+    except (OSError, ValueError) as e:
+        raise DataFormatError(f"{path} is not a readable index ({e}). {rebuild}") from None
+    row = np.frombuffer(first, INDEX_DTYPE)[0] if len(first) == INDEX_DTYPE.itemsize else None
+    return _parse_header(shard, INDEX_DTYPE, (layout[0],), row, layout[1])
+
+
+def map_rows(shard: Path, header: IndexHeader, check: bool = True) -> np.memmap:
+    """The rows of ``shard``'s index, memory-mapped where ``read_header`` found them (the map
+    also holds a descriptor: CPython's mmap keeps its own). Refuses an index that changed
+    since its header was read and, with ``check``, one that is stale.
 
     An index is stale when the shard's size changed, or when the tar headers before its
     first and last image no longer describe members of the indexed size. (The modification
     time is not compared: copying shards changes it without changing them.)
     """
     path = index_path(shard)
-    rebuild = f"Build it with `{_index_command(shard)}`."
-    if not path.is_file():
-        raise DataFormatError(f"Shard {shard} has no index ({path.name} is missing). {rebuild}")
     try:
-        table = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataFormatError(f"{path} is not a readable index ({e}). {rebuild}") from None
-    if table.dtype != INDEX_DTYPE or table.ndim != 1 or len(table) < 2 or table[0]["image_offset"] != _INDEX_MAGIC:
-        raise DataFormatError(f"{path} is not an ssl_zoo shard index of this version. {rebuild}")
-    header, rows = table[0], table[1:]
-    stale = f"The index {path.name} is stale: {shard}"
-    size = shard.stat().st_size
-    if size != header["image_size"]:
+        # A str, not a Path: np.memmap resolves a Path (realpath), which costs more than the map.
+        table = np.memmap(str(path), dtype=INDEX_DTYPE, mode="r", offset=header.data_offset, shape=(header.samples + 1,))
+        now = _parse_header(shard, table.dtype, table.shape, table[0], header.data_offset)
+    except FileNotFoundError:
+        raise DataFormatError(f"Shard {shard} has no index ({path.name} is missing). Build it with "
+                              f"`{_index_command(shard)}`.") from None
+    except (OSError, ValueError, DataFormatError):
+        now = None
+    if now != header:
         raise DataFormatError(
-            f"{stale} is {size} bytes, but the index was built for {header['image_size']}. "
+            f"{path} changed after it was read: it was rebuilt or rewritten while these shards were "
+            f"open. Open the shards again (restart the run)."
+        )
+    rows = table[1:]
+    if check:
+        _check_current(shard, header, rows)
+    return rows
+
+
+def _check_current(shard: Path, header: IndexHeader, rows: np.memmap) -> None:
+    """Refuse an index that no longer describes its shard (see ``map_rows``)."""
+    stale = f"The index {index_path(shard).name} is stale: {shard}"
+    size = shard.stat().st_size
+    if size != header.shard_bytes:
+        raise DataFormatError(
+            f"{stale} is {size} bytes, but the index was built for {header.shard_bytes}. "
             f"Rebuild it with `{_index_command(shard)}`."
         )
     fd = os.open(shard, os.O_RDONLY)
@@ -234,5 +346,9 @@ def load_index(shard: Path) -> tuple[np.memmap, int]:
                 )
     finally:
         os.close(fd)
-    return rows, int(header["text_size"])
 
+
+def load_index(shard: Path) -> tuple[np.memmap, int]:
+    """A shard's index rows (memory-mapped) and captions per sample; checks it is current."""
+    header = read_header(shard)
+    return map_rows(shard, header), header.num_captions

@@ -5,33 +5,83 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import astuple, fields
 from pathlib import Path
 
 import numpy as np
 
-from ssl_zoo.data.shards.index import _captions_from_json, _captions_from_text, _index_command, _json_fields, index_path, load_index
+from ssl_zoo.data.shards.index import (
+    IndexHeader, _captions_from_json, _captions_from_text, _index_command, _json_fields, map_rows, read_header,
+)
 from ssl_zoo.data.shards.paths import MAKE_SHARDS
 from ssl_zoo.errors import DataFormatError, DataNotFoundError
 
-# Descriptors kept open per process; a dataset of thousands of shards must stay below the
-# process's file limit (often 1024).
+# Per process, at most this many shard indexes are memory-mapped and this many shard files
+# are open (the least recently used go first): a set of 40,000 shards must stay far below
+# the process's limits on descriptors (often 1024) and maps (65530 on Linux). NOTE: each
+# mapped index also holds a descriptor (CPython's mmap keeps a duplicate of the file's), so
+# a ShardSet holds at most the sum of the two open.
+_MAX_MAPPED_INDEXES = 64
 _MAX_OPEN_FILES = 64
+
+
+class _MappedIndexes(Sequence):
+    """The index rows of every shard of a set, mapped in this process when first asked for,
+    at most ``_MAX_MAPPED_INDEXES`` at a time. A shard's first map in a process checks that
+    its index is current; mapping it again after it was dropped does not check again."""
+
+    def __init__(self, paths: list[Path], headers: np.ndarray):
+        self._paths = paths
+        self._headers = headers  # (S,) the IndexHeader of each shard, as read at open
+        self._maps: OrderedDict[int, np.memmap] = OrderedDict()  # shard -> rows, oldest use first
+        self._checked = np.zeros(len(paths), dtype=bool)  # (S,) checked in this process
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, shard: int) -> np.memmap:
+        shard = int(shard)
+        rows = self._maps.get(shard)
+        if rows is not None:
+            self._maps.move_to_end(shard)
+            return rows
+        if not 0 <= shard < len(self._paths):
+            raise IndexError(f"shard {shard} of {len(self._paths)}")
+        header = IndexHeader(*self._headers[shard].tolist())
+        rows = map_rows(self._paths[shard], header, check=not self._checked[shard])
+        self._checked[shard] = True
+        while len(self._maps) >= _MAX_MAPPED_INDEXES:
+            self._maps.popitem(last=False)  # unmapped once no row of it is referenced
+        self._maps[shard] = rows
+        return rows
+
+    @property
+    def mapped(self) -> int:
+        """How many indexes are mapped now."""
+        return len(self._maps)
+
+    def clear(self) -> None:
+        """Drop every map (shards stay checked)."""
+        self._maps.clear()
 
 
 class ShardSet:
     """Samples of several indexed shards, numbered 0..N-1 in shard order, read at random.
 
-    Holds one memory-mapped index per shard and an array of cumulative counts; no Python
-    object per sample. Files are opened on first use in each process (the state pickles
-    without descriptors or mappings, and a forked DataLoader worker opens its own).
+    Opening reads each index's header only (its counts and label summary: a small read, no
+    lasting map), and checks the first shard's index fully, so that shards rewritten since
+    indexing are refused at once. Every other index is mapped, and checked, on first use in
+    each process; at most ``_MAX_MAPPED_INDEXES`` indexes are mapped and ``_MAX_OPEN_FILES``
+    shards open at a time. No Python object per sample. The state pickles without
+    descriptors or maps, and a forked DataLoader worker closes the ones it inherits.
     """
 
     def __init__(self, shards: Sequence[str | Path]):
         self.paths = [Path(p) for p in shards]
         if not self.paths:
             raise DataNotFoundError(f"No shards given. Make shards with `{MAKE_SHARDS}`.")
-        loaded = [load_index(p) for p in self.paths]
-        counts = [count for _, count in loaded]
+        headers = [read_header(p) for p in self.paths]
+        counts = [header.num_captions for header in headers]
         if max(counts) and 0 in counts:
             raise DataFormatError(
                 f"Shard {self.paths[counts.index(0)]} has no captions while other shards of "
@@ -40,29 +90,48 @@ class ShardSet:
         # A shard's samples may have fewer captions than the most any sample has; they are
         # cycled to this count, as tokenize_captions does in memory.
         self.num_captions = max(counts)  # 0: no captions
-        self._attach([rows for rows, _ in loaded])
-        self.has_labels = all(bool((rows["label"] >= 0).all()) for rows in self._rows)
+        # (S,) every IndexHeader as one compact array, to map and check each index against later
+        self._headers = np.array([astuple(h) for h in headers], dtype=[(f.name, "<i8") for f in fields(IndexHeader)])
+        self._starts = np.concatenate([[0], np.cumsum(self._headers["samples"])])  # (S + 1,) first sample of each shard
+        self.has_labels = all(header.labelled == header.samples for header in headers)
+        self.max_label = max(header.max_label for header in headers)  # -1: no labels; classes: max_label + 1
         classes = self.paths[0].parent / "classes.txt"
         self.classes = classes.read_text(encoding="utf-8").splitlines() if classes.is_file() else None
+        self._start_process()
+        self._index(0)  # checked now: shards rewritten wholesale since indexing are refused at open
 
-    def _attach(self, rows: list[np.memmap]) -> None:
-        """Hold the per-shard index rows; no file is open yet in this process."""
-        self._rows = rows  # one np.memmap of INDEX_DTYPE per shard
-        self._starts = np.cumsum([0] + [len(r) for r in rows])  # (S + 1,) first sample of each shard
-        self._files: OrderedDict[int, int] = OrderedDict()  # shard -> descriptor, in this process
+    def _start_process(self) -> None:
+        """Per-process state, empty: no index mapped, no shard open."""
+        self._rows = _MappedIndexes(self.paths, self._headers)
+        self._files: OrderedDict[int, int] = OrderedDict()  # shard -> descriptor, oldest use first
         self._pid = os.getpid()
+
+    def _in_this_process(self) -> None:
+        if self._pid != os.getpid():  # forked: the maps and descriptors are copies of the parent's
+            self.close()
+            self._start_process()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for name in ("_rows", "_starts", "_files", "_pid"):
+        for name in ("_rows", "_files", "_pid"):
             del state[name]
         return state
 
     def __setstate__(self, state: dict) -> None:
-        # A copy in another process (e.g. a spawned DataLoader worker): the original checked
-        # these indexes; map them again.
+        # A copy in another process (e.g. a spawned DataLoader worker): it maps indexes, and
+        # checks them, as it reads.
         self.__dict__.update(state)
-        self._attach([np.load(index_path(p), mmap_mode="r")[1:] for p in self.paths])
+        self._start_process()
+
+    def __del__(self) -> None:
+        # The garbage collector unmaps indexes but leaves descriptors open.
+        if "_files" in self.__dict__:
+            self.close()
+
+    def _index(self, shard: int) -> np.memmap:
+        """The index rows of one shard (mapped now if they are not)."""
+        self._in_this_process()
+        return self._rows[shard]
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -73,8 +142,12 @@ class ShardSet:
 
     @property
     def labels(self) -> np.ndarray:
-        """int64 (N,) class index of every sample, -1 where a sample has none (from the indexes)."""
-        return np.concatenate([np.asarray(rows["label"]) for rows in self._rows])
+        """int64 (N,) class index of every sample, -1 where a sample has none. Reads every
+        index in turn (a few at a time mapped); ``has_labels`` and ``max_label`` need none."""
+        labels = np.empty(len(self), dtype=np.int64)
+        for shard in range(len(self.paths)):
+            labels[self._starts[shard] : self._starts[shard + 1]] = self._index(shard)["label"]
+        return labels
 
     def locate(self, samples: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(shard, row) of each global sample number, as two int64 arrays."""
@@ -88,7 +161,7 @@ class ShardSet:
         """(shard, row, index row) of one sample."""
         shards, rows = self.locate([index])
         shard, row = int(shards[0]), int(rows[0])
-        return shard, row, self._rows[shard][row]
+        return shard, row, self._index(shard)[row]
 
     def describe(self, index: int) -> str:
         """Where sample ``index`` lives, for messages: '<shard> (sample r, image at byte o)'."""
@@ -98,16 +171,17 @@ class ShardSet:
     def labels_of(self, samples: Sequence[int]) -> np.ndarray:
         """int64 (B,) class index of each sample (-1: none), from the indexes."""
         shards, rows = self.locate(samples)
-        return np.array(
-            [self._rows[s][r]["label"] for s, r in zip(shards.tolist(), rows.tolist())], dtype=np.int64
-        )
+        labels = np.empty(len(shards), dtype=np.int64)
+        for shard in np.unique(shards):  # one lookup of each shard's index
+            here = shards == shard
+            labels[here] = self._index(shard)["label"][rows[here]]
+        return labels
 
     def _fd(self, shard: int) -> int:
-        if self._pid != os.getpid():  # a forked worker: the parent's descriptors are not ours
-            self._files, self._pid = OrderedDict(), os.getpid()
+        self._in_this_process()
         fd = self._files.get(shard)
         if fd is None:
-            if len(self._files) >= _MAX_OPEN_FILES:
+            while len(self._files) >= _MAX_OPEN_FILES:
                 os.close(self._files.popitem(last=False)[1])
             fd = self._files[shard] = os.open(self.paths[shard], os.O_RDONLY)
         else:
@@ -150,7 +224,9 @@ class ShardSet:
         return captions[caption % len(captions)]
 
     def close(self) -> None:
-        """Close this process's open shard files (they reopen on the next read)."""
+        """Close this process's open shard files and unmap its indexes (they come back on
+        the next read)."""
+        self._rows.clear()
         while self._files:
             os.close(self._files.popitem()[1])
 
