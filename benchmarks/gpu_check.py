@@ -50,7 +50,7 @@ Sections, with their time budgets on a GPU (seconds) and what each row means:
   host_syncs       70  ops that make the host wait for the device in steps 3-10 of ``fit``
                        (``ssl_zoo.host_sync.count_host_syncs``) for SimCLR, BYOL and CLIP
                        with each optimiser, sgd, lars and adamw: target 0, on any device
-                       (reads of host tensors left out: see ``device_syncs_only``).
+                       (on a GPU, reads of host tensors are no wait: ``HostSyncCounter``).
                        Estimate: 5-8 s each.
   eval             60  ssl_zoo's evaluator (features, kNN, linear) on 50,000 generated
                        96 px images, 40,000 train and 10,000 test, with a random ResNet-50:
@@ -595,37 +595,6 @@ def check_hold_on_device(check: Check, section: Section) -> None:
 # 5. Host syncs per step, per method and optimiser
 
 
-HOST_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default)
-ADAM = ("torch/optim/adam.py", "torch/optim/adamw.py")
-
-
-@contextlib.contextmanager
-def device_syncs_only(device: torch.device) -> Iterator[None]:
-    """``count_host_syncs`` without the reads that wait for nothing on a GPU: of host tensors.
-
-    NOTE: torch's Adam/AdamW keep each parameter's step counter on the host (unless
-    ``capturable`` or ``fused``) and read it with ``.item()`` every step. On a GPU that read
-    makes nothing wait, and where the tensor lives says so. On the CPU every tensor is a host
-    tensor, so the reads made from torch's Adam code are the ones left out there. ``syncs``
-    is the counter's one decision, so it is wrapped for the run (host_sync has no hook).
-    """
-    counted = host_sync.syncs
-
-    def syncs(func, args) -> str | None:
-        if func in HOST_READS and args[0].device.type == "cpu":
-            if device.type == "cuda":
-                return None
-            if any(frame.filename.endswith(ADAM) for frame in traceback.extract_stack(limit=8)):
-                return None
-        return counted(func, args)
-
-    host_sync.syncs = syncs
-    try:
-        yield
-    finally:
-        host_sync.syncs = counted
-
-
 def where_synced(call: str) -> str:
     """A counter's call, "aten.OP.default why: file:line fn <- ...", as "OP at file:line fn"."""
     return f"{call.split()[0].removeprefix('aten.')} at {call.split(': ', 1)[1].split(' <- ')[0]}"
@@ -649,8 +618,9 @@ def check_host_syncs(check: Check, section: Section) -> None:
                 if s.context_length is not None and method_class(parse_recipe(["--recipe", base])).uses_text:
                     overrides["data.context_length"] = s.context_length
                 recipe = check.recipe(base, overrides)
-                with device_syncs_only(check.device):
-                    counter = host_sync.count_host_syncs(recipe, s.sync_first, s.sync_last, enable_progress_bar=False)
+                counter = host_sync.count_host_syncs(
+                    recipe, s.sync_first, s.sync_last, device=check.device, enable_progress_bar=False
+                )
                 steps = s.sync_last - s.sync_first
                 calls = [check.scrub(call) for call in counter.calls]
                 first = f"; first: {where_synced(calls[0])}" if calls else ""

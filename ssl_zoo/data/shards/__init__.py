@@ -13,8 +13,10 @@ format most web-scale datasets already ship in, and decodes each batch when it i
   sample) with optional ``KEY.cls`` (class index, ASCII), ``KEY.txt`` (captions, one a
   line) and ``KEY.json`` (may hold ``"caption"`` and ``"label"``).
 - ``reader``: ``ShardSet`` maps a global sample number to (shard, row) and reads members
-  with one ``pread`` each; files open lazily, once per process, so the same object works in
-  DataLoader worker processes.
+  with one ``pread`` each. At open it reads only each index's header; indexes are mapped
+  and shard files opened on demand, at most 64 of each per process, so 40,000 shards stay
+  inside the usual limit of 1,024 open files, and the same object works in DataLoader
+  worker processes.
 - ``dataset``: ``ShardDataset``, the training ``Dataset`` (a whole batch per
   ``__getitems__``, decoded in the worker or handed over encoded for the GPU), and the
   ``shards`` dataset's registration.

@@ -114,7 +114,7 @@ def load_shard_images(shards: ShardSet, samples: np.ndarray, image_size: int, na
     labels = torch.from_numpy(shards.labels_of(samples)) if shards.has_labels else None
     classes = None
     if labels is not None:  # shards without a classes.txt (img2dataset's) name classes by number
-        classes = shards.classes or [str(c) for c in range(int(shards.labels.max()) + 1)]
+        classes = shards.classes or [str(c) for c in range(shards.max_label + 1)]
     captions = [shards.read_captions(i) for i in samples.tolist()] if shards.has_captions else None
     return ImageSet(torch.cat(images), labels, classes=classes, captions=captions, name=name)
 
