@@ -136,7 +136,7 @@ def fit(
     datamodule.setup("fit", monitor_sets=trainer.is_global_zero or num_classes is None)
     if num_classes is None:
         num_classes = datamodule.num_classes
-    if trainer.local_rank == 0:
+    if trainer.world_size > 1 and trainer.local_rank == 0:
         os.environ[_CLASSES_HANDOVER] = str(num_classes)
     model = build_method(recipe, num_classes=num_classes)
     if recipe.init_weights is not None and resume is None:  # a resumed run has its own weights
