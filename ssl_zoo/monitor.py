@@ -30,9 +30,9 @@ class KNNMonitor(pl.Callback):
 
     Under several processes, rank 0 alone measures, on the whole bank and validation set,
     while the others wait at a barrier. The sets are small and bounded (data.knn_bank_size,
-    data.val_size), so this costs seconds; sharding it would save those seconds but
-    gather features of every process for the votes, and only rank 0 decodes the sets.
-    Its numbers are those of one process with the same weights.
+    data.val_size), so this costs seconds; sharding would save some of them, but every
+    process would then decode the sets and the votes would need every process's bank
+    features gathered. Its numbers are those of one process with the same weights.
     """
 
     def __init__(self, datamodule: ImageDataModule, k: int = 200, temperature: float = 0.1) -> None:
