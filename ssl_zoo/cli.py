@@ -121,11 +121,19 @@ def fit_command(argv: list[str]) -> int:
     recipe = parse_recipe(argv)
     if resume and checkpoint is None:
         checkpoint = latest_checkpoint(recipe.trainer.output_dir, recipe.name)
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
     from ssl_zoo.train import fit
 
-    action = f"Resuming from {checkpoint}" if checkpoint else "Training"
-    print(f"{action}: recipe '{recipe.name}', {recipe.method} with {recipe.backbone} on {recipe.data.name}.")
-    print(format_summary(fit(recipe, resume=checkpoint)))
+    # Under several processes, each runs this command (Lightning starts a node's others with
+    # it); one speaks for the run. Before the trainer exists, the rank is the launcher's
+    # environment's (LOCAL_RANK, RANK...); the summary knows the process's global rank.
+    if rank_zero_only.rank == 0:
+        action = f"Resuming from {checkpoint}" if checkpoint else "Training"
+        print(f"{action}: recipe '{recipe.name}', {recipe.method} with {recipe.backbone} on {recipe.data.name}.", flush=True)
+    summary = fit(recipe, resume=checkpoint)
+    if summary.global_rank == 0:
+        print(format_summary(summary))
     return 0
 
 

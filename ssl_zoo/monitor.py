@@ -25,7 +25,14 @@ class KNNMonitor(pl.Callback):
 
     Runs once before training (the random-init baseline, logged as
     ``knn/top1_random_init``; with ``init_weights`` it scores those weights, under the same
-    tag) and after every validation epoch (``knn/top1``).
+    tag) and after every validation epoch (``knn/top1``). Data without a labelled
+    validation split and bank has nothing to score: the monitor stays idle.
+
+    Under several processes, rank 0 alone measures, on the whole bank and validation set,
+    while the others wait at a barrier. The sets are small and bounded (data.knn_bank_size,
+    data.val_size), so this costs seconds; sharding would save some of them, but every
+    process would then decode the sets and the votes would need every process's bank
+    features gathered. Its numbers are those of one process with the same weights.
     """
 
     def __init__(self, datamodule: ImageDataModule, k: int = 200, temperature: float = 0.1) -> None:
@@ -48,17 +55,27 @@ class KNNMonitor(pl.Callback):
             num_classes=dm.num_classes, k=self.k, temperature=self.temperature,
         )
 
+    def _measure_on_rank_zero(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
+        """The kNN top-1 on rank 0 (None elsewhere, and where there is nothing to score)."""
+        top1 = self.measure(pl_module) if trainer.is_global_zero and self.datamodule.bank_set is not None else None
+        # NOTE: the barrier has the process group's timeout (Lightning's default: 30 min).
+        trainer.strategy.barrier("knn_monitor")
+        return top1
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.random_init_top1 is None and trainer.global_step == 0:
-            self.random_init_top1 = self.measure(pl_module)
-            for logger in trainer.loggers:
-                logger.log_metrics({"knn/top1_random_init": self.random_init_top1}, step=0)
+            self.random_init_top1 = self._measure_on_rank_zero(trainer, pl_module)
+            if self.random_init_top1 is not None:
+                for logger in trainer.loggers:
+                    logger.log_metrics({"knn/top1_random_init": self.random_init_top1}, step=0)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        self.last_top1 = self.measure(pl_module)
-        pl_module.log("knn/top1", self.last_top1, prog_bar=True)
+        top1 = self._measure_on_rank_zero(trainer, pl_module)
+        if top1 is not None:
+            self.last_top1 = top1
+            pl_module.log("knn/top1", top1, prog_bar=True, rank_zero_only=True)
 
 
 class ViewGridLogger(pl.Callback):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from ssl_zoo.checkpointing import AtomicCheckpointIO, FiniteLossGuard, LastCheck
 from ssl_zoo.data.datamodule import ImageDataModule
 from ssl_zoo.errors import CheckpointError
 from ssl_zoo.loggers import check_logger_packages, extra_loggers
-from ssl_zoo.methods import SSLMethod, build_method
+from ssl_zoo.methods import SSLMethod, build_method, method_class
 from ssl_zoo.monitor import KNNMonitor, SparseProgressBar, ThroughputMeter, ViewGridLogger
 from ssl_zoo.recipe import Recipe, recipe_from_dict, save_recipe
 from ssl_zoo.weights import load_backbone_weights
@@ -29,6 +30,9 @@ from ssl_zoo.weights import load_backbone_weights
 # is the design).
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+# Under several processes: the kNN monitor runs on rank 0 alone and logs with rank_zero_only,
+# so there is nothing to sync, whatever Lightning advises.
+warnings.filterwarnings("ignore", message=r".*self\.log\('knn/top1'.*sync_dist=True.*")
 logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
 
 
@@ -47,6 +51,7 @@ class RunSummary:
     probe_top1: float | None
     peak_memory_gib: float | None  # peak GPU memory allocated by the run (None on the CPU)
     init_weights: str | None = None  # the file the backbone started from (None: random init)
+    global_rank: int = 0  # the process that returned it: under several, rank 0's reports the run
 
 
 def fit(
@@ -71,42 +76,30 @@ def fit(
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     datamodule = datamodule or ImageDataModule.for_recipe(recipe)
-    datamodule.setup("fit")
-    model = build_method(recipe, num_classes=datamodule.num_classes)
-    if recipe.init_weights is not None and resume is None:  # a resumed run has its own weights
-        loaded = load_backbone_weights(model.backbone, recipe.init_weights, f"backbone {recipe.backbone}")
-        if model.has_ema_target:  # its target starts as a copy of the online network: of the loaded one too
-            for online, target in model.ema_pairs():
-                target.load_state_dict(online.state_dict())
-        print(f"ssl_zoo: the backbone starts from {recipe.init_weights} ({loaded['tensors']} tensors"
-              + (f"; {loaded['head_tensors_left_out']} of a classifier head left out)." if loaded["head_tensors_left_out"] else ")."),
-              flush=True)
-
-    version = None
-    if resume is not None:
-        check_resumable(resume, recipe)
-        version = _run_version(resume, recipe)
+    version = _run_version(resume, recipe) if resume is not None else None
+    # Every process names the run folder, but only global rank 0 creates and fills it: the
+    # others may pick another free version_N while it does (Lightning starts them later, or
+    # a launcher starts them all at once). The checkpoint callback takes rank 0's folder
+    # when the processes connect (ModelCheckpoint.setup broadcasts it), and so does the
+    # summary below; TensorBoard and the other loggers write on rank 0 only.
     logger = TensorBoardLogger(save_dir=recipe.trainer.output_dir, name=recipe.name, version=version, default_hp_metric=False)
     run_dir = Path(logger.log_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, run_dir / "recipe.yaml")
     # Lightning sends self.log, the learning rate and the hyper-parameters (the recipe) to each.
     loggers = [logger, *extra_loggers(recipe.trainer.loggers, recipe.name, run_dir)]
 
     cfg = recipe.trainer
     checkpoint = LastCheckpoint(run_dir / "checkpoints", every_n_steps=cfg.checkpoint_every_n_steps)
     throughput = ThroughputMeter()
+    knn = KNNMonitor(datamodule)  # measures only where the data has labelled monitor sets
     run_callbacks = [
         FiniteLossGuard(check_every=cfg.log_every_n_steps), checkpoint, throughput, ViewGridLogger(),
-        LearningRateMonitor(logging_interval="step"),
+        LearningRateMonitor(logging_interval="step"), knn,
     ]
-    knn = KNNMonitor(datamodule) if datamodule.num_classes else None
-    if knn is not None:
-        run_callbacks.append(knn)
     if enable_progress_bar:
         run_callbacks.append(SparseProgressBar(metrics_every=cfg.log_every_n_steps))
 
-    sync_batchnorm, sync_batchnorm_reason = resolve_sync_batchnorm(recipe, type(model), on_gpu=_uses_gpu(cfg.accelerator))
+    on_gpu = _uses_gpu(cfg.accelerator)
+    sync_batchnorm, sync_batchnorm_reason = resolve_sync_batchnorm(recipe, method_class(recipe), on_gpu=on_gpu)
     trainer = pl.Trainer(
         max_epochs=cfg.max_epochs,
         max_steps=cfg.max_steps,
@@ -120,6 +113,10 @@ def fit(
         use_distributed_sampler=False,
         plugins=[AtomicCheckpointIO()],
         precision=cfg.precision,
+        # cudnn picks the fastest convolution kernels for each input shape on first sight:
+        # every training batch has one shape (incomplete batches are dropped, crops have one
+        # size), so it pays after the first step. None leaves torch's setting alone (CPU).
+        benchmark=True if on_gpu else None,
         log_every_n_steps=cfg.log_every_n_steps,
         check_val_every_n_epoch=None if cfg.val_every_n_steps else cfg.check_val_every_n_epoch,
         val_check_interval=cfg.val_every_n_steps,
@@ -129,11 +126,38 @@ def fit(
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
     )
+    if resume is not None:  # before any data is loaded; the number of processes is known now
+        check_resumable(resume, recipe, trainer.world_size)
+
+    # Only rank 0 decodes the monitors' sets (it alone runs the kNN monitor; the others get
+    # the validation set from it in trainer.fit). The online probe needs their number of
+    # classes on every process: rank 0 hands it to the processes Lightning starts for it.
+    num_classes = _handed_over_classes(trainer)
+    datamodule.setup("fit", monitor_sets=trainer.is_global_zero or num_classes is None)
+    if num_classes is None:
+        num_classes = datamodule.num_classes
+    if trainer.world_size > 1 and trainer.local_rank == 0:
+        os.environ[_CLASSES_HANDOVER] = str(num_classes)
+    model = build_method(recipe, num_classes=num_classes)
+    if recipe.init_weights is not None and resume is None:  # a resumed run has its own weights
+        loaded = load_backbone_weights(model.backbone, recipe.init_weights, f"backbone {recipe.backbone}")
+        if model.has_ema_target:  # its target starts as a copy of the online network: of the loaded one too
+            for online, target in model.ema_pairs():
+                target.load_state_dict(online.state_dict())
+        if trainer.is_global_zero:
+            print(f"ssl_zoo: the backbone starts from {recipe.init_weights} ({loaded['tensors']} tensors"
+                  + (f"; {loaded['head_tensors_left_out']} of a classifier head left out)." if loaded["head_tensors_left_out"] else ")."),
+                  flush=True)
+
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, run_dir / "recipe.yaml")
     if trainer.world_size > 1 and trainer.is_global_zero:
         state = "on" if sync_batchnorm else "off"
         print(f"ssl_zoo: sync batch norm {state} over {trainer.world_size} processes ({sync_batchnorm_reason}).", flush=True)
     # weights_only: a checkpoint is data; resuming never runs code from the file.
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    run_dir = Path(checkpoint.dirpath).parent  # rank 0's folder, on every process
 
     def metric(name: str) -> float | None:
         value = trainer.callback_metrics.get(name)
@@ -147,13 +171,36 @@ def fit(
         steps=trainer.global_step,
         device=str(trainer.strategy.root_device),
         images_per_second=throughput.images_per_second,
-        final_loss=metric("train/loss"),
-        knn_top1=knn.last_top1 if knn else None,
-        knn_top1_random_init=knn.random_init_top1 if knn else None,
+        final_loss=_mean_over_processes(trainer, metric("train/loss")),
+        knn_top1=knn.last_top1,
+        knn_top1_random_init=knn.random_init_top1,
         init_weights=recipe.init_weights,
         probe_top1=metric("probe/val_top1"),
         peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if trainer.strategy.root_device.type == "cuda" else None,
+        global_rank=trainer.global_rank,
     )
+
+
+# NOTE: with strategy ddp, Lightning starts a node's processes 1..N-1 inside trainer.fit
+# by running the same command again (python -m ssl_zoo fit ...) with a copy of os.environ.
+# Their local rank 0 sets this first, so they take its count of classes instead of
+# decoding the monitors' sets for it. Processes started by another launcher (torchrun,
+# SLURM) or on another node find none and count the classes themselves.
+_CLASSES_HANDOVER = "SSL_ZOO_NUM_CLASSES"
+
+
+def _handed_over_classes(trainer: pl.Trainer) -> int | None:
+    """The number of classes this node's rank 0 handed to a process it started, if any."""
+    handed = os.environ.get(_CLASSES_HANDOVER) if trainer.local_rank > 0 else None
+    return int(handed) if handed is not None else None
+
+
+def _mean_over_processes(trainer: pl.Trainer, value: float | None) -> float | None:
+    """A value each process logged for its own part of the global batch (the training loss),
+    averaged over the processes: what one process holding the whole batch would report."""
+    if value is None or trainer.world_size == 1:
+        return value
+    return float(trainer.strategy.reduce(torch.tensor(value, device=trainer.strategy.root_device), reduce_op="mean"))
 
 
 def _uses_gpu(accelerator: str) -> bool:
@@ -170,10 +217,11 @@ def resolve_sync_batchnorm(recipe: Recipe, method: type[SSLMethod], on_gpu: bool
     return wanted, f"{source}; --trainer.sync_batchnorm overrides it"
 
 
-def check_resumable(path: Path, recipe: Recipe) -> None:
-    """Refuse a checkpoint that is not a run of ``recipe``'s method, backbone and heads."""
-    saved = read_checkpoint(path)["hyper_parameters"]["recipe"]
-    old = recipe_from_dict(saved)
+def check_resumable(path: Path, recipe: Recipe, world_size: int) -> None:
+    """Refuse a checkpoint that is not a run of ``recipe``'s method, backbone and heads, or
+    that trained with another global batch (per-process batch x ``world_size`` processes)."""
+    checkpoint = read_checkpoint(path)
+    old = recipe_from_dict(checkpoint["hyper_parameters"]["recipe"])
     if old.method != recipe.method:
         mismatches = [f"method: checkpoint {old.method!r}, recipe {recipe.method!r}"]
     else:  # the same method: the backbone and the heads' sizes must agree too
@@ -183,6 +231,19 @@ def check_resumable(path: Path, recipe: Recipe) -> None:
         raise CheckpointError(
             f"Cannot resume from '{path}' with recipe '{recipe.name}': the checkpoint is a different model "
             f"({'; '.join(mismatches)}). Resume it with its own recipe (fit --resume RUN_FOLDER), or start a new run."
+        )
+    # NOTE: the data order would follow another global batch (the data module counts
+    # images), but the optimiser's and the schedules' state would not: the learning rate was
+    # scaled to the old batch, the warm-up and cosine schedules and BYOL's momentum count its
+    # steps. A checkpoint written before the global batch was recorded is not checked.
+    saved = checkpoint.get(ImageDataModule.__qualname__, {}).get("global_batch")  # Lightning's key for its state
+    now = recipe.data.batch_size * world_size
+    if saved is not None and saved != now:
+        raise CheckpointError(
+            f"Cannot resume from '{path}' with a global batch of {now} images (data.batch_size {recipe.data.batch_size} "
+            f"x {world_size} processes): it trained with {saved}, and its optimiser, learning-rate schedule and step "
+            "counts hold to that batch. Resume with trainer.devices x trainer.num_nodes x data.batch_size giving "
+            f"{saved} again, or start a new run from its weights (--init_weights {path})."
         )
 
 

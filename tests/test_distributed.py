@@ -1,7 +1,11 @@
-"""Two processes (gloo, CPU) train like one process holding the whole global batch."""
+"""Two processes (gloo, CPU) train like one process holding the whole global batch, and
+report one run: one folder, one summary, monitors and validation run once."""
 
 import os
+import re
 import socket
+import subprocess
+import sys
 from types import SimpleNamespace
 from pathlib import Path
 
@@ -11,9 +15,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ssl_zoo.data.datamodule import EpochBatchSampler
+from ssl_zoo.data.datamodule import EpochBatchSampler, ImageDataModule
+from ssl_zoo.data.imageset import ImageSet
+from ssl_zoo.errors import RecipeError
+from ssl_zoo.eval.features import image_features
 from ssl_zoo.losses import clip_loss, nt_xent_loss
-from ssl_zoo.methods import METHODS
+from ssl_zoo.methods import METHODS, load_method
+from ssl_zoo.monitor import KNNMonitor
 from ssl_zoo.methods.simclr import SimCLR
 from ssl_zoo.train import fit, resolve_sync_batchnorm
 
@@ -180,3 +188,103 @@ def test_sync_batchnorm_defaults_to_each_papers_choice_on_gpus(make_recipe, meth
     recipe.trainer.sync_batchnorm = True  # on the CPU it cannot be on, and the reason says why
     on, reason = resolve_sync_batchnorm(recipe, METHODS[method], on_gpu=False)
     assert not on and "only on GPUs" in reason
+
+
+def test_the_validation_set_is_split_between_processes_and_covers_it_once(make_recipe):
+    # Each process validates its contiguous part; Lightning's synced epoch mean then scores
+    # every image once, as one process does.
+    dm = ImageDataModule(make_recipe("simclr").data)
+    dm.val_set = ImageSet(torch.randint(0, 256, (11, 3, 4, 4), dtype=torch.uint8), torch.arange(11), classes=list("abcdefghijk"))
+
+    def labels(world: int, rank: int) -> list[int]:
+        dm.trainer = SimpleNamespace(world_size=world, global_rank=rank)
+        (loader,) = dm.val_dataloader()
+        return [label for batch in loader for label in batch["label"].tolist()]
+
+    assert labels(1, 0) == list(range(11))
+    parts = [labels(WORLD, r) for r in range(WORLD)]
+    assert parts == [list(range(6)), list(range(6, 11))]
+    dm.trainer = SimpleNamespace(world_size=12, global_rank=0)
+    with pytest.raises(RecipeError, match="data.val_size 11 is smaller than the 12 processes"):
+        dm.val_dataloader()
+
+
+def test_processes_other_than_rank_zero_decode_no_monitor_set(make_recipe):
+    dm = ImageDataModule.for_recipe(make_recipe("simclr", **{"data.num_images": 64}))
+    dm.setup("fit", monitor_sets=False)
+    assert dm.train_set is not None and dm.val_set is None and dm.bank_set is None
+
+
+def cli_fit(out: Path, devices: int, batch_size: int, *extra: str) -> subprocess.CompletedProcess:
+    """quickstart, shrunk to seconds: 2 steps, validation (probe, kNN) after the second."""
+    command = [
+        sys.executable, "-m", "ssl_zoo", "fit", "--recipe", "quickstart", "--trainer.accelerator", "cpu",
+        "--trainer.devices", str(devices), "--data.batch_size", str(batch_size), "--trainer.max_steps", "2",
+        "--data.num_images", "256", "--data.knn_bank_size", "256", "--data.val_size", "128",
+        "--trainer.val_every_n_steps", "2", "--trainer.check_val_every_n_epoch", "1", "--trainer.log_every_n_steps", "1",
+        "--trainer.output_dir", str(out), *extra,
+    ]
+    # One thread a process on both sides: the same float sums in the kNN's features.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+def scalar(run_dir: Path, tag: str) -> float:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    (event,) = events.Scalars(tag)
+    return event.value
+
+
+def rescored(checkpoint: Path) -> dict[str, float]:
+    """kNN and probe top-1 of a checkpoint's weights, in this one process, on the whole sets."""
+    model = load_method(checkpoint)
+    dm = ImageDataModule.for_recipe(model.recipe)
+    dm.setup()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            knn = KNNMonitor(dm).measure(model)
+            features = image_features(model.backbone, model.eval_transform, dm.val_set.images, torch.device("cpu"))
+            probe = (model.online_probe(features).argmax(dim=1) == dm.val_set.labels).float().mean().item()
+    finally:
+        torch.set_num_threads(threads)
+    return {"knn/top1": knn, "probe/val_top1": probe}
+
+
+@pytest.mark.slow
+def test_fit_from_the_cli_with_two_processes_reports_one_run_and_refuses_another_global_batch(tmp_path):
+    # strategy auto = ddp: Lightning starts the second process by running `python -m ssl_zoo` again.
+    two = cli_fit(tmp_path / "two", devices=WORLD, batch_size=B * 4)
+    assert two.returncode == 0, two.stderr[-3000:]
+    runs = list((tmp_path / "two" / "quickstart").iterdir())
+    assert [r.name for r in runs] == ["version_0"] and (runs[0] / "recipe.yaml").is_file()
+    assert two.stdout.count("Training: recipe") == 1 and two.stdout.count("Done:") == 1
+    one = cli_fit(tmp_path / "one", devices=1, batch_size=B * 4 * WORLD)  # the same global batch
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    # Before training, the weights are the seed's on both: the same kNN, to the last vote.
+    def random_init(out: str) -> str:
+        return re.search(r"random-init backbone: +([\d.]+ %)", out).group(1)
+
+    assert random_init(two.stdout) == random_init(one.stdout)
+    # After 2 steps the weights differ (torch's SyncBatchNorm runs only on GPUs: each gloo
+    # process normalises by its half of the batch). But kNN and probe, measured on rank 0 /
+    # split between ranks and synced, are exactly what one process scores on the whole sets
+    # with the 2-process run's final weights.
+    checkpoint = runs[0] / "checkpoints" / "last.ckpt"
+    for tag, value in rescored(checkpoint).items():
+        assert scalar(runs[0], tag) == pytest.approx(value, abs=1e-6), tag
+
+    # Resuming on 1 process with the per-process batch of 2 is another global batch: refused.
+    refused = cli_fit(tmp_path / "two", 1, B * 4, "--resume", str(runs[0]), "--trainer.max_steps", "3")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"global batch of {B * 4} images" in refused.stderr and f"trained with {B * 4 * WORLD}" in refused.stderr
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 2  # nothing trained, nothing written
+    # With the whole global batch on the one process, it goes on.
+    resumed = cli_fit(tmp_path / "two", 1, B * 4 * WORLD, "--resume", str(runs[0]), "--trainer.max_steps", "3")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 3

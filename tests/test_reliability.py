@@ -14,9 +14,9 @@ import yaml
 
 from conftest import Crash, CrashAt
 from ssl_zoo.checkpointing import AtomicCheckpointIO
-from ssl_zoo.errors import RecipeError, TrainingError
+from ssl_zoo.errors import CheckpointError, RecipeError, TrainingError
 from ssl_zoo.recipe import parse_recipe, recipe_to_dict
-from ssl_zoo.train import fit
+from ssl_zoo.train import check_resumable, fit
 
 # 256 images in batches of 32: 8 steps an epoch, 3 epochs, a checkpoint every 3 steps.
 RESUME_KEYS = {
@@ -211,3 +211,26 @@ def test_recipes_load_with_a_safe_yaml_loader(tmp_path):
     with pytest.raises(RecipeError):
         parse_recipe(["--recipe", str(evil)])
     assert not marker.exists()
+
+
+def test_resuming_with_another_global_batch_is_refused_before_training(make_recipe, tmp_path):
+    # The optimiser, the schedules and BYOL's momentum count steps of the global batch
+    # (per process x processes) they trained with: only the same global batch resumes.
+    recipe = make_recipe("byol")  # data.batch_size 32
+    path = tmp_path / "last.ckpt"
+
+    def checkpoint(data_state: dict) -> Path:
+        torch.save({"state_dict": {}, "hyper_parameters": {"recipe": recipe_to_dict(recipe)}, "ImageDataModule": data_state}, path)
+        return path
+
+    trained_on_two = checkpoint({"epoch": 0, "images_done": 128, "global_batch": 64})
+    with pytest.raises(CheckpointError) as refused:
+        check_resumable(trained_on_two, recipe, world_size=1)
+    message = str(refused.value)
+    assert "global batch of 32 images (data.batch_size 32 x 1 processes): it trained with 64" in message
+    assert "trainer.devices x trainer.num_nodes x data.batch_size" in message and f"--init_weights {path}" in message
+    check_resumable(trained_on_two, recipe, world_size=2)  # 32 x 2 processes: the same global batch
+    recipe.data.batch_size = 64
+    check_resumable(trained_on_two, recipe, world_size=1)  # 64 on one process: also the same
+    # A checkpoint written before the global batch was recorded resumes as it did.
+    check_resumable(checkpoint({"epoch": 0, "images_done": 128}), recipe, world_size=1)

@@ -171,8 +171,17 @@ class ImageDataModule(pl.LightningDataModule):
         self.train_sampler: EpochBatchSampler | None = None
         self._resume: tuple[int, int] | None = None  # (epoch, batches done) of a resumed run
 
-    def setup(self, stage: str | None = None) -> None:
+    def setup(self, stage: str | None = None, monitor_sets: bool = True) -> None:
+        """Decode the training data and, with ``monitor_sets``, the monitors' labelled sets
+        (validation split, kNN bank). Under several processes, ``fit`` leaves those to the
+        process that runs the monitors (global rank 0); Lightning's own call inside
+        ``trainer.fit`` then hands every process rank 0's validation set, once the
+        processes are connected (the online probe validates on a part of it each)."""
+        trainer = self.trainer
         if self.train_set is not None:
+            if stage == "fit" and trainer is not None and trainer.world_size > 1 and torch.distributed.is_initialized():
+                # Sent, not decoded again: rank 0 decoded it (a whole split of JPEGs, for shards).
+                self.val_set = trainer.strategy.broadcast(self.val_set, src=0)
             return
         spec = dataset_spec(self.config.name)
         train_split = self.config.train_split or spec.splits[0]
@@ -198,6 +207,8 @@ class ImageDataModule(pl.LightningDataModule):
                 f"split '{train_split}' of {self.config.name} ({len(self.train_set)} images). "
                 "Lower --data.batch_size."
             )
+        if not monitor_sets:
+            return
         self.val_set = load_split(self.config, val_split, self.seed) if val_split else None
         if self.val_set is not None:
             self.val_set = self.val_set.subset(self.config.val_size, self.seed)
@@ -226,7 +237,8 @@ class ImageDataModule(pl.LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        """Classes the monitors can score (0 when the data has no labels)."""
+        """Classes the monitors can score (0 when the data has no labels, or when this
+        process left the monitors' sets to rank 0: ``fit`` hands their count over)."""
         self.setup()
         return self.bank_set.num_classes if self.bank_set is not None else 0
 
@@ -305,13 +317,16 @@ class ImageDataModule(pl.LightningDataModule):
         return batch
 
     # Where the data order stands travels in checkpoints: a run resumed mid-epoch goes on
-    # with the next batch of the same permutation, as an unbroken run would.
+    # with the next batch of the same permutation, as an unbroken run would. The global
+    # batch (per process x processes) travels too: the optimiser's and the schedules' state
+    # is counted in its steps, so ``fit`` refuses to resume with another (a checkpoint
+    # written before it was recorded has none, and resumes unchecked).
     def state_dict(self) -> dict[str, int]:
         if self.trainer is None:
             return {}
+        global_batch = self.config.batch_size * self.trainer.world_size
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        images = progress.processed * self.config.batch_size * self.trainer.world_size
-        return {"epoch": self.trainer.current_epoch, "images_done": images}
+        return {"epoch": self.trainer.current_epoch, "images_done": progress.processed * global_batch, "global_batch": global_batch}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if not state:
@@ -348,6 +363,24 @@ class ImageDataModule(pl.LightningDataModule):
         return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=False, collate_fn=_already_batched)
 
     def val_dataloader(self) -> list[DataLoader]:
-        if self.val_set is None or self.val_set.labels is None:
+        """The validation set; under W processes, process r takes its r-th contiguous part.
+
+        Each image is scored once: the probe's accuracy is logged with ``sync_dist``, and
+        Lightning's epoch mean weighs each batch by its size and sums the weights over the
+        processes too, so the parts give the top-1 of the whole set. Every process must
+        validate at least one batch (the first validation forward of DDP is collective).
+        """
+        val = self.val_set
+        if val is None or val.labels is None:
             return []
-        return [self.eval_dataloader(self.val_set)]
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        if world > 1:
+            if len(val) < world:
+                raise RecipeError(
+                    f"data.val_size {len(val)} is smaller than the {world} processes: each validates a part of "
+                    "the validation set. Raise --data.val_size or use fewer devices."
+                )
+            part = torch.arange(len(val)).tensor_split(world)[trainer.global_rank]  # sizes differ by 1 at most
+            val = ImageSet(val.images[part], val.labels[part], classes=val.classes, name=f"{val.name} part {trainer.global_rank + 1}/{world}")
+        return [self.eval_dataloader(val)]
