@@ -250,6 +250,14 @@ def _(capsys, tmp_path, simclr_run, tiny_recipe_file, **_):
     assert simclr_run.read_bytes() == before
 
 
+@case("resume-another-global-batch")
+def _(capsys, tmp_path, simclr_run, tiny_recipe_file, **_):
+    before = simclr_run.read_bytes()  # trained on 1 process, data.batch_size 32
+    code, output = run(capsys, "fit", "--recipe", tiny_recipe_file("simclr", **{"data.batch_size": 16}), "--resume", simclr_run)
+    assert_clear_error(code, output, "global batch of 16 images", "it trained with 32", "trainer.devices x trainer.num_nodes x data.batch_size", "--init_weights")
+    assert simclr_run.read_bytes() == before
+
+
 @case("eval-another-backbone")
 def _(capsys, tmp_path, simclr_run, **_):
     # A checkpoint whose weights are not those of the backbone its recipe names.
