@@ -82,6 +82,12 @@ def format_summary(summary) -> str:
         )
     if summary.probe_top1 is not None:
         lines.append(f"  online probe top-1 (val) {percent(summary.probe_top1)}")
+    if summary.decoding is not None and summary.decoding.images:
+        counts = summary.decoding
+        lines.append(
+            f"  decoding ({summary.decode_on:<7})        {counts.images:,} images; {counts.one_by_one:,} one at a time on the CPU "
+            f"({100 * counts.one_by_one / counts.images:.1f} %), {counts.replaced:,} undecodable and replaced"
+        )
     lines += [
         f"  checkpoint               {summary.checkpoint}",
         f"  resolved recipe          {summary.run_dir / 'recipe.yaml'}",

@@ -17,6 +17,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from ssl_zoo.checkpointing import AtomicCheckpointIO, FiniteLossGuard, LastCheckpoint, read_checkpoint
 from ssl_zoo.data.datamodule import ImageDataModule
+from ssl_zoo.data.decode import DecodeCounts
 from ssl_zoo.errors import CheckpointError
 from ssl_zoo.loggers import check_logger_packages, extra_loggers
 from ssl_zoo.methods import SSLMethod, build_method, method_class
@@ -52,6 +53,10 @@ class RunSummary:
     peak_memory_gib: float | None  # peak GPU memory allocated by the run (None on the CPU)
     init_weights: str | None = None  # the file the backbone started from (None: random init)
     global_rank: int = 0  # the process that returned it: under several, rank 0's reports the run
+    # Shards: where the training images were decoded ("device" or "workers") and what it took
+    # on this process (how many went one at a time on the CPU, how many were undecodable).
+    decode_on: str | None = None
+    decoding: DecodeCounts | None = None
 
 
 def fit(
@@ -178,6 +183,8 @@ def fit(
         probe_top1=metric("probe/val_top1"),
         peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if trainer.strategy.root_device.type == "cuda" else None,
         global_rank=trainer.global_rank,
+        decode_on=datamodule.decode_on,
+        decoding=datamodule.decode_counts if datamodule.decode_on else None,
     )
 
 

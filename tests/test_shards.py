@@ -5,6 +5,7 @@ import json
 import pickle
 import tarfile
 import tracemalloc
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -556,3 +557,27 @@ def test_loader_workers_take_a_slurm_tasks_own_cpus_and_share_a_nodes_otherwise(
     monkeypatch.delenv("SLURM_CPUS_PER_TASK")
     assert loader_workers(trainer(SLURMEnvironment())) == 16
     assert loader_workers(SimpleNamespace(strategy=SimpleNamespace(), world_size=1, num_nodes=1)) == 16  # one device
+
+
+def test_a_run_ends_with_one_warning_each_for_replaced_images_and_for_slow_device_decoding():
+    from ssl_zoo.data.datamodule import ImageDataModule
+    from ssl_zoo.recipe import DataConfig
+
+    data = ImageDataModule(DataConfig(name="shards", root="shards/train"))
+    data.decode_on = "device"
+    data.decode_counts = DecodeCounts(images=1000, one_by_one=10, replaced=0)  # 1 %: the limit, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data.teardown("fit")
+    data.decode_counts = DecodeCounts(images=1000, one_by_one=11, replaced=2)
+    with pytest.warns(UserWarning) as caught:
+        data.teardown("fit")
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2
+    assert "2 training image(s) in shards/train could not be decoded" in messages[0]
+    assert "11 of 1000 training images (1.1 %)" in messages[1] and "--data.decode worker" in messages[1]
+    data.decode_on = "workers"  # on the CPU workers, one at a time is the only way: nothing to say
+    data.decode_counts = DecodeCounts(images=1000, one_by_one=500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data.teardown("fit")

@@ -277,6 +277,7 @@ class ImageDataModule(pl.LightningDataModule):
             persistent_workers=workers > 0,
         )
         self.decode_on = "device" if decode_on_device else ("workers" if isinstance(dataset, ShardDataset) else None)
+        self.decode_counts = DecodeCounts()  # counted afresh for each run that uses this data
         return DecodeAhead(loader, self.config.image_size, device) if decode_on_device else loader
 
     def _in_memory_dataset(self, device: torch.device) -> InMemoryDataset:
