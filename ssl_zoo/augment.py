@@ -263,11 +263,12 @@ class ViewAugment(nn.Module):
             solarized = solarize(x, thresholds=self.solarize_threshold.to(device))
             x = torch.where(coin(per_view(self.solarize_p))[:, None, None, None], solarized, x)
 
-        # Normalised straight into a channels-last buffer: the layout change rides on a pass
-        # the views need anyway. (x - mean) / std as Kornia's normalize, so the same values.
-        out = torch.empty_like(x, memory_format=torch.channels_last)  # (V*B, 3, S, S)
-        torch.sub(x, self.mean.to(device)[:, None, None], out=out).div_(self.std.to(device)[:, None, None])
-        return out.view(views, batch, 3, cfg.size, cfg.size)
+        # (x - mean) / std as Kornia's normalize (the same values), then channels-last. NOTE:
+        # on the CPU this order is the cheapest found: 1.6 ms for 1,024 views of 32 px against
+        # 0.9 ms for NCHW output, while normalising into a channels-last buffer took 2.9 ms and
+        # in place after the layout change 13.6 ms (min of 100 calls, 2 shared CPU cores).
+        x = x.sub(self.mean.to(device)[:, None, None]).div_(self.std.to(device)[:, None, None])
+        return x.contiguous(memory_format=torch.channels_last).view(views, batch, 3, cfg.size, cfg.size)
 
     def _color_jitter(self, x: Tensor, apply: Tensor, uniform) -> Tensor:
         """torchvision's ColorJitter with per-sample factors; identity where ``apply`` is False."""
