@@ -175,7 +175,10 @@ JITTER_GROUPS = 8  # random groups of samples per batch, each with its own order
 class ViewAugment(nn.Module):
     """Makes ``num_views`` augmented views of every image of a uint8 batch, on its device.
 
-    forward: uint8 (B, 3, H, W) -> float (num_views, B, 3, size, size), normalised.
+    forward: uint8 (B, 3, H, W) -> float (num_views, B, 3, size, size), normalised, in
+    channels-last layout like the backbone's weights: every view ``[v]`` (and the flattened
+    ``(num_views * B, 3, size, size)``) is ``channels_last``-contiguous, so the first
+    convolution reads it as is instead of converting it at every step.
     """
 
     def __init__(self, config: AugmentConfig, num_views: int = 2, seed: int = 0) -> None:
@@ -260,8 +263,12 @@ class ViewAugment(nn.Module):
             solarized = solarize(x, thresholds=self.solarize_threshold.to(device))
             x = torch.where(coin(per_view(self.solarize_p))[:, None, None, None], solarized, x)
 
-        x = normalize(x, self.mean.to(device), self.std.to(device))
-        return x.view(views, batch, 3, cfg.size, cfg.size)
+        # (x - mean) / std as Kornia's normalize (the same values), then channels-last. NOTE:
+        # on the CPU this order is the cheapest found: 1.6 ms for 1,024 views of 32 px against
+        # 0.9 ms for NCHW output, while normalising into a channels-last buffer took 2.9 ms and
+        # in place after the layout change 13.6 ms (min of 100 calls, 2 shared CPU cores).
+        x = x.sub(self.mean.to(device)[:, None, None]).div_(self.std.to(device)[:, None, None])
+        return x.contiguous(memory_format=torch.channels_last).view(views, batch, 3, cfg.size, cfg.size)
 
     def _color_jitter(self, x: Tensor, apply: Tensor, uniform) -> Tensor:
         """torchvision's ColorJitter with per-sample factors; identity where ``apply`` is False."""

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import difflib
 import importlib.resources
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,11 +62,23 @@ class DataConfig:
 class OptimConfig:
     optimizer: Literal["sgd", "lars", "adamw"] = "sgd"
     lr: float = 0.06  # per 256 images; scaled by the global batch size (lr_scaling)
+    # linear: lr x global batch / 256 (SimCLR, BYOL, MoCo v3); sqrt: lr x sqrt(global batch / 256);
+    # none: lr as given at any batch (CLIP and open_clip give theirs so). See effective_lr.
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
     momentum: float = 0.9  # sgd and lars
     weight_decay: float = 5e-4  # not applied to norm layers and biases
     warmup_epochs: float = 10
     probe_lr: float = 0.1  # the online linear probe's learning rate (same schedule)
+
+
+def effective_lr(optim: OptimConfig, global_batch: int) -> float:
+    """The learning rate the optimiser is built with when ``global_batch`` images (per-process
+    batch x processes) make one step: ``optim.lr`` scaled by ``optim.lr_scaling``."""
+    if optim.lr_scaling == "linear":
+        return optim.lr * global_batch / 256
+    if optim.lr_scaling == "sqrt":
+        return optim.lr * math.sqrt(global_batch / 256)
+    return optim.lr
 
 
 @dataclass
@@ -104,6 +117,12 @@ class ReferenceConfig:
     dataset: str = ""  # what it was scored on, e.g. "CIFAR-10 test"
     epochs: int | None = None  # of pretraining
     batch_size: int | None = None  # global
+    # The learning rate the source trains with at that global batch_size, after its own
+    # scaling rule (SimCLR's 0.3 x 4096 / 256 = 4.8): what effective_lr(optim, batch_size)
+    # must give (tests/test_recipe_lr.py). Where ssl_zoo's loss is a constant multiple of
+    # the source's, the rate that takes the source's steps, and the recipe's comment says so.
+    # Also set beside metric none when the optimiser settings still follow a source.
+    lr: float | None = None
     source: str = ""  # paper and table, or repository and file
     note: str = ""  # deviations from the source, or why there is none
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.transforms import RandomResizedCrop
 
-from kornia.enhance import adjust_hue
+from kornia.enhance import adjust_hue, normalize
 from torchvision.transforms.v2.functional import adjust_hue as tv_adjust_hue
 
 from ssl_zoo.augment import (
@@ -40,6 +40,25 @@ def test_identity_config_returns_the_image():
     views = ViewAugment(AugmentConfig(size=32, **IDENTITY), num_views=2)(images)
     expected = images.float() / 255
     assert torch.allclose(views[0], expected, atol=1e-5) and torch.allclose(views[1], expected, atol=1e-5)
+
+
+def test_views_are_channels_last_like_the_backbone():
+    """The backbone's weights are channels-last (methods/base.py); views in that layout reach
+    its first convolution as they are, per view (BYOL) and as one batch of 2B (SimCLR)."""
+    views = ViewAugment(AugmentConfig(size=24, blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2)), num_views=2)(random_images(16))
+    assert all(view.is_contiguous(memory_format=torch.channels_last) for view in views)
+    assert views.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    assert not views[0].is_contiguous()  # a real layout change: (B, 3, S, S) is not also NCHW-contiguous
+
+
+def test_views_are_normalised_exactly_as_kornia_normalises():
+    """The channels-last normalisation is Kornia's (x - mean) / std to the last bit."""
+    mean, std = (0.4913, 0.4821, 0.4465), (0.2470, 0.2435, 0.2616)
+    images = random_images(8)
+    views = ViewAugment(AugmentConfig(size=32, **{**IDENTITY, "mean": mean, "std": std}), num_views=2)(images)
+    unnormalised = ViewAugment(AugmentConfig(size=32, **IDENTITY), num_views=2)(images)
+    expected = normalize(unnormalised.flatten(0, 1), torch.tensor(mean), torch.tensor(std))
+    assert torch.equal(views.flatten(0, 1), expected)
 
 
 def test_each_sample_and_each_view_gets_its_own_parameters():

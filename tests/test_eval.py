@@ -19,6 +19,7 @@ from ssl_zoo.eval.linear import linear_eval, topk_accuracy
 from ssl_zoo.eval.retrieval import retrieval_recall
 from ssl_zoo.eval.config import EvalConfig
 from ssl_zoo.eval.evaluator import Evaluator
+from ssl_zoo.eval.features import ExtractionSettings, extraction_settings, image_features
 from ssl_zoo.eval.zero_shot import zero_shot_accuracy, zero_shot_classifier, zero_shot_hits
 from ssl_zoo.methods import load_method
 from ssl_zoo.methods.simclr import SimCLR
@@ -161,6 +162,29 @@ def test_feature_cache_is_keyed_by_weights_and_images(make_recipe, tmp_path):
     assert retrained.cache.misses == 1 and not torch.allclose(changed, first)
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 3
     assert not list((tmp_path / "cache").glob("*.tmp"))
+
+
+def test_image_features_on_the_cpu_are_the_float32_features_of_eval_mode(make_recipe):
+    """On the CPU, extraction is a plain float32 loop over batches (no autocast, no pinning):
+    the features equal the backbone's own outputs to the last bit."""
+    model = SimCLR(make_recipe("simclr"))  # channels-last backbone with batch norm, in train mode
+    images = make_shapes(40, 32, seed=0).images  # (40, 3, 32, 32) uint8
+    features = image_features(model.backbone, model.eval_transform, images, torch.device("cpu"), batch_size=16)
+    assert model.backbone.training  # left as it was
+    model.backbone.eval()
+    with torch.no_grad():
+        expected = torch.cat([model.backbone(model.eval_transform(images[i : i + 16])) for i in range(0, 40, 16)])
+    assert features.dtype == torch.float32 and torch.equal(features, expected)
+
+
+def test_extraction_settings_follow_the_device_type(monkeypatch):
+    """bf16 autocast and pinned copies are chosen by the device's type alone (the CUDA
+    branch's results need a GPU, which these tests do not have)."""
+    assert extraction_settings(torch.device("cpu")) == ExtractionSettings(pin_memory=False, autocast=None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert extraction_settings(torch.device("cuda:1")) == ExtractionSettings(pin_memory=True, autocast=torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)  # pre-Ampere: float32
+    assert extraction_settings(torch.device("cuda")) == ExtractionSettings(pin_memory=True, autocast=None)
 
 
 def test_cache_without_a_folder_computes_every_time():

@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    """How ``image_features`` moves and computes its batches on a device."""
+
+    pin_memory: bool  # copy host batches from page-locked memory, so the copy does not block the host
+    autocast: torch.dtype | None  # the backbone's compute dtype under autocast; None: float32
+
+
+def extraction_settings(device: torch.device) -> ExtractionSettings:
+    """bf16 autocast and pinned copies on a CUDA GPU with bf16; float32 and plain copies elsewhere.
+
+    NOTE: bf16 as training runs on a GPU (the recipes' bf16-mixed); the features are still
+    returned as float32. On the CPU nothing changes, so CPU features stay what they were to
+    the last bit (tests/test_eval.py).
+    """
+    if device.type == "cuda":
+        return ExtractionSettings(pin_memory=True, autocast=torch.bfloat16 if torch.cuda.is_bf16_supported() else None)
+    return ExtractionSettings(pin_memory=False, autocast=None)
 
 
 @torch.no_grad()
@@ -15,14 +37,23 @@ def image_features(
 ) -> Tensor:
     """(N, D) float32 backbone features of uint8 images (N, 3, H, W), on ``device``.
 
-    ``transform`` maps a uint8 batch on the device to the backbone's input. The backbone
-    runs in eval mode (batch-norm uses its running statistics) and is left as it was.
+    ``transform`` maps a uint8 batch on the device to the backbone's input; it runs in
+    float32, the backbone under ``extraction_settings(device)``. The backbone runs in eval
+    mode (batch-norm uses its running statistics) and is left as it was.
     """
+    device = torch.device(device)
+    settings = extraction_settings(device)
     was_training = backbone.training
     backbone.eval()
-    features = [
-        backbone(transform(images[i : i + batch_size].to(device, non_blocking=True))).float()
-        for i in range(0, len(images), batch_size)
-    ]
+    features = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]  # (b, 3, H, W) uint8
+        if settings.pin_memory and batch.device.type == "cpu":
+            # One batch at a time, not the whole set: pinned memory is scarce, and the host
+            # pins the next batch while the device still computes this one.
+            batch = batch.pin_memory()
+        x = transform(batch.to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=settings.autocast) if settings.autocast else contextlib.nullcontext():
+            features.append(backbone(x).float())  # (b, D)
     backbone.train(was_training)
     return torch.cat(features)

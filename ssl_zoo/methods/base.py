@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ssl_zoo.augment import EvalTransform, ViewAugment
 from ssl_zoo.backbones import build_image_backbone
 from ssl_zoo.lars import LARS
-from ssl_zoo.recipe import RECIPE_KEYS, DataConfig, Recipe, recipe_from_dict, recipe_to_dict
+from ssl_zoo.recipe import RECIPE_KEYS, DataConfig, Recipe, effective_lr, recipe_from_dict, recipe_to_dict
 from ssl_zoo.registry import METHODS
 
 
@@ -192,7 +192,7 @@ class SSLMethod(pl.LightningModule):
             groups.append(
                 {"name": "online_probe", "params": list(self.online_probe.parameters()), "weight_decay": 0.0, "lr": optim.probe_lr}
             )
-        lr = optim.lr * self._lr_scale()
+        lr = effective_lr(optim, self._global_batch())
         if optim.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
         elif optim.optimizer == "lars":
@@ -205,15 +205,9 @@ class SSLMethod(pl.LightningModule):
         scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup_steps, max_epochs=total_steps)
         return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
 
-    def _lr_scale(self) -> float:
-        """Learning rates are given per 256 images and scaled to the global batch."""
-        global_batch = self.recipe.data.batch_size * (self.trainer.world_size if self._trainer is not None else 1)
-        scaling = self.recipe.optim.lr_scaling
-        if scaling == "linear":
-            return global_batch / 256
-        if scaling == "sqrt":
-            return math.sqrt(global_batch / 256)
-        return 1.0
+    def _global_batch(self) -> int:
+        """The per-process batch x processes: the global batch the learning rate is scaled to."""
+        return self.recipe.data.batch_size * (self.trainer.world_size if self._trainer is not None else 1)
 
     def _steps_per_epoch(self) -> float:
         if self._trainer is None:
