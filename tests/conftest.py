@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -68,3 +69,15 @@ def write_random_shards(out, count: int, shard_size: int, size: int = 32, seed: 
         return Sample(buffer.getvalue(), "jpg", label=i % 4, captions=[f"shape {i % 4}", f"a picture of shape {i % 4}"])
 
     write_shards([sample(i) for i in range(count)], out, shard_size)
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

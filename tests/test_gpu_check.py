@@ -1,24 +1,18 @@
 """benchmarks/gpu_check.py runs every section in its CPU form, so the GPU check cannot rot."""
 
-import importlib.util
 import json
 import math
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parent.parent / "benchmarks" / "gpu_check.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_check")
 
 
 def numbers(values: dict) -> list[float]:

@@ -1,28 +1,20 @@
 """The throughput benchmark compares like with like, and runs on the CPU."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torchvision.transforms import v2 as T
 
+from conftest import load_benchmark
 from ssl_zoo.augment import AugmentConfig
 from ssl_zoo.data.shapes import make_shapes
-
-SCRIPT = Path(__file__).parent.parent / "benchmarks" / "throughput.py"
 
 
 @pytest.fixture(scope="module")
 def throughput():
-    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["throughput"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("throughput")
 
 
 def view_ops(view_transform) -> dict[type, object]:

@@ -13,13 +13,11 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 import torch
-import yaml
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -27,9 +25,9 @@ from ssl_zoo.data.imageset import ImageSet
 from ssl_zoo.data.decode import DecodeCounts
 from ssl_zoo.data.decode_ahead import DecodeAhead
 from ssl_zoo.data.shards import ShardDataset, ShardSet, held_out_samples, load_shard_images, open_shards
-from ssl_zoo.data.spec import DatasetSpec, dataset_spec
-from ssl_zoo.errors import DataNotFoundError, RecipeError
-from ssl_zoo.recipe import DataConfig, Recipe, available_recipes
+from ssl_zoo.data.spec import dataset_spec
+from ssl_zoo.errors import RecipeError
+from ssl_zoo.recipe import DataConfig, Recipe
 from ssl_zoo.registry import DATASETS, METHODS
 
 
