@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.plugins.environments import SLURMEnvironment
 import torch
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
