@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ssl_zoo.data.imageset import ImageSet
 from ssl_zoo.data.decode import DecodeCounts
 from ssl_zoo.data.decode_ahead import DecodeAhead
-from ssl_zoo.data.shards import ShardDataset, ShardSet, held_out_samples, load_shard_images, open_shards
+from ssl_zoo.data.shards import ShardDataset, ShardSet, held_out_samples, load_shard_images
 from ssl_zoo.data.spec import dataset_spec
 from ssl_zoo.errors import RecipeError
 from ssl_zoo.recipe import DataConfig, Recipe
@@ -185,7 +185,7 @@ class ImageDataModule(pl.LightningDataModule):
         train_split = self.config.train_split or spec.splits[0]
         val_split = self.config.val_split or spec.splits[1]
         if spec.streamed:  # stays on disk; only the monitors' sets are decoded
-            self.train_set = open_shards(self.config, "train")
+            self.train_set = spec.open(self.config, "train")
             if self.config.val_root is None:  # the held-out part stands in for validation
                 held_out = held_out_samples(self.config, len(self.train_set), self.seed)
                 self.train_samples = np.setdiff1d(np.arange(len(self.train_set)), held_out)

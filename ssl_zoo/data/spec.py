@@ -16,6 +16,7 @@ from ssl_zoo.registry import DATASETS
 
 if TYPE_CHECKING:
     from ssl_zoo.data.imageset import ImageSet
+    from ssl_zoo.data.shards import ShardSet
     from ssl_zoo.recipe import DataConfig
 
 
@@ -31,9 +32,10 @@ class DatasetSpec:
     eval_splits: tuple[str, str | None] | None = None
     labelled: bool = True  # has class labels: linear, kNN and zero-shot can score on it
     retrieval_split: str | None = None  # has captions: the split image-text retrieval scores on
-    # Stays encoded on disk and is read a batch at a time (shards); only the monitors' and
-    # the evaluation's bounded sets are decoded with ``load``.
-    streamed: bool = False
+    # A dataset that stays encoded on disk (shards): (data config, split) -> that split
+    # opened for reading a batch at a time. Training and evaluation stream it through this;
+    # only the monitors' bounded sets are decoded with ``load``. None: decoded whole.
+    open: Callable[[DataConfig, str], ShardSet] | None = None
     downloadable: bool = False  # fetched by its loader with data.download true (torchvision's)
 
     def register(self) -> DatasetSpec:
@@ -43,6 +45,10 @@ class DatasetSpec:
     def origin(self) -> str:
         """Where it was defined (two datasets under one name are an error naming both)."""
         return f"{self.load.__module__}.{self.name}"
+
+    @property
+    def streamed(self) -> bool:
+        return self.open is not None
 
     @property
     def labelled_splits(self) -> tuple[str, str | None]:

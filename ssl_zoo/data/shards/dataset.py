@@ -165,4 +165,4 @@ def _shard_split_subset(config: DataConfig, split: str, seed: int) -> ImageSet:
 # The training shards (data.root) and data.val_root. NOTE: neither labelled nor captioned
 # as far as the evaluation's defaults go: a shard set may hold either; evaluation on
 # shards is asked for by name (eval --data shards).
-DatasetSpec("shards", load=_shard_split_subset, splits=("train", "val"), labelled=False, streamed=True).register()
+DatasetSpec("shards", load=_shard_split_subset, splits=("train", "val"), labelled=False, open=open_shards).register()
