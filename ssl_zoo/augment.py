@@ -301,8 +301,19 @@ class ViewAugment(nn.Module):
         return out
 
 
+# Evaluation crops the centre 87.5 % of a larger image, as torchvision's ImageNet presets
+# (and every SSL paper's ImageNet evaluation) do: 256 -> 224.
+EVAL_CROP_FRACTION = 0.875
+
+
 class EvalTransform(nn.Module):
-    """The deterministic transform used for evaluation: resize to ``size`` and normalise.
+    """The deterministic transform used for evaluation, then normalisation.
+
+    - Images larger than ``size`` (ImageNet shards stored at 256 px): the shorter side is
+      resized to ``round(size / 0.875)`` (256 for 224), then the centre ``size`` crop is
+      taken, as torchvision's ImageNet presets do.
+    - Images at ``size`` (CIFAR, shapes) are unchanged; smaller ones (CIFAR into a 224 px
+      model) are resized whole to ``size``, as transfer evaluations do, never cropped.
 
     forward: uint8 (B, 3, H, W) -> float (B, 3, size, size).
     """
@@ -310,12 +321,22 @@ class EvalTransform(nn.Module):
     def __init__(self, size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
         super().__init__()
         self.size = size
+        self.resize_size = round(size / EVAL_CROP_FRACTION)
         self.register_buffer("mean", torch.tensor(mean), persistent=False)
         self.register_buffer("std", torch.tensor(std), persistent=False)
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
         x = images.float().div_(255)
-        if x.shape[-2:] != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        h, w = x.shape[-2:]
+        size = self.size
+        if min(h, w) > size:
+            scale = self.resize_size / min(h, w)
+            h, w = max(self.resize_size, round(h * scale)), max(self.resize_size, round(w * scale))
+            if (h, w) != tuple(x.shape[-2:]):
+                x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+            top, left = (h - size) // 2, (w - size) // 2
+            x = x[:, :, top : top + size, left : left + size]
+        elif (h, w) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         return normalize(x, self.mean.to(x.device), self.std.to(x.device))

@@ -240,3 +240,30 @@ def test_eval_transform_resizes_and_normalises():
     out = EvalTransform(32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))(images)
     assert out.shape == (4, 3, 32, 32)
     assert out.min() >= -1 - 1e-5 and out.max() <= 1 + 1e-5
+
+
+def test_eval_transform_takes_the_centre_crop_of_imagenet_style_images():
+    """256 px stored images at 224: shorter side to 256 (224 / 0.875), then the centre 224,
+    as torchvision's ImageNet presets; a 320 x 256 image is resized to 320 x 256 (unchanged)
+    and cropped in its centre."""
+    images = random_images(2, 256)
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    out = EvalTransform(224, mean=mean, std=std)(images)
+    expected = images[:, :, 16:240, 16:240].float() / 255  # no resize: the shorter side is already 256
+    assert torch.equal(out, expected)
+    wide = torch.randint(0, 256, (1, 3, 256, 320), dtype=torch.uint8)
+    assert torch.equal(EvalTransform(224, mean=mean, std=std)(wide), wide[:, :, 16:240, 48:272].float() / 255)
+    # Larger still: resized so the shorter side is 256, then the same crop of the resized image.
+    large = torch.nn.functional.interpolate(images.float(), size=(512, 512), mode="nearest").to(torch.uint8)
+    resized = torch.nn.functional.interpolate(large.float() / 255, size=(256, 256), mode="bilinear", antialias=True, align_corners=False)
+    assert torch.allclose(EvalTransform(224, mean=mean, std=std)(large), resized[:, :, 16:240, 16:240])
+
+
+def test_eval_transform_leaves_images_at_the_eval_size_unchanged_and_never_crops_small_ones():
+    images = random_images(3, 32)
+    identity = EvalTransform(32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    assert torch.equal(identity(images), images.float() / 255)
+    # CIFAR into a 64 px model: the whole image, resized (a crop would lose 12.5 % of it).
+    up = EvalTransform(64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))(images)
+    whole = torch.nn.functional.interpolate(images.float() / 255, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+    assert torch.equal(up, whole)
