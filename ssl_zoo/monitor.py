@@ -6,7 +6,6 @@ import time
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from kornia.enhance import denormalize
 from pytorch_lightning.callbacks import TQDMProgressBar
 from torch import Tensor
@@ -45,9 +44,8 @@ class KNNMonitor(pl.Callback):
     def measure(self, pl_module: "pl.LightningModule") -> float:
         dm, device = self.datamodule, pl_module.device
 
-        def features(images: ImageSet) -> Tensor:
-            raw = image_features(pl_module.backbone, pl_module.eval_transform, images.images, device, dm.config.batch_size)
-            return F.normalize(raw, dim=1)
+        def features(images: ImageSet) -> Tensor:  # (N, D), normalised by the kNN
+            return image_features(pl_module.backbone, pl_module.eval_transform, images.images, device, dm.config.batch_size)
 
         bank, query = dm.bank_set, dm.val_set
         return knn_top1(

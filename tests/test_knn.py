@@ -29,3 +29,21 @@ def test_knn_on_separable_clusters_is_perfect_and_on_noise_is_chance():
     noise_labels = torch.randint(0, 4, (2000,), generator=g)
     accuracy = knn_top1(noise[:1000], noise_labels[:1000], noise[1000:], noise_labels[1000:], num_classes=4, k=20)
     assert 0.18 < accuracy < 0.32
+
+
+def test_chunked_knn_equals_lightlys_to_the_last_prediction():
+    """Queries in blocks, the bank in chunks (and in float16, as the streamed cache holds it):
+    the same predictions as lightly's knn_predict over the whole (normalised) bank at once."""
+    from lightly.utils.benchmarking import knn_predict
+
+    from ssl_zoo.eval.knn import knn_predictions
+
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 10, (3000,), generator=g)
+    bank = (torch.randn(10, 64, generator=g)[labels] + 2.0 * torch.randn(3000, 64, generator=g)).half()
+    queries = torch.randn(700, 64, generator=g)
+    expected = knn_predict(F.normalize(queries, dim=1), F.normalize(bank.float(), dim=1).T.contiguous(), labels, 10,
+                           knn_k=50, knn_t=0.1)[:, 0]
+    for query_block, bank_block in ((1024, 1 << 20), (128, 500), (97, 64)):
+        got = knn_predictions(bank, labels, queries, 10, k=50, temperature=0.1, query_block=query_block, bank_block=bank_block)
+        assert torch.equal(got, expected), (query_block, bank_block)
