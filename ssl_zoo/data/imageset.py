@@ -60,6 +60,10 @@ class ImageSet:
     def num_classes(self) -> int:
         return len(self.classes) if self.classes is not None else 0
 
+    def images_at(self, rows: torch.Tensor) -> torch.Tensor:
+        """uint8 (n, 3, H, W): the images at positions ``rows`` (n,), as a streamed split gives them."""
+        return self.images[rows]
+
     def labelled(self) -> "ImageSet":
         """The images that have a label (all of them unless some are -1, as STL-10's
         train+unlabeled split has): what a kNN bank or a classifier may be fitted on."""

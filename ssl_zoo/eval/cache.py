@@ -1,8 +1,14 @@
 """Frozen features cached on disk, keyed by what they were computed from.
 
-The key hashes the backbone's weights (not the checkpoint's path or time stamp), the
-images' bytes, the split and the evaluation transform, so a retrained checkpoint or a
-changed dataset gets a new entry and is never served stale features.
+The key hashes the backbone's weights (not the checkpoint's path or time stamp), what the
+images are, the split and the evaluation transform, so a retrained checkpoint or a changed
+dataset gets a new entry and is never served stale features. Two forms:
+
+- ``get_or_compute``: a ``.pt`` file of float32 tensors, for sets decoded in memory (the
+  key hashes the images' bytes);
+- ``memory_mapped``: an (N, D) float16 array in a ``.features`` file, written a batch at a
+  time and read back through a memory map, for streamed shard splits (the key hashes the
+  shards' index files, not the pixels: 1.28 M images are not read twice to key them).
 """
 
 from __future__ import annotations
@@ -10,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -53,7 +61,8 @@ class FeatureCache:
         self.misses = 0
 
     # Raised when the way features are computed changes (same weights, other features).
-    VERSION = 1
+    # 2: the evaluation transform takes the centre crop of larger images.
+    VERSION = 2
 
     @classmethod
     def key(cls, parts: dict[str, Any]) -> str:
@@ -84,3 +93,72 @@ class FeatureCache:
                 raise
         os.replace(tmp.name, path)
         return tensors
+
+    def memory_mapped(self, parts: dict[str, Any], rows: int, dim: int, fill: Callable[[np.ndarray], None]) -> Tensor:
+        """(rows, dim) float16 features backed by a file: the cached one when a complete file
+        for ``parts`` is there, else a new one whose every row ``fill`` writes (given the
+        writable (rows, dim) array). Without a cache folder the file is a temporary one,
+        deleted when the features are. A file that is truncated, of another layout or of
+        other parts is not read: it is computed again and replaced.
+        """
+        if self.folder is None:
+            self.misses += 1
+            return torch.from_numpy(_write_features(tempfile.TemporaryFile(), parts, rows, dim, fill))
+        path = self.folder / f"{self.key(parts)}.features"
+        features = _read_features(path, json.loads(json.dumps(parts)), rows, dim)
+        if features is not None:
+            self.hits += 1
+            return torch.from_numpy(features)
+        self.misses += 1
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # Written beside its final name, then renamed: a reader never sees half a file.
+        with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".tmp", delete=False) as tmp:
+            try:
+                _write_features(tmp, parts, rows, dim, fill)
+            except BaseException:
+                Path(tmp.name).unlink(missing_ok=True)
+                raise
+        os.replace(tmp.name, path)
+        return torch.from_numpy(_read_features(path, json.loads(json.dumps(parts)), rows, dim))
+
+
+# A .features file: magic, the header's length (uint64, little-endian), the header (JSON:
+# layout, parts, shape), zero padding to a multiple of 64 bytes, then the rows, float16.
+_MAGIC = b"SSLZOOF1"
+_LAYOUT = 1
+
+
+def _data_offset(header_length: int) -> int:
+    return -(-(len(_MAGIC) + 8 + header_length) // 64) * 64
+
+
+def _write_features(file: IO[bytes], parts: dict[str, Any], rows: int, dim: int, fill: Callable[[np.ndarray], None]) -> np.ndarray:
+    header = json.dumps({"layout": _LAYOUT, "parts": parts, "shape": [rows, dim], "dtype": "float16"}).encode()
+    offset = _data_offset(len(header))
+    file.write(_MAGIC + struct.pack("<Q", len(header)) + header)
+    file.truncate(offset + rows * dim * 2)
+    file.flush()
+    features = np.memmap(file, dtype=np.float16, mode="r+", offset=offset, shape=(rows, dim))
+    fill(features)
+    features.flush()
+    return features
+
+
+def _read_features(path: Path, parts: Any, rows: int, dim: int) -> np.ndarray | None:
+    """The features of a complete file for ``parts``; None when there is none, or it is
+    truncated, of another layout or of other parts (a hash collision, a copy cut short)."""
+    try:
+        with open(path, "rb") as file:
+            start = file.read(len(_MAGIC) + 8)
+            if len(start) < len(_MAGIC) + 8 or start[: len(_MAGIC)] != _MAGIC:
+                return None
+            (length,) = struct.unpack("<Q", start[len(_MAGIC) :])
+            header = json.loads(file.read(min(length, 1 << 24)))
+        offset = _data_offset(length)
+        if (header.get("layout") != _LAYOUT or header.get("parts") != parts or header.get("shape") != [rows, dim]
+                or path.stat().st_size != offset + rows * dim * 2):
+            return None
+    except (OSError, ValueError):
+        return None
+    # Copy-on-write: torch gets a writable array, and nothing is ever written back.
+    return np.memmap(path, dtype=np.float16, mode="c", offset=offset, shape=(rows, dim))

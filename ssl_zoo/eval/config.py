@@ -24,5 +24,10 @@ class EvalConfig:
     diagnostics_size: int = 2000  # test images used for the diagnostics
     cache_dir: str | None = None  # where features are cached (None: no cache)
     device: str = "auto"
+    num_workers: int | None = None  # loader processes decoding streamed (shard) splits; None: every core
+    # Streamed features larger than this (float32, with two copies) are fitted in mini-batches
+    # from their memory-mapped file rather than by L-BFGS in memory. None: 40 % of the GPU's
+    # free memory, or a quarter of the host's available memory.
+    in_memory_features_mib: int | None = None
     batch_size: int = 512
     seed: int = 0

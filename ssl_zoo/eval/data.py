@@ -7,9 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from ssl_zoo.data.datamodule import load_split
 from ssl_zoo.data.imageset import ImageSet
-from ssl_zoo.data.spec import dataset_spec
+from ssl_zoo.data.shards import held_out_samples
+from ssl_zoo.data.shards.split import ShardSplit
+from ssl_zoo.data.spec import DatasetSpec, dataset_spec
 from ssl_zoo.errors import SslZooError
 from ssl_zoo.registry import DATASETS
 from ssl_zoo.eval.config import EvalConfig
@@ -29,8 +33,8 @@ def data_config(data: DataConfig, name: str | None, root: str | None) -> DataCon
 class LabelledSplits:
     """The labelled data linear eval, kNN and zero-shot score on."""
 
-    train: ImageSet
-    test: ImageSet
+    train: ImageSet | ShardSplit  # decoded in memory, or streamed from shards a batch at a time
+    test: ImageSet | ShardSplit
     info: dict[str, Any]  # name, root, splits, sizes, class names: for the results
 
 
@@ -59,8 +63,14 @@ def load_labelled_splits(trained_on: DataConfig, config: EvalConfig) -> Labelled
         if config.data is None:  # the recipe's own data (pairs): retrieval may still run
             return f"{data.name} has no test split; for linear, kNN and zero-shot pass a labelled dataset ({HINT})"
         raise SslZooError(f"Dataset '{data.name}' has no test split to evaluate on; pass a labelled dataset ({HINT}).")
+    spec = dataset_spec(data.name)
+    if spec.streamed:  # every image of both splits, never decoded whole
+        full_train, full_test = streamed_splits(spec, data, train_split, test_split, config.seed)
+    else:
+        full_train, full_test = load_split(data, train_split, config.seed), load_split(data, test_split, config.seed)
     # Only labelled images fit the classifiers (STL-10's train+unlabeled has 100k at -1).
-    train = load_split(data, train_split, config.seed).labelled().subset(config.max_train, config.seed)
+    full_train = full_train.labelled()
+    train = full_train.subset(config.max_train, config.seed)
     if train.labels is None:
         if config.data is not None:
             raise SslZooError(
@@ -68,12 +78,27 @@ def load_labelled_splits(trained_on: DataConfig, config: EvalConfig) -> Labelled
                 f"Pass a labelled dataset: {', '.join(n for n, spec in DATASETS.items() if spec.labelled)} ({HINT})."
             )
         return f"{data.name} has no labels; for linear, kNN and zero-shot pass a labelled dataset ({HINT})"
-    test = load_split(data, test_split, config.seed).subset(config.max_test, config.seed)
+    test = full_test.subset(config.max_test, config.seed)
     info = {
         "name": data.name, "root": data.root, "train_split": train_split, "test_split": test_split,
-        "num_train": len(train), "num_test": len(test), "classes": train.classes,
+        "num_train": len(train), "num_test": len(test), "full_train": len(full_train), "full_test": len(full_test),
+        "streamed": spec.streamed, "classes": train.classes,
     }
     return LabelledSplits(train, test, info)
+
+
+def streamed_splits(spec: DatasetSpec, data: DataConfig, train_split: str, test_split: str, seed: int) -> tuple[ShardSplit, ShardSplit]:
+    """A streamed dataset's two splits, whole. Training shards without validation shards
+    (no data.val_root) give their held-out part as the test split, the rest as training,
+    the same parts ``fit`` held out for its monitors."""
+    train = spec.open(data, train_split)
+    if test_split == "val" and data.val_root is None:
+        held_out = held_out_samples(data, len(train), seed)
+        rest = np.setdiff1d(np.arange(len(train)), held_out)
+        return ShardSplit(train, rest, data.image_size, train_split), ShardSplit(train, held_out, data.image_size, "held out")
+    test = spec.open(data, test_split)
+    return (ShardSplit(train, np.arange(len(train)), data.image_size, train_split),
+            ShardSplit(test, np.arange(len(test)), data.image_size, test_split))
 
 
 def retrieval_split(name: str) -> str:

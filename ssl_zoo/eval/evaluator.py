@@ -8,23 +8,25 @@ and so do weights made elsewhere (``ssl_zoo.eval.imported``).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_zoo.augment import AugmentConfig, EvalTransform, ViewAugment
+from ssl_zoo.data.datamodule import loader_workers
 from ssl_zoo.data.imageset import ImageSet
+from ssl_zoo.data.shards.split import ShardSplit
 from ssl_zoo.environment import pick_device
 from ssl_zoo.eval.cache import FeatureCache, hash_module, hash_tensor
 from ssl_zoo.eval.config import EvalConfig
 from ssl_zoo.eval.diagnostics import alignment, embedding_std, rankme, uniformity
-from ssl_zoo.eval.features import image_features
+from ssl_zoo.eval.features import image_features, write_image_features
 from ssl_zoo.eval.knn import knn_accuracy, knn_predictions
-from ssl_zoo.eval.linear import linear_eval
+from ssl_zoo.eval.linear import LinearEvalResult, linear_eval, linear_eval_in_batches
 from ssl_zoo.eval.retrieval import retrieval_recall
 from ssl_zoo.eval.zero_shot import zero_shot_accuracy, zero_shot_classifier, zero_shot_hits
 
@@ -49,33 +51,82 @@ class Evaluator:
         self.cache = FeatureCache(Path(config.cache_dir).expanduser() if config.cache_dir else None)
         self.weights_hash = hash_module(model.backbone)
         self.seconds: dict[str, float] = {}
+        self.linear_fit: str | None = None  # how the linear classifier was fitted (``linear``)
 
     def _timed(self, name: str, started: float) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
-    def features(self, images: ImageSet, split: str) -> Tensor:
-        """(N, D) backbone features of ``images``, from the cache when it has them."""
+    def features(self, images: ImageSet | ShardSplit, split: str) -> Tensor:
+        """(N, D) backbone features of ``images``, from the cache when it has them.
+
+        In memory: float32 on the device. Streamed from shards: float16 in a memory-mapped
+        file (the cache's, or a temporary one), extracted a batch at a time through the
+        loader workers (nvJPEG on a GPU), so host memory does not grow with the split.
+        """
         transform = self.model.eval_transform
         parts = {
             "weights": self.weights_hash,  # of every tensor, by name: the architecture too
             "data": images.name,
             "split": split,
-            "images": hash_tensor(images.images),
-            "transform": [transform.size, transform.mean.tolist(), transform.std.tolist()],
+            "transform": [transform.size, transform.resize_size, transform.mean.tolist(), transform.std.tolist()],
         }
         started = time.perf_counter()
+        backbone, device, batch_size = self.model.backbone, self.device, self.config.batch_size
+        if isinstance(images, ShardSplit):
+            parts["images"] = images.fingerprint()
 
-        def compute() -> dict[str, Tensor]:
-            features = image_features(self.model.backbone, transform, images.images, self.device, self.config.batch_size)
-            return {"features": features}
+            def fill(out) -> None:
+                batches = (x for x, _ in images.batches(batch_size, device, self.loader_workers))
+                write_image_features(backbone, transform, batches, device, out)
 
-        features = self.cache.get_or_compute(parts, compute)["features"].to(self.device)
+            features = self.cache.memory_mapped(parts, len(images), self.feature_dim, fill)
+        else:
+            parts["images"] = hash_tensor(images.images)
+
+            def compute() -> dict[str, Tensor]:
+                return {"features": image_features(backbone, transform, images.images, device, batch_size)}
+
+            features = self.cache.get_or_compute(parts, compute)["features"].to(device)
         self._timed("features", started)
         return features
 
-    def classification(self, train: ImageSet, test: ImageSet, with_text: bool) -> tuple[dict[str, float], dict[str, Tensor]]:
+    @property
+    def loader_workers(self) -> int:
+        return self.config.num_workers if self.config.num_workers is not None else loader_workers(None)
+
+    @property
+    def feature_dim(self) -> int:
+        """D, the backbone's feature size: one blank image through it."""
+        size = self.model.eval_transform.size
+        blank = torch.zeros(1, 3, size, size, dtype=torch.uint8, device=self.device)
+        return image_features(self.model.backbone, self.model.eval_transform, blank, self.device).shape[1]
+
+    def fits_in_memory(self, features: Tensor) -> bool:
+        """Whether full-batch L-BFGS can hold these features (and two standardised copies)
+        in float32 on the device: within ``config.in_memory_features_mib`` when set, else
+        within 40 % of the GPU's free memory, or a quarter of the host's available memory."""
+        needed = 3 * features.numel() * 4
+        if self.config.in_memory_features_mib is not None:
+            return needed <= self.config.in_memory_features_mib * 2**20
+        if self.device.type == "cuda":
+            return needed <= 0.4 * torch.cuda.mem_get_info(self.device)[0]
+        return needed <= 0.25 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+    def linear(self, train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, num_classes: int) -> LinearEvalResult:
+        """Logistic regression on the features: L-BFGS in memory where they fit, else mini-batches
+        over them where they lie (the same held-out choice of penalty either way)."""
+        if self.fits_in_memory(train_x) and self.fits_in_memory(test_x):
+            self.linear_fit = "L-BFGS, in memory"
+            train_x, test_x = train_x.to(self.device).float(), test_x.to(self.device).float()
+            return linear_eval(train_x, train_y, test_x, test_y, num_classes, seed=self.config.seed)
+        self.linear_fit = "Adam on mini-batches, features memory-mapped"
+        return linear_eval_in_batches(train_x, train_y, test_x, test_y, num_classes, self.device, seed=self.config.seed)
+
+    def classification(
+        self, train: ImageSet | ShardSplit, test: ImageSet | ShardSplit, with_text: bool,
+    ) -> tuple[dict[str, float], dict[str, Tensor]]:
         """The metrics, and for each top-1 accuracy whether each test image was right: (M,) bool."""
         cfg = self.config
         train_x, test_x = self.features(train, "train"), self.features(test, "test")
@@ -84,15 +135,17 @@ class Evaluator:
         correct: dict[str, Tensor] = {}
 
         started = time.perf_counter()
-        linear = linear_eval(train_x, train_y, test_x, test_y, train.num_classes, seed=cfg.seed)
+        linear = self.linear(train_x, train_y, test_x, test_y, train.num_classes)
         metrics.update(linear_top1=linear.top1, linear_top5=linear.top5, linear_weight_decay=linear.weight_decay)
         correct["linear_top1"] = linear.correct
         self._timed("linear", started)
 
         started = time.perf_counter()
+        # The bank on the device in float16 when it fits there; else read from its file a chunk at a time.
+        bank = train_x.to(self.device) if self.device.type == "cuda" and self.fits_in_memory(train_x) else train_x
         predicted = knn_predictions(
-            F.normalize(train_x, dim=1), train_y, F.normalize(test_x, dim=1),
-            num_classes=train.num_classes, k=cfg.knn_k, temperature=cfg.knn_temperature,
+            bank, train_y, test_x, num_classes=train.num_classes, k=cfg.knn_k, temperature=cfg.knn_temperature,
+            device=self.device,
         )
         correct["knn_top1"] = predicted == test_y
         metrics["knn_top1"] = knn_accuracy(predicted, test_y, train.num_classes)
@@ -102,7 +155,9 @@ class Evaluator:
             started = time.perf_counter()
             classifier = zero_shot_classifier(self.encode_texts, train.classes, cfg.templates)
             with torch.no_grad():
-                embeddings = self.model.embed_image_features(test_x)
+                embeddings = torch.cat([
+                    self.model.embed_image_features(part.to(self.device).float()) for part in test_x.split(cfg.batch_size)
+                ])
             top1, _ = zero_shot_hits(embeddings, test_y, classifier)
             metrics.update(zero_shot_accuracy(embeddings, test_y, classifier))
             correct["zero_shot_top1"] = top1
@@ -132,12 +187,12 @@ class Evaluator:
         return recall
 
     @torch.no_grad()
-    def diagnostics(self, test: ImageSet, test_features: Tensor) -> dict[str, float]:
+    def diagnostics(self, test: ImageSet | ShardSplit, test_features: Tensor) -> dict[str, float]:
         # A seeded sample, not the first images: a test split may be stored sorted by class.
         sample = torch.randperm(len(test), generator=torch.Generator().manual_seed(self.config.seed))
         sample = sample[: self.config.diagnostics_size]
-        features = test_features[sample.to(self.device)]
-        images = test.images[sample]
+        features = test_features[sample.to(test_features.device)].to(self.device).float()
+        images = test.images_at(sample)
         # Alignment uses one augmentation for every model (SimCLR-style views without blur,
         # at the model's input size and normalisation), so models trained on other views
         # compare fairly.

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -43,17 +45,45 @@ def image_features(
     """
     device = torch.device(device)
     settings = extraction_settings(device)
+
+    def batches() -> Iterable[Tensor]:
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]  # (b, 3, H, W) uint8
+            if settings.pin_memory and batch.device.type == "cpu":
+                # One batch at a time, not the whole set: pinned memory is scarce, and the host
+                # pins the next batch while the device still computes this one.
+                batch = batch.pin_memory()
+            yield batch.to(device, non_blocking=True)
+
+    return torch.cat(list(_features_of(backbone, transform, batches(), device)))
+
+
+def _features_of(backbone: nn.Module, transform: Callable[[Tensor], Tensor], batches: Iterable[Tensor], device: torch.device):
+    """Yields (b, D) float32 features of each uint8 batch on ``device``: the backbone in eval
+    mode under ``extraction_settings``, its mode restored at the end."""
+    settings = extraction_settings(device)
     was_training = backbone.training
     backbone.eval()
-    features = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]  # (b, 3, H, W) uint8
-        if settings.pin_memory and batch.device.type == "cpu":
-            # One batch at a time, not the whole set: pinned memory is scarce, and the host
-            # pins the next batch while the device still computes this one.
-            batch = batch.pin_memory()
-        x = transform(batch.to(device, non_blocking=True))
-        with torch.autocast(device.type, dtype=settings.autocast) if settings.autocast else contextlib.nullcontext():
-            features.append(backbone(x).float())  # (b, D)
-    backbone.train(was_training)
-    return torch.cat(features)
+    try:
+        for batch in batches:
+            x = transform(batch)
+            with torch.autocast(device.type, dtype=settings.autocast) if settings.autocast else contextlib.nullcontext():
+                yield backbone(x).float()  # (b, D)
+    finally:
+        backbone.train(was_training)
+
+
+@torch.no_grad()
+def write_image_features(
+    backbone: nn.Module, transform: Callable[[Tensor], Tensor], batches: Iterable[Tensor], device: torch.device,
+    out: np.ndarray,
+) -> None:
+    """Writes the features of consecutive uint8 batches (on ``device``) into consecutive
+    rows of ``out`` (N, D), float16, as ``image_features`` computes them: a split streamed
+    from disk into a memory-mapped file, never held whole."""
+    row = 0
+    for features in _features_of(backbone, transform, batches, torch.device(device)):
+        out[row : row + len(features)] = features.half().cpu().numpy()
+        row += len(features)
+    if row != len(out):
+        raise RuntimeError(f"Feature extraction wrote {row} rows of {len(out)}: the loader ended early.")
