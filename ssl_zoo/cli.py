@@ -172,7 +172,17 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pairs-root", help="its folder (default: the recipe's data.root)")
     parser.add_argument("--max-train", type=int, help="evaluate on a seeded subset of the training split")
     parser.add_argument("--max-test", type=int, help="evaluate on a seeded subset of the test split")
+    parser.add_argument("--protocol", choices=("features", "probe"), default=defaults.protocol,
+                        help="linear top-1 by 'features' (logistic regression on frozen features, fast; default) or "
+                             "'probe' (SGD on augmented crops through the frozen backbone, the papers' protocol)")
+    parser.add_argument("--probe-epochs", type=int, help="--protocol probe: epochs (default: its source's)")
     parser.add_argument("--templates", help="zero-shot prompt templates: a text file, one per line, with {}")
+    parser.add_argument("--classnames", help="zero-shot class names: a text file, one a line, in label order "
+                                             "(default: the dataset's; ImageNet WordNet ids get CLIP's names)")
+    parser.add_argument("--num-workers", type=int, help="loader processes decoding shard splits (default: every core)")
+    parser.add_argument("--in-memory-features-mib", type=int,
+                        help="shard features larger than this are fitted in mini-batches from their file, not by "
+                             "L-BFGS in memory (default: 40 %% of free GPU memory, a quarter of available host memory)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="feature cache folder (default: %(default)s)")
     parser.add_argument("--no-cache", action="store_true", help="compute features without reading or writing the cache")
     parser.add_argument("--device", default=defaults.device, help="cpu, cuda or auto (default)")
@@ -225,7 +235,8 @@ def eval_command(argv: list[str]) -> int:
     config = EvalConfig(
         data=args.data, root=args.root, pairs=args.pairs, pairs_root=args.pairs_root,
         max_train=args.max_train, max_test=args.max_test, device=args.device, data_recipe=args.data_recipe,
-        cache_dir=None if args.no_cache else args.cache_dir,
+        cache_dir=None if args.no_cache else args.cache_dir, protocol=args.protocol, probe_epochs=args.probe_epochs,
+        classnames=args.classnames, num_workers=args.num_workers, in_memory_features_mib=args.in_memory_features_mib,
     )
     if args.templates:
         config.templates = load_templates(args.templates)
@@ -277,6 +288,8 @@ def bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-root", help="its folder")
     parser.add_argument("--max-train", type=int, help="score on a seeded subset of its training split")
     parser.add_argument("--max-test", type=int, help="score on a seeded subset of its test split")
+    parser.add_argument("--protocol", choices=("features", "probe"), default="features",
+                        help="linear top-1 by 'features' (default) or 'probe' (the papers' protocol; see eval --help)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the supervised baseline (random init is always scored)")
     parser.add_argument("--weights", action="append", default=[], metavar="LIBRARY:NAME=FILE",
                         help="weights made elsewhere to score beside the runs (repeatable): torchvision:resnet50=FILE, "
@@ -314,7 +327,7 @@ def bench_command(argv: list[str]) -> int:
         overrides=overrides, baselines=not args.no_baselines, seeds=args.seeds,
         weights=args.weights, weights_input_size=args.input_size,
         eval=EvalConfig(data=args.eval_data, root=args.eval_root, max_train=args.max_train,
-                        max_test=args.max_test, device=args.device),
+                        max_test=args.max_test, device=args.device, protocol=args.protocol),
         command="python -m ssl_zoo bench " + " ".join(argv),
     )
     run_bench(config)

@@ -6,6 +6,7 @@ that loads with a warning, the loader. An error case must exit with status 2, pr
 they were.
 """
 
+import json
 import re
 import warnings
 from collections.abc import Callable
@@ -266,6 +267,38 @@ def _(capsys, tmp_path, simclr_run, **_):
     edited = tmp_path / "edited.ckpt"
     torch.save(state, edited)
     assert_clear_error(*run(capsys, "eval", "--ckpt", edited, "--no-cache"), "does not match its own recipe", "backbone resnet50", r"\d+ missing, e\.g\. ", "as `fit` wrote it")
+
+
+@case("eval-unknown-protocol")
+def _(capsys, tmp_path, simclr_run, **_):
+    assert_clear_error(*run(capsys, "eval", "--ckpt", simclr_run, "--protocol", "linear", "--no-cache"),
+                       "argument --protocol: invalid choice: 'linear'", "features", "probe", "eval --help")
+    assert not (simclr_run.parent / "eval").exists()
+
+
+@case("classnames-count")
+def _(capsys, tmp_path, simclr_run, **_):
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\n")
+    assert_clear_error(*run(capsys, "eval", "--ckpt", simclr_run, "--classnames", names, "--no-cache"),
+                       "names.txt has 2 names, the dataset has \\d+ classes", "one name a line")
+    assert names.read_text() == "cat\ndog\n" and not (simclr_run.parent / "eval").exists()
+
+
+@case("corrupt-feature-cache")
+def _(capsys, tmp_path, simclr_run, **_):
+    cache = tmp_path / "cache"
+    out = tmp_path / "result.json"
+    code, output = run(capsys, "eval", "--ckpt", simclr_run, "--cache-dir", cache, "--out", out)
+    assert code == 0, output
+    first = json.loads(out.read_text())["metrics"]
+    for entry in cache.iterdir():  # every entry cut short, as by a full disk
+        entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    code, output = run(capsys, "eval", "--ckpt", simclr_run, "--cache-dir", cache, "--out", out)
+    assert code == 0 and "feature cache: 0 hits" in output, output
+    assert json.loads(out.read_text())["metrics"] == first  # computed again, not read
+    code, output = run(capsys, "eval", "--ckpt", simclr_run, "--cache-dir", cache, "--out", out)
+    assert "feature cache: 2 hits" in output  # and written whole again
 
 
 @case("not-a-checkpoint")

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from ssl_zoo.eval.zero_shot import DEFAULT_TEMPLATES
+from typing import Literal
 
 
 @dataclass
@@ -20,7 +19,14 @@ class EvalConfig:
     max_test: int | None = None
     knn_k: int = 200
     knn_temperature: float = 0.1
-    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    # Zero-shot prompt templates; None: the dataset's (CLIP's 80 for ImageNet classes, a
+    # short ensemble of its CIFAR prompts otherwise: ``ssl_zoo.eval.class_names``).
+    templates: tuple[str, ...] | None = None
+    classnames: str | None = None  # zero-shot class names: a text file, one a line, in label order
+    # Linear top-1 from "features" (logistic regression on frozen features, fast) or "probe"
+    # (SGD on augmented crops through the frozen backbone: the papers' protocol).
+    protocol: Literal["features", "probe"] = "features"
+    probe_epochs: int | None = None  # the probe's epochs; None: its source's (fewer: not compared with papers)
     diagnostics_size: int = 2000  # test images used for the diagnostics
     cache_dir: str | None = None  # where features are cached (None: no cache)
     device: str = "auto"

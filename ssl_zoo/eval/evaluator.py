@@ -28,7 +28,8 @@ from ssl_zoo.eval.features import image_features, write_image_features
 from ssl_zoo.eval.knn import knn_accuracy, knn_predictions
 from ssl_zoo.eval.linear import LinearEvalResult, linear_eval, linear_eval_in_batches
 from ssl_zoo.eval.retrieval import retrieval_recall
-from ssl_zoo.eval.zero_shot import zero_shot_accuracy, zero_shot_classifier, zero_shot_hits
+from ssl_zoo.eval.class_names import ZeroShotClasses, zero_shot_classes
+from ssl_zoo.eval.zero_shot import DEFAULT_TEMPLATES, zero_shot_accuracy, zero_shot_classifier, zero_shot_hits
 
 
 class EvaluatedModel(Protocol):
@@ -52,6 +53,7 @@ class Evaluator:
         self.weights_hash = hash_module(model.backbone)
         self.seconds: dict[str, float] = {}
         self.linear_fit: str | None = None  # how the linear classifier was fitted (``linear``)
+        self.zero_shot_classes: ZeroShotClasses | None = None  # the names and templates zero-shot prompted with
 
     def _timed(self, name: str, started: float) -> None:
         if self.device.type == "cuda":
@@ -153,7 +155,10 @@ class Evaluator:
 
         if with_text:
             started = time.perf_counter()
-            classifier = zero_shot_classifier(self.encode_texts, train.classes, cfg.templates)
+            classes = zero_shot_classes(train.classes, cfg.templates or DEFAULT_TEMPLATES, cfg.classnames)
+            self.zero_shot_classes = classes
+            # Templates the user gave win over the dataset's.
+            classifier = zero_shot_classifier(self.encode_texts, classes.names, cfg.templates or classes.templates)
             with torch.no_grad():
                 embeddings = torch.cat([
                     self.model.embed_image_features(part.to(self.device).float()) for part in test_x.split(cfg.batch_size)

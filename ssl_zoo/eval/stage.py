@@ -20,6 +20,7 @@ from typing import Any
 
 from ssl_zoo.environment import device_name, versions
 from ssl_zoo.eval.cache import hash_file
+from ssl_zoo.eval.class_names import read_class_names
 from ssl_zoo.eval.confidence import bootstrap_interval, correct_to_text
 from ssl_zoo.eval.config import EvalConfig
 from ssl_zoo.eval.data import LabelledSplits, load_labelled_splits, load_retrieval_pairs, model_data
@@ -66,9 +67,17 @@ def evaluate(
     if isinstance(splits, str):
         result["skipped"]["classification"] = splits
     else:
+        if config.classnames:  # checked before any feature is extracted, not after hours of it
+            read_class_names(config.classnames, splits.train.num_classes)
         result["data"] = splits.info
         metrics, correct = evaluator.classification(splits.train, splits.test, with_text)
         result["metrics"].update(metrics)
+        if evaluator.zero_shot_classes is not None:
+            classes = evaluator.zero_shot_classes
+            result["zero_shot"] = {"class_names": classes.source, "templates": len(config.templates or classes.templates)}
+            if classes.warning:
+                result["zero_shot"]["warning"] = classes.warning
+                warnings.warn(classes.warning, stacklevel=2)
         result["linear"] = {"protocol": "features", "fit": evaluator.linear_fit, "epochs": None, "full_epochs": None,
                             "source": "ssl_zoo: logistic regression on frozen features, penalty chosen on a held-out 10 %"}
         # 95 % bootstrap intervals over the test images, and the per-image outcomes they come
