@@ -290,12 +290,13 @@ def gather_figures(runs: list[BenchRun], config: BenchConfig, eval_config: EvalC
     for run in runs:
         model = _model(run, config)
         evaluator = Evaluator(model, eval_config)
-        features[run.label] = evaluator.features(splits.test, "test")[sample.to(evaluator.device)].cpu()
+        test_features = evaluator.features(splits.test, "test")  # on the device, or memory-mapped (shards)
+        features[run.label] = test_features[sample.to(test_features.device)].float().cpu()
         run.result["feature_dim"] = features[run.label].shape[1]
         if model.uses_text and run.training is not None:
             similarities.append(_similarity(run, model, evaluator))
 
-    images = splits.test.images[sample[:GALLERY_IMAGES]]
+    images = splits.test.images_at(sample[:GALLERY_IMAGES])
     gallery = [("original", images.permute(0, 2, 3, 1).float() / 255)]
     for run in runs:
         if run.training is not None:

@@ -168,6 +168,8 @@ def eval_parser() -> argparse.ArgumentParser:
                              "recipe's data section, as bench did (default: the dataset's defaults at the input size)")
     parser.add_argument("--data", help="labelled dataset for linear/kNN/zero-shot (default: the recipe's)")
     parser.add_argument("--root", help="its folder (default: the recipe's data.root)")
+    parser.add_argument("--val-root", help="shards: the validation shards (default: the recipe's data.val_root, or else the "
+                                           "part of --root held out from training)")
     parser.add_argument("--pairs", help="image-text dataset for retrieval, models with text only (default: the recipe's if captioned)")
     parser.add_argument("--pairs-root", help="its folder (default: the recipe's data.root)")
     parser.add_argument("--max-train", type=int, help="evaluate on a seeded subset of the training split")
@@ -233,7 +235,7 @@ def eval_command(argv: list[str]) -> int:
     if rest:
         raise _unknown_option(parser, rest[0])
     config = EvalConfig(
-        data=args.data, root=args.root, pairs=args.pairs, pairs_root=args.pairs_root,
+        data=args.data, root=args.root, val_root=args.val_root, pairs=args.pairs, pairs_root=args.pairs_root,
         max_train=args.max_train, max_test=args.max_test, device=args.device, data_recipe=args.data_recipe,
         cache_dir=None if args.no_cache else args.cache_dir, protocol=args.protocol, probe_epochs=args.probe_epochs,
         classnames=args.classnames, num_workers=args.num_workers, in_memory_features_mib=args.in_memory_features_mib,

@@ -13,6 +13,7 @@ class EvalConfig:
     # (image size, shapes' count...), as bench's reproduce lines give it; None: data's defaults.
     data_recipe: str | None = None
     root: str | None = None  # its folder; None: the recipe's data.root
+    val_root: str | None = None  # shards: the validation shards (None: the recipe's data.val_root, or a held-out part)
     pairs: str | None = None  # image-text dataset for retrieval (text methods); None: the recipe's own if captioned
     pairs_root: str | None = None
     max_train: int | None = None  # a seeded subset of the training split (None: all of it)

@@ -22,11 +22,12 @@ from ssl_zoo.recipe import DataConfig, Recipe, parse_recipe
 HINT = "eval --data NAME --root DIR, bench --eval-data NAME --eval-root DIR"
 
 
-def data_config(data: DataConfig, name: str | None, root: str | None) -> DataConfig:
-    """A model's training data section, pointed at dataset ``name`` in ``root`` when given."""
+def data_config(data: DataConfig, name: str | None, root: str | None, val_root: str | None = None) -> DataConfig:
+    """A model's training data section, pointed at dataset ``name`` in ``root`` (and, for
+    shards, validation shards in ``val_root``) when given."""
     if name is None or name == data.name:
-        return replace(data, root=root or data.root)
-    return replace(data, name=name, root=root or data.root, train_split=None, val_split=None)
+        return replace(data, root=root or data.root, val_root=val_root or data.val_root)
+    return replace(data, name=name, root=root or data.root, val_root=val_root, train_split=None, val_split=None)
 
 
 @dataclass
@@ -57,7 +58,7 @@ def load_labelled_splits(trained_on: DataConfig, config: EvalConfig) -> Labelled
     configured; or, when the model's own data has no labels, the reason as a string.
 
     ``trained_on``: the model's training data (``model_data``)."""
-    data = data_config(trained_on, config.data, config.root)
+    data = data_config(trained_on, config.data, config.root, config.val_root)
     train_split, test_split = dataset_spec(data.name).labelled_splits
     if test_split is None:
         if config.data is None:  # the recipe's own data (pairs): retrieval may still run

@@ -18,14 +18,14 @@ from torchmetrics.functional.classification import multiclass_accuracy
 def knn_predictions(
     train_features: Tensor, train_labels: Tensor, test_features: Tensor,
     num_classes: int, k: int = 200, temperature: float = 0.1,
-    query_block: int = 1024, bank_block: int = 16384, device: torch.device | None = None,
+    query_block: int = 1024, bank_block: int = 8192, device: torch.device | None = None,
 ) -> Tensor:
     """(M,) int64 classes of a cosine-weighted kNN vote (k neighbours, weights exp(sim / T)).
 
     train_features (N, D), test_features (M, D): any float dtype and device (a float16
     memory-mapped file too); rows are L2-normalised here, in float32, a block at a time.
     train_labels (N,). Computed on ``device`` (default: the test features'); at most
-    query_block x (bank_block + k) similarities exist at once.
+    query_block x bank_block similarities exist at once.
     """
     device = torch.device(device) if device is not None else test_features.device
     k = min(k, train_features.shape[0])
@@ -37,10 +37,12 @@ def knn_predictions(
         best_labels = torch.empty(queries.shape[0], 0, dtype=labels.dtype, device=device)
         for first in range(0, train_features.shape[0], bank_block):
             chunk = F.normalize(train_features[first : first + bank_block].to(device).float(), dim=1)  # (n, D)
-            similarity = torch.cat([best, torch.mm(queries, chunk.T)], dim=1)  # (b, <=k + n)
-            chunk_labels = labels[first : first + chunk.shape[0]].expand(queries.shape[0], -1)
-            best, where = similarity.topk(min(k, similarity.shape[1]), dim=1)
-            best_labels = torch.cat([best_labels, chunk_labels], dim=1).gather(1, where)
+            # The chunk's own k best, then the k best of those and the best so far: only
+            # (b, n) similarities and (b, 2k) candidates exist at once.
+            top, where = torch.mm(queries, chunk.T).topk(min(k, chunk.shape[0]), dim=1)  # (b, k')
+            candidates = torch.cat([best, top], dim=1)  # (b, <=2k)
+            best, keep = candidates.topk(min(k, candidates.shape[1]), dim=1)
+            best_labels = torch.cat([best_labels, labels[first + where]], dim=1).gather(1, keep)
         predictions.append(_vote(best, best_labels, num_classes, temperature))
     return torch.cat(predictions)
 
