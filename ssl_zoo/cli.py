@@ -221,6 +221,27 @@ def _unknown_option(parser: argparse.ArgumentParser, option: str) -> SslZooError
     return SslZooError(f"{parser.prog}: unknown option {option}. See `python -m {parser.prog} --help`.")
 
 
+def join_processes(config) -> bool:
+    """Under torchrun (WORLD_SIZE > 1): join the process group, each process on its own GPU
+    (LOCAL_RANK), so that every process extracts its slice of each streamed split into the
+    one feature file. Every process then scores the same features; process 0 reports.
+    Returns whether this process reports (writes and prints the results)."""
+    import os
+
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True
+    on_gpu = torch.cuda.is_available() and config.device != "cpu"
+    if on_gpu:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        config.device = f"cuda:{local_rank}"
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if on_gpu else "gloo")
+    return torch.distributed.get_rank() == 0
+
+
 def eval_command(argv: list[str]) -> int:
     from ssl_zoo.eval.config import EvalConfig
     from ssl_zoo.eval.imported import WeightsSource
@@ -242,6 +263,7 @@ def eval_command(argv: list[str]) -> int:
     )
     if args.templates:
         config.templates = load_templates(args.templates)
+    is_reporter = join_processes(config)
     if args.weights:
         weights = WeightsSource.parse(args.weights)
         result = evaluate_weights(weights, config, input_size=args.input_size)
@@ -254,6 +276,12 @@ def eval_command(argv: list[str]) -> int:
         ckpt = Path(args.ckpt)
         in_run_folder = ckpt.parent.name == "checkpoints"  # runs/<recipe>/version_N/checkpoints/
         run_dir = ckpt.parent.parent if in_run_folder else ckpt.parent
+    import torch.distributed
+
+    if torch.distributed.is_initialized():  # every process has scored: leave the group
+        torch.distributed.destroy_process_group()
+    if not is_reporter:
+        return 0
     data_name = result.get("data", result.get("pairs", {})).get("name", "eval")
     out = Path(args.out) if args.out else run_dir / "eval" / f"{data_name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

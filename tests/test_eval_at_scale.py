@@ -115,3 +115,31 @@ def test_linear_in_mini_batches_agrees_with_lbfgs_within_half_a_point():
     assert 0.5 < lbfgs.top1 < 0.8  # neither trivial nor hopeless
     assert abs(batches.top1 - lbfgs.top1) <= 0.005
     assert batches.correct.shape == (2000,) and batches.correct.float().mean().item() == pytest.approx(batches.top1)
+
+
+def test_eval_under_torchrun_extracts_a_slice_per_process_into_one_cache_file(shards, tmp_path):
+    """Two processes (gloo, CPU) fill their halves of each split's feature file; the file
+    is the one a single process then reads back (2 hits), and the metrics are the same."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from ssl_zoo.train import fit
+
+    recipe = tiny_recipe("simclr", tmp_path, **{"data.num_images": 64, "trainer.max_steps": 1, "backbone": "convnet4"})
+    ckpt = fit(recipe, enable_progress_bar=False).checkpoint
+    eval_args = ["eval", "--ckpt", str(ckpt), "--data", "shards", "--root", str(shards / "train"), "--val-root",
+                 str(shards / "val"), "--device", "cpu", "--num-workers", "0", "--cache-dir", str(tmp_path / "cache")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "ssl_zoo",
+         *eval_args, "--out", str(tmp_path / "two.json")], capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert two.returncode == 0, two.stdout + two.stderr
+    one = subprocess.run([sys.executable, "-m", "ssl_zoo", *eval_args, "--out", str(tmp_path / "one.json")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0 and "feature cache: 2 hits" in one.stdout, one.stdout + one.stderr
+    first, second = json.loads((tmp_path / "two.json").read_text()), json.loads((tmp_path / "one.json").read_text())
+    assert first["metrics"] == second["metrics"] and first["data"]["num_train"] == 240
+    assert not list((tmp_path / "cache").glob("*.tmp"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +60,17 @@ class ImageSet:
     @property
     def num_classes(self) -> int:
         return len(self.classes) if self.classes is not None else 0
+
+    def batches(
+        self, batch_size: int, device: torch.device, workers: int = 0, rows: torch.Tensor | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(uint8 (b, 3, H, W) images, int64 (b,) labels or None) on ``device``, for positions
+        ``rows`` in that order (None: all, in order), as a streamed split gives them
+        (``workers`` is for its loader; in memory there is nothing to decode)."""
+        rows = torch.arange(len(self)) if rows is None else rows.cpu()
+        for part in rows.split(batch_size):
+            labels = self.labels[part].to(device) if self.labels is not None else None
+            yield self.images[part].to(device, non_blocking=True), labels
 
     def images_at(self, rows: torch.Tensor) -> torch.Tensor:
         """uint8 (n, 3, H, W): the images at positions ``rows`` (n,), as a streamed split gives them."""

@@ -94,32 +94,68 @@ class FeatureCache:
         os.replace(tmp.name, path)
         return tensors
 
-    def memory_mapped(self, parts: dict[str, Any], rows: int, dim: int, fill: Callable[[np.ndarray], None]) -> Tensor:
+    def memory_mapped(
+        self, parts: dict[str, Any], rows: int, dim: int, fill: Callable[[np.ndarray, slice], None],
+    ) -> Tensor:
         """(rows, dim) float16 features backed by a file: the cached one when a complete file
-        for ``parts`` is there, else a new one whose every row ``fill`` writes (given the
-        writable (rows, dim) array). Without a cache folder the file is a temporary one,
-        deleted when the features are. A file that is truncated, of another layout or of
-        other parts is not read: it is computed again and replaced.
+        for ``parts`` is there, else a new one that ``fill(array, rows)`` writes, given the
+        writable (rows, dim) array and the slice of rows it is to fill. Under several
+        processes (``torch.distributed``) each fills its own contiguous slice of the one file;
+        the cache folder must then be one all of them see. Without a cache folder the file is
+        a temporary one (one node's), deleted when the features are. A file that is truncated,
+        of another layout or of other parts is not read: it is computed again and replaced.
         """
-        if self.folder is None:
-            self.misses += 1
-            return torch.from_numpy(_write_features(tempfile.TemporaryFile(), parts, rows, dim, fill))
-        path = self.folder / f"{self.key(parts)}.features"
-        features = _read_features(path, json.loads(json.dumps(parts)), rows, dim)
-        if features is not None:
-            self.hits += 1
-            return torch.from_numpy(features)
+        rank, world = _rank_and_world()
+        expected = json.loads(json.dumps(parts))
+        path = self.folder / f"{self.key(parts)}.features" if self.folder is not None else None
+        if path is not None:
+            features = _read_features(path, expected, rows, dim)
+            if all(_gather(features is not None)):  # every process reads the same file, or none does
+                self.hits += 1
+                return torch.from_numpy(features)
         self.misses += 1
-        self.folder.mkdir(parents=True, exist_ok=True)
-        # Written beside its final name, then renamed: a reader never sees half a file.
-        with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".tmp", delete=False) as tmp:
-            try:
-                _write_features(tmp, parts, rows, dim, fill)
-            except BaseException:
-                Path(tmp.name).unlink(missing_ok=True)
-                raise
-        os.replace(tmp.name, path)
-        return torch.from_numpy(_read_features(path, json.loads(json.dumps(parts)), rows, dim))
+        # Process 0 lays the file out beside its final name; every process fills its slice of
+        # it; then it is renamed into place: a reader never sees half a file.
+        folder = self.folder if self.folder is not None else Path(tempfile.gettempdir())
+        tmp = None
+        if rank == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+            handle, tmp = tempfile.mkstemp(dir=folder, suffix=".features.tmp")
+            with os.fdopen(handle, "wb") as file:
+                _lay_out(file, parts, rows, dim)
+        tmp = Path(_gather(tmp)[0])
+        try:
+            features = _map(tmp, rows, dim, "r+")
+            mine = range(rows)[rank * rows // world : (rank + 1) * rows // world]
+            fill(features, slice(mine.start, mine.stop))
+            features.flush()
+            del features
+            _gather(None)  # every slice is written
+            if rank == 0 and path is not None:
+                os.replace(tmp, path)
+            _gather(None)
+            features = _map(path, rows, dim, "c") if path is not None else _map(tmp, rows, dim, "c")
+            _gather(None)  # every process has mapped it
+        finally:
+            if rank == 0:
+                tmp.unlink(missing_ok=True)  # mapped, a temporary file lives on until unmapped
+        return torch.from_numpy(features)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _gather(value: Any) -> list[Any]:
+    """``value`` from every process, in rank order (a barrier too); [value] alone."""
+    rank, world = _rank_and_world()
+    if world == 1:
+        return [value]
+    values: list[Any] = [None] * world
+    torch.distributed.all_gather_object(values, value)
+    return values
 
 
 # A .features file: magic, the header's length (uint64, little-endian), the header (JSON:
@@ -132,16 +168,19 @@ def _data_offset(header_length: int) -> int:
     return -(-(len(_MAGIC) + 8 + header_length) // 64) * 64
 
 
-def _write_features(file: IO[bytes], parts: dict[str, Any], rows: int, dim: int, fill: Callable[[np.ndarray], None]) -> np.ndarray:
+def _lay_out(file: IO[bytes], parts: dict[str, Any], rows: int, dim: int) -> None:
+    """The header, and room for the rows (zeros, until they are filled)."""
     header = json.dumps({"layout": _LAYOUT, "parts": parts, "shape": [rows, dim], "dtype": "float16"}).encode()
-    offset = _data_offset(len(header))
     file.write(_MAGIC + struct.pack("<Q", len(header)) + header)
-    file.truncate(offset + rows * dim * 2)
-    file.flush()
-    features = np.memmap(file, dtype=np.float16, mode="r+", offset=offset, shape=(rows, dim))
-    fill(features)
-    features.flush()
-    return features
+    file.truncate(_data_offset(len(header)) + rows * dim * 2)
+
+
+def _map(path: Path, rows: int, dim: int, mode: str) -> np.ndarray:
+    """The rows of a laid-out file. "c" (copy-on-write) gives torch a writable array whose
+    writes never reach the file."""
+    with open(path, "rb") as file:
+        (length,) = struct.unpack("<Q", file.read(len(_MAGIC) + 8)[len(_MAGIC) :])
+    return np.memmap(path, dtype=np.float16, mode=mode, offset=_data_offset(length), shape=(rows, dim))
 
 
 def _read_features(path: Path, parts: Any, rows: int, dim: int) -> np.ndarray | None:
@@ -160,5 +199,4 @@ def _read_features(path: Path, parts: Any, rows: int, dim: int) -> np.ndarray | 
             return None
     except (OSError, ValueError):
         return None
-    # Copy-on-write: torch gets a writable array, and nothing is ever written back.
-    return np.memmap(path, dtype=np.float16, mode="c", offset=offset, shape=(rows, dim))
+    return _map(path, rows, dim, "c")

@@ -27,6 +27,7 @@ from ssl_zoo.eval.diagnostics import alignment, embedding_std, rankme, uniformit
 from ssl_zoo.eval.features import image_features, write_image_features
 from ssl_zoo.eval.knn import knn_accuracy, knn_predictions
 from ssl_zoo.eval.linear import LinearEvalResult, linear_eval, linear_eval_in_batches
+from ssl_zoo.eval.probe import DEFAULT_PROBE, ProbeResult, linear_probe
 from ssl_zoo.eval.retrieval import retrieval_recall
 from ssl_zoo.eval.class_names import ZeroShotClasses, zero_shot_classes
 from ssl_zoo.eval.zero_shot import DEFAULT_TEMPLATES, zero_shot_accuracy, zero_shot_classifier, zero_shot_hits
@@ -52,7 +53,7 @@ class Evaluator:
         self.cache = FeatureCache(Path(config.cache_dir).expanduser() if config.cache_dir else None)
         self.weights_hash = hash_module(model.backbone)
         self.seconds: dict[str, float] = {}
-        self.linear_fit: str | None = None  # how the linear classifier was fitted (``linear``)
+        self.linear_protocol: dict | None = None  # how linear top-1 was measured, for the results
         self.zero_shot_classes: ZeroShotClasses | None = None  # the names and templates zero-shot prompted with
 
     def _timed(self, name: str, started: float) -> None:
@@ -79,9 +80,10 @@ class Evaluator:
         if isinstance(images, ShardSplit):
             parts["images"] = images.fingerprint()
 
-            def fill(out) -> None:
-                batches = (x for x, _ in images.batches(batch_size, device, self.loader_workers))
-                write_image_features(backbone, transform, batches, device, out)
+            def fill(out, mine: slice) -> None:  # this process's rows (all of them, in one process)
+                rows = torch.arange(mine.start, mine.stop)
+                batches = (x for x, _ in images.batches(batch_size, device, self.loader_workers, rows=rows))
+                write_image_features(backbone, transform, batches, device, out[mine])
 
             features = self.cache.memory_mapped(parts, len(images), self.feature_dim, fill)
         else:
@@ -119,12 +121,41 @@ class Evaluator:
     def linear(self, train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, num_classes: int) -> LinearEvalResult:
         """Logistic regression on the features: L-BFGS in memory where they fit, else mini-batches
         over them where they lie (the same held-out choice of penalty either way)."""
-        if self.fits_in_memory(train_x) and self.fits_in_memory(test_x):
-            self.linear_fit = "L-BFGS, in memory"
+        in_memory = self.fits_in_memory(train_x) and self.fits_in_memory(test_x)
+        self.linear_protocol = {
+            "protocol": "features", "epochs": None, "full_epochs": None,
+            "source": "ssl_zoo: logistic regression on frozen features, L2 penalty chosen on a held-out 10 %",
+            "fit": "L-BFGS, in memory" if in_memory else "Adam on mini-batches, features memory-mapped",
+        }
+        if in_memory:
             train_x, test_x = train_x.to(self.device).float(), test_x.to(self.device).float()
             return linear_eval(train_x, train_y, test_x, test_y, num_classes, seed=self.config.seed)
-        self.linear_fit = "Adam on mini-batches, features memory-mapped"
         return linear_eval_in_batches(train_x, train_y, test_x, test_y, num_classes, self.device, seed=self.config.seed)
+
+    def probe(self, train: ImageSet | ShardSplit, test: ImageSet | ShardSplit) -> ProbeResult:
+        """The papers' linear protocol: SGD on augmented crops (random-resized crop and flip)
+        through the frozen backbone, with the settings of the method's paper (its
+        ``linear_probe``; lightly's ImageNet settings for weights made elsewhere)."""
+        settings = getattr(self.model, "linear_probe", DEFAULT_PROBE)
+        batch_size = min(settings.batch_size, len(train))
+        workers, seed = self.loader_workers, self.config.seed
+
+        def train_batches(epoch: int):
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+            return train.batches(batch_size, self.device, workers, rows=order[: len(order) // batch_size * batch_size])
+
+        def test_batches():
+            return test.batches(self.config.batch_size, self.device, workers)
+
+        result = linear_probe(
+            self.model.backbone, self.feature_dim, self.model.eval_transform, train_batches, test_batches,
+            train.num_classes, settings, self.device, batch_size, epochs=self.config.probe_epochs, seed=seed,
+        )
+        self.linear_protocol = {
+            "protocol": "probe", "source": settings.source, "epochs": result.epochs, "full_epochs": settings.epochs,
+            "batch_size": result.batch_size, "lr": result.lr,
+        }
+        return result
 
     def classification(
         self, train: ImageSet | ShardSplit, test: ImageSet | ShardSplit, with_text: bool,
@@ -137,10 +168,16 @@ class Evaluator:
         correct: dict[str, Tensor] = {}
 
         started = time.perf_counter()
-        linear = self.linear(train_x, train_y, test_x, test_y, train.num_classes)
-        metrics.update(linear_top1=linear.top1, linear_top5=linear.top5, linear_weight_decay=linear.weight_decay)
-        correct["linear_top1"] = linear.correct
-        self._timed("linear", started)
+        if cfg.protocol == "probe":
+            probe = self.probe(train, test)
+            metrics.update(linear_top1=probe.top1, linear_top5=probe.top5)
+            correct["linear_top1"] = probe.correct
+            self._timed("probe", started)
+        else:
+            linear = self.linear(train_x, train_y, test_x, test_y, train.num_classes)
+            metrics.update(linear_top1=linear.top1, linear_top5=linear.top5, linear_weight_decay=linear.weight_decay)
+            correct["linear_top1"] = linear.correct
+            self._timed("linear", started)
 
         started = time.perf_counter()
         # The bank on the device in float16 when it fits there; else read from its file a chunk at a time.

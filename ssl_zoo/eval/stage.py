@@ -78,8 +78,7 @@ def evaluate(
             if classes.warning:
                 result["zero_shot"]["warning"] = classes.warning
                 warnings.warn(classes.warning, stacklevel=2)
-        result["linear"] = {"protocol": "features", "fit": evaluator.linear_fit, "epochs": None, "full_epochs": None,
-                            "source": "ssl_zoo: logistic regression on frozen features, penalty chosen on a held-out 10 %"}
+        result["linear"] = evaluator.linear_protocol
         # 95 % bootstrap intervals over the test images, and the per-image outcomes they come
         # from ('1' right, '0' wrong, in test-split order), so runs can be compared later.
         result["intervals"] = {name: list(bootstrap_interval(c, seed=config.seed)) for name, c in correct.items()}
