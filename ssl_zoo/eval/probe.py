@@ -152,13 +152,15 @@ def linear_probe(
         weight_decay=settings.weight_decay,
     )
 
-    was_training = backbone.training
+    # Every module's own mode, not just the top one's: a caller may keep parts in eval mode.
+    modes = [(module, module.training) for module in backbone.modules()]
     backbone.eval()
     try:
         _train(backbone, augment, probe, optimizer, train_batches, epochs, lr, device)
         logits, labels = _test_logits(backbone, eval_transform, probe, test_batches, device)  # (M, C), (M,)
     finally:
-        backbone.train(was_training)
+        for module, training in modes:
+            module.training = training
     return ProbeResult(
         top1=topk_accuracy(logits, labels, 1),
         top5=topk_accuracy(logits, labels, 5),
