@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ssl_zoo.augment import EvalTransform, ViewAugment
 from ssl_zoo.backbones import build_image_backbone
+from ssl_zoo.eval.probe import DEFAULT_PROBE, ProbeSettings
 from ssl_zoo.lars import LARS
 from ssl_zoo.recipe import RECIPE_KEYS, DataConfig, Recipe, effective_lr, recipe_from_dict, recipe_to_dict
 from ssl_zoo.registry import METHODS
@@ -64,6 +65,9 @@ class SSLMethod(pl.LightningModule):
     # with ``ssl_zoo.methods.momentum.ema_update``; checkpoints carry it, exports leave it out.
     has_ema_target: ClassVar[bool] = False
     global_batchnorm: ClassVar[bool] = False  # the paper normalises over the global batch (sync BN under DDP)
+    # The paper's linear-evaluation protocol (``ssl_zoo.eval.probe.linear_probe``, eval
+    # --protocol probe); methods without one use lightly's ImageNet benchmark settings.
+    linear_probe: ClassVar[ProbeSettings] = DEFAULT_PROBE
 
     def __init_subclass__(cls, name: str | None = None, config: type | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -10,6 +10,7 @@ from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
+from ssl_zoo.eval.probe import ProbeSettings
 from ssl_zoo.losses import byol_loss
 from ssl_zoo.methods.base import SSLMethod
 from ssl_zoo.methods.momentum import ema_update, frozen_copy
@@ -28,6 +29,17 @@ class BYOL(SSLMethod, name="byol", config=BYOLConfig):
     # NOTE: BYOL's code computes batch-norm statistics across all devices, as SimCLR's
     # does; under DDP sync BN is on unless the recipe says no.
     global_batchnorm = True
+    # NOTE: appendix C.1: SGD with Nesterov momentum 0.9, 80 epochs, batch 1024, no weight
+    # decay or other regularisation, random crop + flip; the learning rate is the best of
+    # {0.4, 0.3, 0.2, 0.1, 0.05} on a held-out part of train, so the paper fixes none. We
+    # take 0.2, the one deepmind-research byol/configs/eval.py ships (base_learning_rate
+    # 0.2, no warm-up), and scale it as that code does: byol/utils/schedules.py multiplies
+    # by batch/256 and decays on a cosine to 0, so 0.8 at 1024. Crop area (0.08, 1) as its
+    # byol/utils/dataset.py LINEAR_TRAIN preprocessing.
+    linear_probe = ProbeSettings(
+        epochs=80, batch_size=1024, lr=0.8, momentum=0.9, nesterov=True, weight_decay=0.0,
+        source="Grill et al. 2020 (BYOL), arXiv:2006.07733, appendix C.1; lr 0.2 x batch/256 as deepmind-research byol/",
+    )
 
     def __init__(self, recipe: Recipe | dict[str, Any], num_classes: int = 0) -> None:
         super().__init__(recipe, num_classes)

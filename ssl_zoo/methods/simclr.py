@@ -8,6 +8,7 @@ from typing import Any
 from lightly.models.modules import SimCLRProjectionHead
 from torch import Tensor
 
+from ssl_zoo.eval.probe import ProbeSettings
 from ssl_zoo.losses import nt_xent_loss
 from ssl_zoo.methods.base import SSLMethod
 from ssl_zoo.recipe import Recipe
@@ -24,6 +25,17 @@ class SimCLR(SSLMethod, name="simclr", config=SimCLRConfig):
     # NOTE: SimCLR normalises over the global batch (section 2.2: local BN lets positives
     # cheat through batch statistics), so under DDP sync BN is on unless the recipe says no.
     global_batchnorm = True
+    # NOTE: appendix B.6: linear evaluation follows the fine-tuning of B.5 (Nesterov momentum
+    # 0.9, batch 4096, no weight decay or other regularisation, no warm-up, only random
+    # crop + flip), with lr 1.6 = 0.1 x BatchSize/256 and 90 epochs. The schedule is not in
+    # the text; google-research/simclr's run.py always decays on a cosine (model_util.py's
+    # learning_rate_schedule), its finetune preprocessing crops area (0.08, 1) and flips
+    # without colour (data_util.py). Its README's ImageNet linear-eval command sets
+    # --weight_decay=1e-6; we follow the paper's text.
+    linear_probe = ProbeSettings(
+        epochs=90, batch_size=4096, lr=1.6, momentum=0.9, nesterov=True, weight_decay=0.0,
+        source="Chen et al. 2020 (SimCLR), arXiv:2002.05709, appendix B.6 with B.5",
+    )
 
     def __init__(self, recipe: Recipe | dict[str, Any], num_classes: int = 0) -> None:
         super().__init__(recipe, num_classes)
