@@ -202,6 +202,12 @@ def format_eval(result: dict) -> str:
             shown += f"  (95 % CI {100 * low:.2f}-{100 * high:.2f})"
         lines.append(f"  {name:<22} {shown}")
     lines += [f"  skipped {what}: {why}" for what, why in result["skipped"].items()]
+    linear = result.get("linear")
+    if linear:
+        how = linear.get("fit") or f"{linear['epochs']} of {linear['full_epochs']} epochs, batch {linear['batch_size']}, lr {linear['lr']:g}"
+        lines.append(f"  linear protocol        {linear['protocol']} ({how}; {linear['source']})")
+    if result.get("zero_shot", {}).get("warning"):
+        lines.append(f"  zero-shot warning      {result['zero_shot']['warning']}")
     lines.append(f"  took {result['seconds']['total']:.1f} s (feature cache: {result['feature_cache']['hits']} hits)")
     return "\n".join(lines)
 

@@ -16,7 +16,7 @@ from ssl_zoo.eval.evaluator import Evaluator
 from ssl_zoo.eval.features import image_features
 from ssl_zoo.eval.linear import linear_eval, linear_eval_in_batches
 from ssl_zoo.eval.stage import evaluate
-from ssl_zoo.methods import build_method
+from ssl_zoo.methods import load_method
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,18 @@ def shards(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    torch.manual_seed(0)
-    return build_method(tiny_recipe("simclr", tmp_path_factory.mktemp("runs"), **{"data.image_size": 40})).eval()
+def checkpoint(tmp_path_factory):
+    """A ConvNet SimCLR checkpoint after one step (what it learnt does not matter here)."""
+    from ssl_zoo.train import fit
+
+    recipe = tiny_recipe("simclr", tmp_path_factory.mktemp("runs"), **{"data.num_images": 64, "trainer.max_steps": 1,
+                                                                         "backbone": "convnet4", "data.image_size": 40})
+    return fit(recipe, enable_progress_bar=False).checkpoint
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return load_method(checkpoint).eval()
 
 
 def config(tmp_path, shards, **kwargs) -> EvalConfig:
@@ -98,6 +107,20 @@ def test_features_that_do_not_fit_are_fitted_in_mini_batches_from_their_file(mod
     assert 0 <= result["metrics"]["linear_top1"] <= 1
 
 
+def test_the_probe_protocol_streams_shuffled_batches_from_shards(model, shards, tmp_path):
+    """--protocol probe on shards: epochs of shuffled batches through the loader, the test
+    split in order; the result names the protocol, its source and the epochs trained."""
+    from ssl_zoo.eval.data import load_labelled_splits
+    from ssl_zoo.recipe import DataConfig
+
+    trained_on = DataConfig(name="shards", root=str(shards / "train"), val_root=str(shards / "val"), image_size=40)
+    cfg = config(tmp_path, shards, protocol="probe", probe_epochs=2)
+    result = evaluate(model, cfg, splits=load_labelled_splits(trained_on, cfg), with_text=False)
+    assert result["linear"]["protocol"] == "probe" and result["linear"]["epochs"] == 2
+    assert result["linear"]["full_epochs"] == 90 and "SimCLR" in result["linear"]["source"]
+    assert len(result["per_image_correct"]["linear_top1"]) == 72 and "probe" in result["seconds"]
+
+
 def test_linear_in_mini_batches_agrees_with_lbfgs_within_half_a_point():
     """The two fits of one objective, on features with a learnable signal (10 classes,
     8,000 training and 2,000 test images), the mini-batch one from float16 features."""
@@ -117,7 +140,7 @@ def test_linear_in_mini_batches_agrees_with_lbfgs_within_half_a_point():
     assert batches.correct.shape == (2000,) and batches.correct.float().mean().item() == pytest.approx(batches.top1)
 
 
-def test_eval_under_torchrun_extracts_a_slice_per_process_into_one_cache_file(shards, tmp_path):
+def test_eval_under_torchrun_extracts_a_slice_per_process_into_one_cache_file(checkpoint, shards, tmp_path):
     """Two processes (gloo, CPU) fill their halves of each split's feature file; the file
     is the one a single process then reads back (2 hits), and the metrics are the same."""
     import json
@@ -125,11 +148,7 @@ def test_eval_under_torchrun_extracts_a_slice_per_process_into_one_cache_file(sh
     import subprocess
     import sys
 
-    from ssl_zoo.train import fit
-
-    recipe = tiny_recipe("simclr", tmp_path, **{"data.num_images": 64, "trainer.max_steps": 1, "backbone": "convnet4"})
-    ckpt = fit(recipe, enable_progress_bar=False).checkpoint
-    eval_args = ["eval", "--ckpt", str(ckpt), "--data", "shards", "--root", str(shards / "train"), "--val-root",
+    eval_args = ["eval", "--ckpt", str(checkpoint), "--data", "shards", "--root", str(shards / "train"), "--val-root",
                  str(shards / "val"), "--device", "cpu", "--num-workers", "0", "--cache-dir", str(tmp_path / "cache")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run(
