@@ -114,6 +114,11 @@ class ReferenceConfig:
 
     metric: Literal["knn_top1", "linear_top1", "zero_shot_top1", "none"] = "none"
     value: float | None = None  # percent
+    # linear_top1 only: how the source's linear classifier was trained, as ``eval
+    # --protocol`` names it. probe: SGD on augmented crops of the frozen backbone (the
+    # protocol of SimCLR, BYOL, MoCo v3 and solo-learn); features: logistic regression on
+    # fixed features (CLIP's linear probes). A report compares only a number made the same way.
+    protocol: Literal["features", "probe"] | None = None
     dataset: str = ""  # what it was scored on, e.g. "CIFAR-10 test"
     epochs: int | None = None  # of pretraining
     batch_size: int | None = None  # global
@@ -135,16 +140,26 @@ class ReferenceConfig:
                 f"reference: metric {self.metric} needs value (percent), epochs and source; "
                 f"got value={self.value}, epochs={self.epochs}, source={self.source!r}."
             )
+        if self.metric == "linear_top1" and self.protocol is None:
+            raise RecipeError(
+                "reference.protocol is required with metric linear_top1: probe (an SGD classifier on "
+                "augmented crops, as the SimCLR and BYOL papers train it) or features (logistic regression "
+                "on fixed features, as CLIP's linear probes); say which one made the published number."
+            )
+        if self.metric != "linear_top1" and self.protocol is not None:
+            raise RecipeError(
+                f"reference.protocol ({self.protocol}) applies to metric linear_top1 only, not {self.metric}; remove it."
+            )
 
     def describe(self) -> str:
         """One line: the number, its protocol and source, or why there is none."""
         if self.metric == "none":
             return f"none ({self.note.strip()})"
-        protocol = ", ".join(
-            part for part in (self.dataset, f"{self.epochs} epochs",
-                              f"batch {self.batch_size}" if self.batch_size else "") if part
+        setting = ", ".join(
+            part for part in (self.dataset, f"{self.protocol} protocol" if self.protocol else "",
+                              f"{self.epochs} epochs", f"batch {self.batch_size}" if self.batch_size else "") if part
         )
-        return f"{METRIC_NAMES[self.metric]} {self.value:.1f} % ({protocol}; {self.source})"
+        return f"{METRIC_NAMES[self.metric]} {self.value:.1f} % ({setting}; {self.source})"
 
 
 METRIC_NAMES = {"knn_top1": "kNN top-1", "linear_top1": "linear top-1", "zero_shot_top1": "zero-shot top-1"}

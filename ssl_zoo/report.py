@@ -248,26 +248,50 @@ def diagnostic_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[st
 
 
 def reference_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Each trained run beside the published number its recipe names (``reference:``)."""
+    """Each trained run beside the published number its recipe names (``reference:``),
+    compared only where the run's number was made as the published one was."""
     header = ["run", "ours", "published reference", "comparison"]
     rows = []
     for run in runs:
         if run["training"] is None:
             continue
         reference, m = ReferenceConfig(**run["recipe"]["reference"]), run["evaluation"]["metrics"]
-        epochs = run["training"]["epochs"]
         if reference.metric == "none":
-            ours, comparison = "–", "–"
-        elif reference.epochs is not None and epochs < reference.epochs:
-            ours = _percent(m, reference.metric)
-            comparison = f"not compared: this run trained {epochs} of the reference's {reference.epochs} epochs"
-        elif reference.metric in m:
-            ours = _percent(m, reference.metric)
-            comparison = f"{100 * m[reference.metric] - reference.value:+.1f} points"
-        else:
-            ours, comparison = "–", f"not compared: this evaluation has no {METRIC_NAMES[reference.metric]}"
-        rows.append([run["label"], ours, reference.describe(), comparison])
+            rows.append([run["label"], "–", reference.describe(), "–"])
+            continue
+        why_not = _not_comparable(run, reference)
+        comparison = f"not compared: {why_not}" if why_not else f"{100 * m[reference.metric] - reference.value:+.1f} points"
+        rows.append([run["label"], _percent(m, reference.metric), reference.describe(), comparison])
     return header, rows
+
+
+def _not_comparable(run: dict[str, Any], reference: ReferenceConfig) -> str | None:
+    """Why the run's number cannot stand beside the reference's (None: it can): fewer
+    epochs of pretraining, a part of a split, another linear protocol, a shorter probe."""
+    result, epochs = run["evaluation"], run["training"]["epochs"]
+    if reference.epochs is not None and epochs < reference.epochs:
+        return f"this run trained {epochs} of the reference's {reference.epochs} epochs"
+    if reference.metric not in result["metrics"]:
+        return f"this evaluation has no {METRIC_NAMES[reference.metric]}"
+    # Results written before evaluation recorded these lack them: their linear numbers came
+    # from the features protocol (the only one then), their split sizes are unknown.
+    linear = result.get("linear", {"protocol": "features"})
+    if reference.metric == "linear_top1" and linear["protocol"] != reference.protocol:
+        return f"linear top-1 from the {linear['protocol']} protocol, the reference used the {reference.protocol}"
+    data = result.get("data", {})
+    # Zero-shot scores the test split only; linear and kNN learn from the training split too.
+    splits = ("test",) if reference.metric == "zero_shot_top1" else ("train", "test")
+    for split in splits:
+        scored, full = data.get(f"num_{split}"), data.get(f"full_{split}")
+        if scored is None or full is None:
+            return "split size unknown"
+        if scored < full:
+            return f"{scored:,} of {full:,} {'training' if split == 'train' else 'test'} images"
+    if reference.metric == "linear_top1" and linear["protocol"] == "probe":
+        trained, full_epochs = linear.get("epochs"), linear.get("full_epochs")
+        if trained is not None and full_epochs is not None and trained < full_epochs:
+            return f"probe trained {trained} of {full_epochs} epochs"
+    return None
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

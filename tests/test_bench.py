@@ -194,17 +194,78 @@ def test_bench_rejects_an_unknown_option(tmp_path):
     assert result.returncode == 2 and "unknown option --bugdet" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_run_shorter_than_its_reference_is_not_compared():
+def reference_run(recipe_name: str, metrics: dict, epochs: int | None = None, **evaluation) -> dict:
+    """A results.json run entry of the bundled recipe, trained for its reference's epochs
+    unless told, with the evaluation's ``metrics`` and other keys (``data``, ``linear``)."""
     from ssl_zoo.recipe import recipe_to_dict
+
+    recipe = parse_recipe(["--recipe", recipe_name])
+    return {"label": recipe_name, "kind": "method", "recipe": recipe_to_dict(recipe),
+            "training": {"epochs": recipe.reference.epochs if epochs is None else epochs},
+            "evaluation": {"metrics": metrics, **evaluation}}
+
+
+def compared(run: dict) -> list[str]:
     from ssl_zoo.report import reference_rows
 
-    recipe = parse_recipe(["--recipe", "simclr_resnet18_cifar10"])
-    assert recipe.reference.value == 84.8 and recipe.reference.epochs == 200
+    (row,) = reference_rows([run])[1]
+    return row
 
-    def run(epochs: int) -> dict:  # a results.json run entry
-        return {"label": "simclr", "kind": "method", "recipe": recipe_to_dict(recipe), "training": {"epochs": epochs},
-                "evaluation": {"metrics": {"knn_top1": 0.80}}}
 
-    (short,), (full,) = reference_rows([run(3)])[1], reference_rows([run(200)])[1]
+CIFAR_FULL = {"num_train": 50_000, "num_test": 10_000, "full_train": 50_000, "full_test": 10_000}
+IN100_FULL = {"num_train": 126_689, "num_test": 5_000, "full_train": 126_689, "full_test": 5_000}
+PROBE_FULL = {"protocol": "probe", "source": "byol_resnet18_imagenet100", "epochs": 100, "full_epochs": 100}
+
+
+def test_a_run_shorter_than_its_reference_is_not_compared():
+    short = compared(reference_run("simclr_resnet18_cifar10", {"knn_top1": 0.80}, epochs=3, data=CIFAR_FULL))
     assert short[1] == "80.0" and short[3] == "not compared: this run trained 3 of the reference's 200 epochs"
+    full = compared(reference_run("simclr_resnet18_cifar10", {"knn_top1": 0.80}, data=CIFAR_FULL))
     assert "kNN top-1 84.8 %" in full[2] and full[3] == "-4.8 points"
+
+
+def test_a_knn_number_on_part_of_a_split_is_not_compared():
+    part = compared(reference_run("simclr_resnet18_cifar10", {"knn_top1": 0.80}, data={**CIFAR_FULL, "num_test": 2_000}))
+    assert part[1] == "80.0" and part[3] == "not compared: 2,000 of 10,000 test images"
+    bank = compared(reference_run("simclr_resnet18_cifar10", {"knn_top1": 0.80}, data={**CIFAR_FULL, "num_train": 5_000}))
+    assert bank[3] == "not compared: 5,000 of 50,000 training images"
+    # Results written before evaluation recorded the full split sizes.
+    older = compared(reference_run("simclr_resnet18_cifar10", {"knn_top1": 0.80},
+                                   data={"num_train": 50_000, "num_test": 10_000}))
+    assert older[3] == "not compared: split size unknown"
+
+
+def test_a_linear_number_is_compared_only_with_the_references_protocol():
+    features = {"protocol": "features", "source": "byol_resnet18_imagenet100", "epochs": None, "full_epochs": None}
+    other = compared(reference_run("byol_resnet18_imagenet100", {"linear_top1": 0.79}, data=IN100_FULL, linear=features))
+    assert other[3] == "not compared: linear top-1 from the features protocol, the reference used the probe"
+    # Results from before --protocol probe existed carry no 'linear': the features protocol made them.
+    older = compared(reference_run("byol_resnet18_imagenet100", {"linear_top1": 0.79}, data=IN100_FULL))
+    assert older[3] == other[3]
+    same = compared(reference_run("byol_resnet18_imagenet100", {"linear_top1": 0.79}, data=IN100_FULL, linear=PROBE_FULL))
+    assert "probe protocol" in same[2] and same[3] == "-1.3 points"
+
+
+def test_a_probe_on_part_of_the_split_or_epochs_is_not_compared():
+    subset = compared(reference_run("byol_resnet18_imagenet100", {"linear_top1": 0.79},
+                                    data={**IN100_FULL, "num_test": 1_000}, linear=PROBE_FULL))
+    assert subset[3] == "not compared: 1,000 of 5,000 test images"
+    short = compared(reference_run("byol_resnet18_imagenet100", {"linear_top1": 0.79}, data=IN100_FULL,
+                                   linear={**PROBE_FULL, "epochs": 2}))
+    assert short[1] == "79.0" and short[3] == "not compared: probe trained 2 of 100 epochs"
+
+
+def test_a_missing_metric_is_said():
+    row = compared(reference_run("simclr_resnet18_cifar10", {"linear_top1": 0.80}, data=CIFAR_FULL))
+    assert row[1] == "–" and row[3] == "not compared: this evaluation has no kNN top-1"
+
+
+def test_a_zero_shot_number_needs_only_the_whole_test_split():
+    """Zero-shot learns nothing from the training split, so only the test split's size counts."""
+    run = reference_run("clip_resnet18_flickr8k", {"zero_shot_top1": 0.30}, epochs=32,
+                        data={**CIFAR_FULL, "num_train": 0})
+    run["recipe"]["reference"] = {"metric": "zero_shot_top1", "value": 33.0, "dataset": "CIFAR-10 test",
+                                  "epochs": 32, "source": "a paper"}
+    assert compared(run)[3] == "-3.0 points"
+    run["evaluation"]["data"]["num_test"] = 500
+    assert compared(run)[3] == "not compared: 500 of 10,000 test images"

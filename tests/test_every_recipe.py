@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import write_random_shards
+from test_imagenet100 import write_imagenet100_shards
 from ssl_zoo.cli import main
 from ssl_zoo.recipe import available_recipes, parse_recipe
 from ssl_zoo.train import fit
@@ -97,6 +98,7 @@ def shards(root: Path, monkeypatch) -> dict:
 
 STAND_INS = {
     "shards": shards,
+    "imagenet100": lambda root, monkeypatch: write_imagenet100_shards(root),  # shards with CMC's classes.txt
     "shapes": lambda root, monkeypatch: {"data.num_images": 64},
     "stl10": fake_stl10,
     "folder": image_folder,

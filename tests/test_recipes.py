@@ -70,3 +70,28 @@ def test_wrong_type_is_named():
 def test_section_of_another_method_is_an_error():
     with pytest.raises(RecipeError, match="sets the 'byol:' section"):
         parse_recipe(["--recipe", "quickstart", "--byol.base_momentum", "0.9"])
+
+
+def test_a_linear_reference_names_its_protocol(tmp_path):
+    """A published linear top-1 is comparable only with a number made the same way, so the
+    recipe must say how it was made; other metrics have no protocol to name."""
+    path = tmp_path / "mine.yaml"
+    linear = "reference: {metric: linear_top1, value: 70.0, epochs: 100, source: a paper"
+    path.write_text(f"method: simclr\n{linear}}}\n")
+    with pytest.raises(RecipeError, match=r"reference\.protocol is required with metric linear_top1"):
+        parse_recipe(["--recipe", str(path)])
+    path.write_text(f"method: simclr\n{linear}, protocol: features}}\n")
+    assert parse_recipe(["--recipe", str(path)]).reference.protocol == "features"
+    path.write_text("method: simclr\nreference: {metric: knn_top1, value: 80.0, epochs: 100, source: a paper, protocol: probe}\n")
+    with pytest.raises(RecipeError, match=r"reference\.protocol \(probe\) applies to metric linear_top1 only"):
+        parse_recipe(["--recipe", str(path)])
+    with pytest.raises(RecipeError, match="reference.protocol"):
+        parse_recipe(["--recipe", "byol_resnet50", "--reference.protocol", "sgd"])  # neither probe nor features
+
+
+@pytest.mark.parametrize("name", sorted(available_recipes()))
+def test_every_linear_reference_says_which_protocol_made_it(name):
+    reference = parse_recipe(["--recipe", name]).reference
+    assert (reference.protocol is not None) == (reference.metric == "linear_top1")
+    if reference.protocol == "probe":  # the note no longer says ssl_zoo cannot run the paper's protocol
+        assert "L-BFGS" not in reference.note
