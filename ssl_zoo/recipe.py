@@ -325,6 +325,11 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
 
 def recipe_from_dict(values: dict[str, Any]) -> Recipe:
     """Validate a saved recipe (from a checkpoint or run folder) exactly as a file is."""
+    # NOTE: recipes saved before reference.protocol existed: every bundled linear reference
+    # then was a paper's SGD probe, so their checkpoints and results still load.
+    reference = values.get("reference") or {}
+    if reference.get("metric") == "linear_top1" and reference.get("protocol") is None:
+        values = {**values, "reference": {**reference, "protocol": "probe"}}
     parser = recipe_parser()
     try:
         namespace = parser.parse_object(values)

@@ -95,3 +95,11 @@ def test_every_linear_reference_says_which_protocol_made_it(name):
     assert (reference.protocol is not None) == (reference.metric == "linear_top1")
     if reference.protocol == "probe":  # the note no longer says ssl_zoo cannot run the paper's protocol
         assert "L-BFGS" not in reference.note
+
+
+def test_a_recipe_saved_before_reference_protocol_existed_still_loads():
+    """Checkpoints and results saved before reference.protocol: their linear references were
+    all papers' SGD probes, and they load as such."""
+    saved = recipe_to_dict(parse_recipe(["--recipe", "byol_resnet50"]))
+    del saved["reference"]["protocol"]
+    assert recipe_from_dict(saved).reference.protocol == "probe"
