@@ -269,6 +269,28 @@ def _(capsys, tmp_path, simclr_run, **_):
     assert_clear_error(*run(capsys, "eval", "--ckpt", edited, "--no-cache"), "does not match its own recipe", "backbone resnet50", r"\d+ missing, e\.g\. ", "as `fit` wrote it")
 
 
+@case("imagenet100-wrong-classes")
+def _(capsys, tmp_path, tiny_recipe_file, **_):
+    from test_imagenet100 import write_imagenet100_shards
+
+    roots = write_imagenet100_shards(tmp_path / "shards", classes=["cat", "dog", "fish", "owl"])
+    recipe = tiny_recipe_file(**{"data.name": "imagenet100", **roots})
+    assert_clear_error(*run(capsys, "fit", "--recipe", recipe), "not ImageNet-100", "--classes imagenet100")
+
+
+@case("imagenet100-missing")
+def _(capsys, tmp_path, tiny_recipe_file, **_):
+    recipe = tiny_recipe_file(**{"data.name": "imagenet100", "data.root": tmp_path / "nowhere", "data.val_root": tmp_path / "nowhere"})
+    assert_clear_error(*run(capsys, "fit", "--recipe", recipe), "ImageNet-100 shards not found", "--classes imagenet100")
+
+
+@case("reference-without-protocol")
+def _(capsys, tmp_path, **_):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("method: simclr\nreference: {metric: linear_top1, value: 70.0, epochs: 100, source: a paper}\n")
+    assert_clear_error(*run(capsys, "fit", "--recipe", recipe), "reference.protocol", "probe", "features")
+
+
 @case("eval-unknown-protocol")
 def _(capsys, tmp_path, simclr_run, **_):
     assert_clear_error(*run(capsys, "eval", "--ckpt", simclr_run, "--protocol", "linear", "--no-cache"),
