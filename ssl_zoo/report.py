@@ -20,6 +20,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from ssl_zoo.eval.confidence import COMPARED_METRICS, RESAMPLES, intervals_overlap  # noqa: E402
+from ssl_zoo.eval.zero_shot import DEFAULT_TEMPLATES  # noqa: E402
 from ssl_zoo.recipe import METRIC_NAMES, ReferenceConfig  # noqa: E402
 
 
@@ -247,6 +248,21 @@ def diagnostic_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[st
     return header, rows
 
 
+def linear_protocols(runs: list[dict[str, Any]]) -> str:
+    """Which protocol made each run's linear top-1: one phrase for all when they agree."""
+    def describe(linear: dict[str, Any] | None) -> str:
+        if not linear or linear["protocol"] == "features":  # results from before the probe: features
+            return ("features (logistic regression on standardised frozen features, L2 penalty chosen on 10 % of the "
+                    f"training split held out; {(linear or {}).get('fit') or 'L-BFGS, in memory'})")
+        return (f"probe (SGD on random-resized crops and flips through the frozen backbone, {linear['epochs']} of "
+                f"{linear['full_epochs']} epochs, batch {linear['batch_size']}, lr {linear['lr']:g}; {linear['source']})")
+
+    phrases = {run["label"]: describe(run["evaluation"].get("linear")) for run in runs}
+    if len(set(phrases.values())) == 1:
+        return next(iter(phrases.values()))
+    return "; ".join(f"{label}: {phrase}" for label, phrase in phrases.items())
+
+
 def reference_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Each trained run beside the published number its recipe names (``reference:``),
     compared only where the run's number was made as the published one was."""
@@ -358,15 +374,17 @@ def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> 
         + (", the training data itself: in-sample)" if p["split"] == "all" else ")")
         for run in runs if (p := run["evaluation"].get("pairs"))
     ) or "no run with text"
+    zero_shot = next((run["evaluation"]["zero_shot"] for run in runs if run["evaluation"].get("zero_shot")), None)
+    zero_shot_text = (f"{zero_shot['templates']} prompt templates averaged ({zero_shot['class_names']})" if zero_shot
+                      else f"{len(eval_config['templates'] or DEFAULT_TEMPLATES)} prompt templates averaged")
     setup = [
         ("Device", results["device"]),
         ("Budget", budget_text),
         ("Evaluated on", f"{data['name']}: {data['num_train']} training images ({data['train_split']}) for the "
                          f"linear classifier and kNN bank, {data['num_test']} test images ({data['test_split']})"),
-        ("Protocol", "frozen backbone features; linear: L-BFGS logistic regression on standardised features, "
-                     "L2 penalty chosen on 10 % of the training split held out; "
-                     f"kNN: k={eval_config['knn_k']}, T={eval_config['knn_temperature']}, cosine-weighted; zero-shot: "
-                     f"{len(eval_config['templates'])} prompt templates averaged; retrieval: {retrieval}"),
+        ("Protocol", f"frozen backbone; linear top-1: {linear_protocols(runs)}; "
+                     f"kNN: k={eval_config['knn_k']}, T={eval_config['knn_temperature']}, cosine-weighted, on features; "
+                     f"zero-shot: {zero_shot_text}; retrieval: {retrieval}"),
         ("Time-to-accuracy curves", "the kNN monitor during training, on each run's own validation subset and memory "
                                     "bank (a smaller, faster measure than the table's)"),
         ("Versions", ", ".join(f"{k} {v}" for k, v in results["versions"].items())),
