@@ -379,7 +379,9 @@ def reevaluate(results_path: Path) -> dict[str, Any]:
         run.steps_per_second = training.get("steps_per_second_measured") if training else None
         runs.append(run)
     stored = saved["runs"][0]["evaluation"]["eval_config"]
-    eval_config = EvalConfig(**{**stored, "templates": tuple(stored["templates"])})
+    # Old results stored the default templates themselves; None now means the dataset's.
+    templates = stored.get("templates")
+    eval_config = EvalConfig(**{**stored, "templates": tuple(templates) if templates else None})
     budget = saved["budget"]
     config = BenchConfig(recipes=[r.recipe.name for r in runs if r.kind == "method"], out=results_path.parent,
                          epochs=budget["epochs"], budget_seconds=budget["seconds"], command=saved["command"], eval=eval_config,
