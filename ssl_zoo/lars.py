@@ -28,7 +28,10 @@ class LARS(Optimizer):
         v       = momentum * v + (1 - dampening) * d_p      (v = d_p at the first step)
         p       = p - lr * (d_p + momentum * v if nesterov else v)
 
-    The arguments and their meaning are those of ``lightly.utils.lars.LARS``, including
+    With ``clip_lr`` (NOTE: solo-learn's LARS, after NVIDIA apex's LARC "clip" mode),
+    ``lars_lr = min(lars_lr / lr, 1)``: the layer's step is never larger than plain SGD's.
+
+    The other arguments and their meaning are those of ``lightly.utils.lars.LARS``, including
     its exclusions (NOTE: lightly's, from SimCLR and BYOL): a group with ``weight_decay``
     0 (biases and norm layers in ``configure_optimizers``) gets plain SGD, with neither
     the trust ratio nor weight decay; so does a parameter whose weight or gradient is all
@@ -45,6 +48,7 @@ class LARS(Optimizer):
         nesterov: bool = False,
         trust_coefficient: float = 0.001,
         eps: float = 1e-8,
+        clip_lr: bool = False,
     ) -> None:
         if lr < 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
@@ -56,7 +60,7 @@ class LARS(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         defaults = dict(
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-            nesterov=nesterov, trust_coefficient=trust_coefficient, eps=eps,
+            nesterov=nesterov, trust_coefficient=trust_coefficient, eps=eps, clip_lr=clip_lr,
         )
         super().__init__(params, defaults)
 
@@ -79,6 +83,8 @@ class LARS(Optimizer):
                 g_norms = torch.stack(torch._foreach_norm(grads))  # (P,)
                 adapt = (p_norms != 0) & (g_norms != 0)  # (P,)
                 trust = p_norms / (g_norms + p_norms * weight_decay + group["eps"]) * group["trust_coefficient"]
+                if group["clip_lr"]:
+                    trust = (trust / group["lr"]).clamp_(max=1.0)
                 # Where adapt is False: scale 1 and no decay, d_p = g (lightly skips both).
                 scales = torch.where(adapt, trust, 1.0).unbind()  # P x ()
                 decays = torch.where(adapt, weight_decay, 0.0).to(p_norms.dtype).unbind()  # P x ()

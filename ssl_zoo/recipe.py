@@ -66,6 +66,10 @@ class OptimConfig:
     # none: lr as given at any batch (CLIP and open_clip give theirs so). See effective_lr.
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
     momentum: float = 0.9  # sgd and lars
+    # lars only: the trust coefficient (eta; 0.001 in SimCLR, BYOL and lightly, 0.02 in
+    # solo-learn), and whether the layer-wise rate is clipped to the global one (solo-learn).
+    lars_eta: float = 0.001
+    lars_clip_lr: bool = False
     weight_decay: float = 5e-4  # not applied to norm layers and biases
     warmup_epochs: float = 10
     probe_lr: float = 0.1  # the online linear probe's learning rate (same schedule)

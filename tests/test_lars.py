@@ -100,3 +100,20 @@ def test_the_counter_sees_lightlys_host_syncs():
     counter = count_syncs_of_steps(LightlyLARS)
     assert len(counter.calls) >= 2 * 5
     assert all("lightly/utils/lars.py" in call for call in counter.calls)
+
+
+def test_clip_lr_caps_each_layers_rate_at_the_global_one_as_solo_learn_does():
+    """solo-learn's LARS (clip_lr): lars_lr = min(eta * ||p|| / (||g|| + wd ||p|| + eps) / lr, 1),
+    then p -= lr * lars_lr * (g + wd p) (one step, no momentum), written out per parameter."""
+    torch.manual_seed(0)
+    small, large = nn.Parameter(torch.randn(6, 5)), nn.Parameter(100 * torch.randn(7))
+    small.grad, large.grad = 10 * torch.randn(6, 5), 1e-3 * torch.randn(7)
+    lr, wd, eta = 0.5, 1e-4, 0.02
+    expected, ratios = [], []
+    for p in (small, large):
+        trust = eta * p.norm() / (p.grad.norm() + wd * p.norm() + 1e-8)
+        ratios.append(trust.item() / lr)
+        expected.append(p.detach() - lr * min(ratios[-1], 1.0) * (p.grad + wd * p.detach()))
+    assert min(ratios) < 1 < max(ratios)  # one layer is clipped, the other is not
+    LARS([small, large], lr=lr, weight_decay=wd, trust_coefficient=eta, clip_lr=True).step()
+    assert torch.allclose(small, expected[0]) and torch.allclose(large, expected[1])

@@ -200,7 +200,8 @@ class SSLMethod(pl.LightningModule):
         if optim.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
         elif optim.optimizer == "lars":
-            optimizer = LARS(groups, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+            optimizer = LARS(groups, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
+                             trust_coefficient=optim.lars_eta, clip_lr=optim.lars_clip_lr)
         else:
             optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=optim.weight_decay)
         total_steps = self.total_steps()
