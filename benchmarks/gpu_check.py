@@ -22,7 +22,7 @@ form runs with ``device="cpu"``, and the GPU estimates below are estimates.
 
 Sections, with their time budgets on a GPU (seconds) and what each row means:
 
-  throughput      110  ``benchmarks/throughput.py``'s rows for SimCLR, BYOL and CLIP
+  throughput      100  ``benchmarks/throughput.py``'s rows for SimCLR, BYOL and CLIP
                        (ResNet-18, CIFAR stem, 32 px, batch 512; its functions, imported):
                        full step / model-only step (README's targets: >= 0.90 SimCLR,
                        >= 0.85 BYOL and CLIP) and full step / lightly-fed step (>= 3.4x
@@ -52,17 +52,18 @@ Sections, with their time budgets on a GPU (seconds) and what each row means:
                        with each optimiser, sgd, lars and adamw: target 0, on any device
                        (on a GPU, reads of host tensors are no wait: ``HostSyncCounter``).
                        Estimate: 5-8 s each.
-  eval             60  ssl_zoo's evaluator (features, kNN, linear) on 50,000 generated
-                       96 px images, 40,000 train and 10,000 test, with a random ResNet-50:
-                       images/s of each. 96 px, not 224: kNN and the linear fit cost the
+  eval             80  ssl_zoo's evaluator (features, kNN, linear, one epoch of the probe)
+                       on 50,000 generated 96 px images streamed from shards (nvJPEG into the
+                       memory-mapped feature cache), 40,000 train and 10,000 test, with a
+                       random ResNet-50: images/s of each. 96 px, not 224: kNN and the linear fit cost the
                        same at any image size (50,000 x 2048 features), while 50,000 images
                        at 224 px would take 7.5 GB and most of the budget to generate and
                        embed; the recipes' steps give the ResNet-50's speed at 224 px.
-                       Estimate: 10-15 s to generate, 20 s to evaluate.
+                       Estimate: 10-15 s to generate, 40 s to evaluate.
 
-The budgets add up to 470 s. A section starts no new check once its budget is spent (those
+The budgets add up to 480 s. A section starts no new check once its budget is spent (those
 rows are SKIP), and each recipe's run gets what is left as ``trainer.max_time``; a check
-already running when its section's time runs out finishes, and the 70 s left of the 9
+already running when its section's time runs out finishes, and the 60 s left of the 9
 minutes are for that overrun, start-up and the table.
 
 ``--quick`` shrinks every size: batch 8, 32 px for every recipe (as
@@ -105,6 +106,7 @@ from ssl_zoo.data.imageset import ImageSet
 from ssl_zoo.data.shapes import make_shapes
 from ssl_zoo.data.shards import ShardDataset, ShardSet, expand_shard_paths
 from ssl_zoo.data.shards.convert import JPEG_QUALITY, Sample, write_shards
+from ssl_zoo.data.shards.split import ShardSplit
 from ssl_zoo.environment import versions
 from ssl_zoo.eval.config import EvalConfig
 from ssl_zoo.eval.evaluator import Evaluator
@@ -189,9 +191,9 @@ QUICK = Sizes(
     sync_backbone="convnet4", sync_size=16, sync_batch=8, sync_first=1, sync_last=3,
     eval_images=2000, eval_size=32, eval_backbone="convnet4",
 )
-# Seconds per section. FULL's sum (470 s) leaves 70 s of the 9 minutes for start-up, the
+# Seconds per section. FULL's sum (480 s) leaves 60 s of the 9 minutes for start-up, the
 # table, and a section's last check running past its budget (see the docstring).
-FULL_BUDGETS = {"throughput": 110, "decode": 60, "recipes": 140, "hold_on_device": 30, "host_syncs": 70, "eval": 60}
+FULL_BUDGETS = {"throughput": 100, "decode": 60, "recipes": 140, "hold_on_device": 30, "host_syncs": 70, "eval": 80}
 # Quick: a safety net, not a promise (each section takes 1-40 s on 2 idle cores; a loaded
 # machine must not turn the CPU form's rows into SKIPs).
 QUICK_BUDGETS = {name: 240 for name in FULL_BUDGETS}
@@ -639,30 +641,42 @@ def check_eval(check: Check, section: Section) -> None:
     s = check.sizes
 
     def measure() -> list[Row]:
-        shapes = make_shapes(s.eval_images, s.eval_size, seed=0)
+        # Streamed as `eval` streams shards: decoded by nvJPEG (workers on the CPU) a batch at
+        # a time into the memory-mapped float16 feature cache; kNN and linear on the device.
+        shards = ShardSet(expand_shard_paths(check.shards(s.eval_size, s.eval_images).train))
         split = s.eval_images * 4 // 5
-        train = ImageSet(shapes.images[:split], shapes.labels[:split], classes=shapes.classes, name="generated train")
-        test = ImageSet(shapes.images[split:], shapes.labels[split:], classes=shapes.classes, name="generated test")
+        train = ShardSplit(shards, np.arange(split), s.eval_size, "generated train")
+        test = ShardSplit(shards, np.arange(split, s.eval_images), s.eval_size, "generated test")
         overrides: dict[str, object] = {"data.name": "shapes", "augment.size": s.eval_size}
         if s.eval_backbone:
             overrides["backbone"] = s.eval_backbone
         recipe = check.recipe("simclr_resnet50", overrides)
         model = build_method(recipe, num_classes=train.num_classes)  # random init: the cost, not the accuracy
-        evaluator = Evaluator(model, EvalConfig(device=str(check.device), batch_size=512))
+        config = EvalConfig(device=str(check.device), batch_size=512, cache_dir=str(check.tmp / "feature_cache"),
+                            num_workers=check.cores, probe_epochs=1)
+        evaluator = Evaluator(model, config)
         metrics, _ = evaluator.classification(train, test, with_text=False)
+        linear_fit = evaluator.linear_protocol["fit"]
+        started = time.perf_counter()
+        evaluator.probe(train, test)
+        probe_seconds = time.perf_counter() - started
         seconds = evaluator.seconds
         where = f"{recipe.backbone} at {s.eval_size} px"
         return [
-            Row("features", f"{s.eval_images / seconds['features']:,.0f} images/s ({s.eval_images:,} images, {where})", "",
-                INFO, {"images_per_s": s.eval_images / seconds["features"], "images": s.eval_images, "size": s.eval_size}),
+            Row("features", f"{s.eval_images / seconds['features']:,.0f} images/s ({s.eval_images:,} images streamed from "
+                f"shards, {where})", "", INFO,
+                {"images_per_s": s.eval_images / seconds["features"], "images": s.eval_images, "size": s.eval_size}),
             Row("kNN", f"{len(test) / seconds['knn']:,.0f} test images/s against {len(train):,} (top-1 "
                 f"{100 * metrics['knn_top1']:.1f} %, random init)", "", INFO,
                 {"images_per_s": len(test) / seconds["knn"], "train": len(train), "test": len(test),
                  "top1": metrics["knn_top1"]}),
             Row("linear", f"{s.eval_images / seconds['linear']:,.0f} images/s, {seconds['linear']:.1f} s (L2 penalty "
-                f"search and refit; top-1 {100 * metrics['linear_top1']:.1f} %)", "", INFO,
-                {"images_per_s": s.eval_images / seconds["linear"], "seconds": seconds["linear"],
-                 "top1": metrics["linear_top1"]}),
+                f"search and refit, {linear_fit}; top-1 {100 * metrics['linear_top1']:.1f} %)", "",
+                INFO, {"images_per_s": s.eval_images / seconds["linear"], "seconds": seconds["linear"],
+                       "top1": metrics["linear_top1"]}),
+            Row("probe", f"{len(train) / probe_seconds:,.0f} training images/s for one epoch of --protocol probe "
+                f"({probe_seconds:.1f} s, with scoring {len(test):,} test images)", "", INFO,
+                {"images_per_s": len(train) / probe_seconds, "seconds": probe_seconds}),
         ]
 
     section.attempt("50,000 images" if not check.quick else f"{s.eval_images:,} images", measure)

@@ -39,7 +39,7 @@ def test_quick_cpu_run_reports_every_section(gpu_check, tmp_path, capsys):
         "recipes": 2 * len(gpu_check.IMAGENET_RECIPES),  # step and loss per recipe
         "hold_on_device": 2,
         "host_syncs": 3 * len(gpu_check.OPTIMIZERS),
-        "eval": 3,  # features, kNN, linear
+        "eval": 4,  # features, kNN, linear, one epoch of the probe
     }
     assert {name: len(section) for name, section in by_section.items()} == expected
     for row in rows:
