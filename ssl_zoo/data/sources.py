@@ -19,7 +19,7 @@ import io
 import json
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -228,7 +228,6 @@ class FolderListing:
     root: Path
     classes: list[str] | None  # class sub-folders, sorted (label = position); None: unlabelled
     files: list[list[Path]]  # the sorted image files of each class; unlabelled: one list
-    loose: list[Path] = field(default_factory=list)  # images beside class folders: left out
 
     @property
     def labelled(self) -> bool:
@@ -282,7 +281,7 @@ def list_image_folder(
             "classes. Move the images into class folders, or the sub-folders out to train on all of them unlabelled.",
             stacklevel=3,
         )
-    return FolderListing(root, found, [_image_files((root / name).rglob("*")) for name in found], own_images)
+    return FolderListing(root, found, [_image_files((root / name).rglob("*")) for name in found])
 
 
 def load_image_folder(root: str | Path, image_size: int, not_classes: tuple[str, ...] = ()) -> ImageSet:
