@@ -25,7 +25,8 @@ class KNNMonitor(pl.Callback):
     Runs once before training (the random-init baseline, logged as
     ``knn/top1_random_init``; with ``init_weights`` it scores those weights, under the same
     tag) and after every validation epoch (``knn/top1``). Data without a labelled
-    validation split and bank has nothing to score: the monitor stays idle.
+    validation split and bank has nothing to score: the monitor stays idle, and says why in
+    one line when training starts.
 
     Under several processes, rank 0 alone measures, on the whole bank and validation set,
     while the others wait at a barrier. The sets are small and bounded (data.knn_bank_size,
@@ -61,6 +62,10 @@ class KNNMonitor(pl.Callback):
         return top1
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        why = self.datamodule.unmonitored
+        if why is not None and trainer.is_global_zero:
+            print(f"ssl_zoo: kNN monitor skipped: {why}. Linear and kNN evaluation need a labelled dataset: "
+                  "python -m ssl_zoo eval --ckpt CKPT --data NAME --root DIR.", flush=True)
         if self.random_init_top1 is None and trainer.global_step == 0:
             self.random_init_top1 = self._measure_on_rank_zero(trainer, pl_module)
             if self.random_init_top1 is not None:

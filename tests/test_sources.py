@@ -221,11 +221,11 @@ def test_image_folder_errors(tmp_path, image_folder):
         load_image_folder(tmp_path / "nowhere", 32)
     assert str(tmp_path / "nowhere") in str(err.value)
 
-    (tmp_path / "flat").mkdir()
-    _save(tmp_path / "flat" / "a.png", _solid((1, 2, 3)))
-    with pytest.raises(DataFormatError, match="no class sub-folders") as err:
-        load_image_folder(tmp_path / "flat", 32)
-    assert str(tmp_path / "flat") in str(err.value)
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "nothing" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataFormatError, match="no images and no class sub-folders") as err:
+        load_image_folder(tmp_path / "nothing", 32)
+    assert str(tmp_path / "nothing") in str(err.value)
 
     (tmp_path / "empty" / "a").mkdir(parents=True)
     with pytest.raises(DataFormatError, match="no image files"):

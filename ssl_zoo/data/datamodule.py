@@ -166,6 +166,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.decode_on: str | None = None  # shards: where they are decoded ("device" or "workers")
         self.val_set: ImageSet | None = None
         self.bank_set: ImageSet | None = None
+        self.unmonitored: str | None = None  # why there is no kNN bank, when there is none
         self.train_sampler: EpochBatchSampler | None = None
         self._resume: tuple[int, int] | None = None  # (epoch, batches done) of a resumed run
 
@@ -186,7 +187,8 @@ class ImageDataModule(pl.LightningDataModule):
         val_split = self.config.val_split or spec.splits[1]
         if spec.streamed:  # stays on disk; only the monitors' sets are decoded
             self.train_set = spec.open(self.config, "train")
-            if self.config.val_root is None:  # the held-out part stands in for validation
+            # The held-out part stands in for validation; unlabelled, nothing could score on it.
+            if self.config.val_root is None and self.train_set.has_labels:
                 held_out = held_out_samples(self.config, len(self.train_set), self.seed)
                 self.train_samples = np.setdiff1d(np.arange(len(self.train_set)), held_out)
         else:
@@ -207,10 +209,18 @@ class ImageDataModule(pl.LightningDataModule):
             )
         if not monitor_sets:
             return
+        has_labels = self.train_set.has_labels if isinstance(self.train_set, ShardSet) else self.train_set.labels is not None
+        where = f"{self.config.name} ({self.config.root})"
+        if not has_labels and spec.eval_splits is None:  # no labels anywhere: no validation split decoded
+            self.unmonitored = f"the training images of {where} have no labels"
+            return
         self.val_set = load_split(self.config, val_split, self.seed) if val_split else None
         if self.val_set is not None:
             self.val_set = self.val_set.subset(self.config.val_size, self.seed)
         self.bank_set = self._labelled_bank()
+        if self.bank_set is None:
+            missing = "no validation split" if self.val_set is None else "no labels on its validation images"
+            self.unmonitored = f"{where} has {missing}"
 
     def _labelled_bank(self) -> ImageSet | None:
         """Labelled training images for the kNN monitor (None if there are no labels).

@@ -3,7 +3,8 @@
 - ``load_shared_cifar10`` / ``load_shared_flickr8k``: the offline numpy archives in the
   repository's ``../shared/data`` folder (JPEGs sharing one header, see its README).
 - ``load_torchvision``: CIFAR-10, CIFAR-100 and STL-10 through ``torchvision.datasets``.
-- ``load_image_folder``: a torchvision-ImageFolder tree, ``root/<class>/<image>``.
+- ``load_image_folder``: a torchvision-ImageFolder tree, ``root/<class>/<image>``, or a
+  flat folder of unlabelled images, ``root/<image>``.
 - ``load_image_text_pairs``: a CSV or JSONL file of ``path,caption`` rows.
 
 Images are stored square: a source image of another size has its shorter side resized to
@@ -17,6 +18,8 @@ import csv
 import io
 import json
 import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -218,30 +221,78 @@ def _stack(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
-def load_image_folder(root: str | Path, image_size: int) -> ImageSet:
-    """Images under ``root/<class>/...`` (classes sorted by name), labelled by folder.
+@dataclass
+class FolderListing:
+    """The image files of an image folder, as the loader and the shard converter read it."""
 
-    Files PIL cannot read are skipped with one warning listing them.
+    root: Path
+    classes: list[str] | None  # class sub-folders, sorted (label = position); None: unlabelled
+    files: list[list[Path]]  # the sorted image files of each class; unlabelled: one list
+
+    @property
+    def labelled(self) -> bool:
+        return self.classes is not None
+
+
+def _image_files(paths: Iterable[Path]) -> list[Path]:
+    return sorted(p for p in paths if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def list_image_folder(
+    root: Path, classes: list[str] | None = None, not_classes: tuple[str, ...] = ()
+) -> FolderListing:
+    """Where the images of ``root`` are, and their classes.
+
+    Sub-folders are classes, as in torchvision's ImageFolder: ``root/<class>/**/<image>``
+    (nested folders belong to their class). A folder without sub-folders is unlabelled: its
+    own image files. Image files beside class folders are left out, with one warning.
+    ``classes``: take only these class folders (each must exist). ``not_classes``: sub-folders
+    that are not classes (the validation folder, when the data root holds the training images).
     """
-    root = Path(root)
     if not root.is_dir():
         raise DataNotFoundError(
-            f"Image folder not found: {root.absolute()}. Create it with one sub-folder of "
-            f"images per class (root/<class>/<image>.jpg), or fix the data root."
+            f"Image folder not found: {root.absolute()}. Give a folder of images (trained unlabelled) "
+            f"or of one sub-folder of images per class (<class>/<image>.jpg), or fix the path."
         )
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise DataFormatError(
-            f"{root} has no class sub-folders; put each class's images in its own folder, "
-            f"e.g. {root / 'cats' / 'img1.jpg'}."
+    found = sorted(
+        d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in not_classes
+    )
+    own_images = _image_files(root.iterdir())
+    if classes is not None:
+        missing = sorted(set(classes) - set(found))
+        if missing:
+            raise DataFormatError(
+                f"{root} lacks {len(missing)} of the {len(classes)} listed class folders, e.g. "
+                f"{', '.join(missing[:5])}. Give the folder that holds them (ImageNet's train/ or val/)."
+            )
+        found = sorted(classes)
+    if not found:
+        if not own_images:
+            raise DataFormatError(
+                f"{root} holds no images and no class sub-folders; put images in it (they train unlabelled) "
+                f"or each class's images in its own folder, e.g. {root / 'cats' / 'img1.jpg'}."
+            )
+        return FolderListing(root, None, [own_images])
+    if own_images:
+        names = ", ".join(p.name for p in own_images[:3]) + (", ..." if len(own_images) > 3 else "")
+        warnings.warn(
+            f"{len(own_images)} image file(s) directly in {root} ({names}) are in no class folder and are "
+            f"left out: its sub-folders ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}) are its "
+            "classes. Move the images into class folders, or the sub-folders out to train on all of them unlabelled.",
+            stacklevel=3,
         )
+    return FolderListing(root, found, [_image_files((root / name).rglob("*")) for name in found])
+
+
+def load_image_folder(root: str | Path, image_size: int, not_classes: tuple[str, ...] = ()) -> ImageSet:
+    """The images of ``root``: labelled by class folder (``root/<class>/...``, classes sorted by
+    name), or unlabelled when ``root`` has no sub-folders and holds the images itself
+    (``list_image_folder``). Files PIL cannot read are skipped with one warning listing them.
+    """
+    listing = list_image_folder(Path(root), not_classes=not_classes)
+    root = listing.root
     images, labels, skipped = [], [], []
-    for label, name in enumerate(classes):
-        files = sorted(
-            p
-            for p in (root / name).rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
+    for label, files in enumerate(listing.files):
         for path in files:
             try:
                 images.append(_load_image(path, image_size))
@@ -251,9 +302,9 @@ def load_image_folder(root: str | Path, image_size: int) -> ImageSet:
             labels.append(label)
     if not images:
         what = f"{len(skipped)} image files, none readable" if skipped else "no image files"
+        where = f"in its class folders {listing.classes}" if listing.labelled else "in it"
         raise DataFormatError(
-            f"{root} holds {what} (looked for {', '.join(IMAGE_EXTENSIONS)} in its class "
-            f"folders {classes}); add readable images."
+            f"{root} holds {what} (looked for {', '.join(IMAGE_EXTENSIONS)} {where}); add readable images."
         )
     if skipped:
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
@@ -264,8 +315,8 @@ def load_image_folder(root: str | Path, image_size: int) -> ImageSet:
         )
     return ImageSet(
         images=_stack(images),
-        labels=torch.tensor(labels, dtype=torch.int64),
-        classes=classes,
+        labels=torch.tensor(labels, dtype=torch.int64) if listing.labelled else None,
+        classes=listing.classes,
         name=root.name,
     )
 
@@ -391,8 +442,18 @@ DatasetSpec("cifar100", load=_load_torchvision_split, splits=("train", "test"), 
 # NOTE: STL-10 trains on its 100k unlabelled images too; its labelled 5k train the evaluation.
 DatasetSpec("stl10", load=_load_torchvision_split, splits=("train+unlabeled", "test"), eval_splits=("train", "test"),
             downloadable=True).register()
-DatasetSpec("folder", load=lambda config, split, seed: load_image_folder(_root(config) / split, config.image_size),
-            splits=("train", "val")).register()
+def _load_folder_split(config: DataConfig, split: str, seed: int) -> ImageSet:
+    """``root/<split>``; without a ``root/train`` folder, the root itself holds the training
+    images (a flat folder of unlabelled images, most often), and its ``val`` is still validation."""
+    root = _root(config)
+    if split == "train" and root.is_dir() and not (root / split).is_dir():
+        return load_image_folder(root, config.image_size, not_classes=(config.val_split or "val",))
+    return load_image_folder(root / split, config.image_size)
+
+
+# NOTE: "labelled" here means it may be: a folder without class sub-folders loads with no
+# labels, which the data module and the evaluation find in the loaded set.
+DatasetSpec("folder", load=_load_folder_split, splits=("train", "val")).register()
 # One CSV/JSONL file of path,caption: no test split and no labels; retrieval scores on
 # all of it (in-sample, and reports say so).
 DatasetSpec("pairs", load=lambda config, split, seed: load_image_text_pairs(_root(config), config.image_size),

@@ -67,8 +67,8 @@ def load_labelled_splits(trained_on: DataConfig, config: EvalConfig) -> Labelled
     spec = dataset_spec(data.name)
     if spec.streamed:  # every image of both splits, never decoded whole
         full_train, full_test = streamed_splits(spec, data, train_split, test_split, config.seed)
-    else:
-        full_train, full_test = load_split(data, train_split, config.seed), load_split(data, test_split, config.seed)
+    else:  # the test split is decoded once the training split is known to have labels
+        full_train, full_test = load_split(data, train_split, config.seed), None
     # Only labelled images fit the classifiers (STL-10's train+unlabeled has 100k at -1).
     full_train = full_train.labelled()
     train = full_train.subset(config.max_train, config.seed)
@@ -79,6 +79,8 @@ def load_labelled_splits(trained_on: DataConfig, config: EvalConfig) -> Labelled
                 f"Pass a labelled dataset: {', '.join(n for n, spec in DATASETS.items() if spec.labelled)} ({HINT})."
             )
         return f"{data.name} has no labels; for linear, kNN and zero-shot pass a labelled dataset ({HINT})"
+    if full_test is None:  # (a flat folder of unlabelled images may have no test split at all)
+        full_test = load_split(data, test_split, config.seed)
     test = full_test.subset(config.max_test, config.seed)
     info = {
         "name": data.name, "root": data.root, "train_split": train_split, "test_split": test_split,

@@ -12,7 +12,8 @@ needs decoding, never resizing.
 Layout of ``out``: ``shard-000000.tar``, ``shard-000001.tar``, ... (``shard_size`` samples
 each; members ``KEY.jpg`` plus ``KEY.cls`` and/or ``KEY.txt``, keys being running sample
 numbers), each with its index ``shard-XXXXXX.tar.idx.npy``; ``classes.txt`` (folder
-sources: one class name a line, line number = label); ``convert.json``, the state that
+sources with class sub-folders: one class name a line, line number = label; a flat folder
+of images has no classes, so no ``KEY.cls`` and no ``classes.txt``); ``convert.json``, the state that
 makes a conversion resumable.
 
 A conversion is deterministic (files in sorted order) and resumable: each shard is written
@@ -47,7 +48,7 @@ from tqdm import tqdm
 from ssl_zoo.data.decode import PIL_ERRORS
 from ssl_zoo.data.shards.index import build_index, index_path, load_index
 from ssl_zoo.data.shards.paths import expand_shard_paths
-from ssl_zoo.data.sources import IMAGE_EXTENSIONS, _load_image, read_pairs_file
+from ssl_zoo.data.sources import IMAGE_EXTENSIONS, _load_image, list_image_folder, read_pairs_file
 from ssl_zoo.errors import DataFormatError, DataNotFoundError, RecipeError
 
 JPEG_QUALITY = 95
@@ -76,6 +77,7 @@ class ConvertSummary:
     classes: list[str] | None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     empty_classes: list[str] = field(default_factory=list)  # class folders without images
+    unlabelled_folder: bool = False  # a folder source without class sub-folders
     seconds: float = 0.0
 
     def __str__(self) -> str:
@@ -85,6 +87,8 @@ class ConvertSummary:
         ]
         if self.classes is not None:
             lines.append(f"  {len(self.classes)} classes, listed in {self.out / 'classes.txt'}")
+        if self.unlabelled_folder:
+            lines.append("  unlabelled: the folder has no class sub-folders (no .cls members, no classes.txt)")
         if self.empty_classes:
             lines.append(
                 f"  {len(self.empty_classes)} empty class folder(s), kept as classes without images: "
@@ -171,42 +175,23 @@ def read_class_list(name_or_path: str) -> list[str]:
     return [name for name in names if name]
 
 
-def _folder_jobs(source: Path, only: list[str] | None = None) -> tuple[list[_Job], list[str], list[str]]:
-    """Images of ``source/<class>/**``: (jobs in sorted order, classes, empty classes).
+def _folder_jobs(source: Path, only: list[str] | None = None) -> tuple[list[_Job], list[str] | None, list[str]]:
+    """Images of ``source/<class>/**``, or of a flat ``source`` without sub-folders (unlabelled,
+    ``list_image_folder``): (jobs in sorted order, classes or None, empty classes).
     ``only``: the class folders to take (all when None); each must exist."""
-    if not source.is_dir():
-        raise DataNotFoundError(
-            f"Image folder not found: {source.absolute()}. Give the folder that holds one "
-            f"sub-folder of images per class (DIR/<class>/<image>.jpg)."
-        )
-    classes = sorted(d.name for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if only is not None:
-        missing = sorted(set(only) - set(classes))
-        if missing:
-            raise DataFormatError(
-                f"{source} lacks {len(missing)} of the {len(only)} listed class folders, e.g. "
-                f"{', '.join(missing[:5])}. Give the folder that holds them (ImageNet's train/ or val/)."
-            )
-        classes = sorted(only)
-    if not classes:
-        raise DataFormatError(
-            f"{source} has no class sub-folders; put each class's images in its own folder, "
-            f"e.g. {source / 'cats' / 'img1.jpg'}."
-        )
-    jobs, empty = [], []
-    for label, name in enumerate(classes):
-        files = sorted(
-            p for p in (source / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
-        if not files:
-            empty.append(name)
-        jobs += [_Job(p, label=label) for p in files]
-    if not jobs:
+    listing = list_image_folder(source, classes=only)
+    jobs = [
+        _Job(path, label=label if listing.labelled else None)
+        for label, files in enumerate(listing.files)
+        for path in files
+    ]
+    if not jobs:  # (a flat folder without images is already an error of list_image_folder)
         raise DataFormatError(
             f"{source} holds no image files (looked for {', '.join(IMAGE_EXTENSIONS)} in its "
-            f"class folders {classes}); add images."
+            f"class folders {listing.classes}); add images."
         )
-    return jobs, classes, empty
+    empty = [name for name, files in zip(listing.classes or [], listing.files) if not files]
+    return jobs, listing.classes, empty
 
 
 def _pairs_jobs(source: Path) -> list[_Job]:
@@ -300,8 +285,9 @@ def convert(
     progress: bool = True,
     classes: list[str] | None = None,
 ) -> ConvertSummary:
-    """Convert an image folder (``"folder"``: DIR/<class>/**/image) or a pairs file
-    (``"pairs"``: CSV ``path,caption`` or JSONL) to indexed shards in ``out``.
+    """Convert an image folder (``"folder"``: DIR/<class>/**/image, or DIR/image without
+    labels) or a pairs file (``"pairs"``: CSV ``path,caption`` or JSONL) to indexed shards in
+    ``out``.
 
     Resumes an interrupted conversion of the same source and settings into ``out``.
     Unreadable files are skipped and listed in the summary with the reason. ``classes``:
@@ -379,6 +365,7 @@ def convert(
         classes=classes,
         skipped=[(path, reason) for s in shards for path, reason in s["skipped"]],
         empty_classes=empty,
+        unlabelled_folder=source_kind == "folder" and classes is None,
         seconds=time.perf_counter() - started,
     )
 
@@ -428,7 +415,7 @@ def shards_command(argv: list[str]) -> int:
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument(
         "--from", dest="source", nargs=2, metavar=("KIND", "SOURCE"),
-        help="'folder DIR' (DIR/<class>/<image>) or 'pairs FILE' (CSV path,caption or JSONL)",
+        help="'folder DIR' (DIR/<class>/<image>, or DIR/<image>: unlabelled) or 'pairs FILE' (CSV path,caption or JSONL)",
     )
     action.add_argument(
         "--index", metavar="PATH",
