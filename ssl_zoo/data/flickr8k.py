@@ -50,11 +50,15 @@ ARCHIVE = "flickr8k_64.npz"  # the file name load_shared_flickr8k reads
 SIZE = 64
 SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "dev": "Flickr_8k.devImages.txt", "test": "Flickr_8k.testImages.txt"}
 CAPTIONS_FILE = "Flickr8k.token.txt"
-HOW_TO_BUILD = (
-    f"Build it from the public Flickr8k download: fetch {RELEASE}/Flickr8k_Dataset.zip and "
-    f"{RELEASE}/Flickr8k_text.zip, then run `python -m ssl_zoo.data.flickr8k Flickr8k_Dataset.zip "
-    f"Flickr8k_text.zip --out ROOT` (it checks their MD5 sums) and pass --data.root ROOT."
-)
+
+
+def how_to_build(root: Path) -> str:
+    """The commands that make ``root/flickr8k_64.npz``, for error messages."""
+    return (
+        f"Build it from the public Flickr8k download: fetch {RELEASE}/Flickr8k_Dataset.zip and "
+        f"{RELEASE}/Flickr8k_text.zip (1 GB and 2 MB), then run `python -m ssl_zoo.data.flickr8k "
+        f"Flickr8k_Dataset.zip Flickr8k_text.zip --out {root}` (it checks their MD5 sums)."
+    )
 
 
 def _md5(path: Path) -> str:
@@ -113,7 +117,7 @@ def build_flickr8k_archive(
     zips = {"images": Path(images_zip), "text": Path(text_zip)}
     for path in zips.values():
         if not path.is_file():
-            raise DataNotFoundError(f"{path.absolute()} not found. {HOW_TO_BUILD}")
+            raise DataNotFoundError(f"{path.absolute()} not found. {how_to_build(Path(out))}")
         if md5 is not None and path.name in md5 and (got := _md5(path)) != md5[path.name]:
             raise DataFormatError(
                 f"{path}: MD5 {got}, expected {md5[path.name]} (the published {path.name}). "
@@ -176,7 +180,9 @@ def build_flickr8k_archive(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / ARCHIVE, **arrays)
+    partial = out / f"{ARCHIVE}.partial.npz"  # renamed when whole: a killed build leaves no archive to trust
+    np.savez_compressed(partial, **arrays)
+    partial.replace(out / ARCHIVE)
     return out / ARCHIVE
 
 
@@ -192,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = build_flickr8k_archive(args.images_zip, args.text_zip, args.out, md5=None if args.skip_md5 else PUBLISHED_MD5)
+        # Read back as training reads it: the counts are what the recipes will see.
         counts = ", ".join(f"{len(load_shared_flickr8k(path.parent, split))} {split}" for split in SPLIT_FILES)
     except SslZooError as error:
         print(f"ssl_zoo: error: {error}", file=sys.stderr)
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 def _load_split(config: DataConfig, split: str, seed: int) -> ImageSet:
     archive = Path(config.root).expanduser() / ARCHIVE
     if not archive.is_file():  # (the loader's own message points at the repository's stand-in)
-        raise DataNotFoundError(f"Flickr8k archive not found: {archive.absolute()}. {HOW_TO_BUILD}")
+        raise DataNotFoundError(f"Flickr8k archive not found: {archive.absolute()}. {how_to_build(archive.parent)}")
     return load_shared_flickr8k(archive.parent, split)
 
 
