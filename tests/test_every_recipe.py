@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from conftest import write_random_shards
-from test_flickr8k import write_flickr8k_zips
+from test_public_data import write_flickr8k_zips
 from test_imagenet100 import write_imagenet100_shards
 from ssl_zoo.cli import main
 from ssl_zoo.data.flickr8k import build_flickr8k_archive

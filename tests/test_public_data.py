@@ -1,8 +1,10 @@
-"""The Flickr8k archive builder (`python -m ssl_zoo.data.flickr8k`) on zips laid out as the
-public release's, and the `flickr8k` dataset the CLIP recipes read."""
+"""The data the bundled CIFAR-10 and Flickr8k recipes read, as a user gets it: torchvision's
+CIFAR-10 (downloaded), and the Flickr8k archive that `python -m ssl_zoo.data.flickr8k` builds
+from the public release's zips (here, zips laid out as the release's)."""
 
 import hashlib
 import io
+import urllib.error
 import zipfile
 from pathlib import Path
 
@@ -15,9 +17,22 @@ from ssl_zoo.cli import main as cli_main
 from ssl_zoo.data.flickr8k import PUBLISHED_MD5, build_flickr8k_archive, main
 from ssl_zoo.data.sources import _load_image, load_shared_flickr8k
 from ssl_zoo.errors import DataFormatError
+from ssl_zoo.recipe import available_recipes, parse_recipe
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+CIFAR_RECIPES = sorted(name for name in available_recipes() if name.endswith("_cifar10"))
 COUNTS = {"train": 3, "dev": 2, "test": 2}
+
+
+def test_no_bundled_recipe_reads_the_repositorys_stand_ins():
+    """shared_cifar10 and shared_flickr8k exist only beside this checkout: tests pass them."""
+    recipes = {name: parse_recipe(["--recipe", name]).data.name for name in available_recipes()}
+    assert not {name: data for name, data in recipes.items() if data.startswith("shared_")}
+    assert recipes["clip_convnet4_flickr8k"] == recipes["clip_resnet18_flickr8k"] == "flickr8k"
+
+
+# ----------------------------------------------------------------------------------------
+# Flickr8k
 
 
 def gradient(width: int, height: int, seed: int) -> np.ndarray:
@@ -125,3 +140,30 @@ def test_a_recipe_without_the_archive_says_how_to_build_it(tmp_path, capsys):
     assert str(tmp_path / "nowhere" / "flickr8k_64.npz") in error
     assert "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/Flickr8k_text.zip" in error
     assert "python -m ssl_zoo.data.flickr8k Flickr8k_Dataset.zip Flickr8k_text.zip --out" in error
+
+
+# ----------------------------------------------------------------------------------------
+# CIFAR-10
+
+
+def test_the_cifar10_recipes_download_torchvisions_cifar10():
+    assert len(CIFAR_RECIPES) == 4
+    for name in CIFAR_RECIPES:
+        data = parse_recipe(["--recipe", name]).data
+        assert (data.name, data.root, data.download, data.image_size) == ("cifar10", "data/cifar10", True, 32), name
+
+
+def test_a_cifar10_recipe_offline_says_where_to_get_the_data(tmp_path, capsys, monkeypatch):
+    import torchvision.datasets.cifar as cifar
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
+    code = cli_main(["fit", "--recipe", "simclr_convnet4_cifar10", "--data.root", str(tmp_path / "empty"),
+                     "--trainer.output_dir", str(tmp_path / "runs")])
+    error = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in error
+    assert f"cifar10 not found under {tmp_path / 'empty'} and the download failed" in error
+    assert "`download: true`" in error and "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in error
+    assert str(tmp_path / "empty" / "cifar-10-batches-py") in error
