@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from conftest import write_random_shards
-from test_public_data import write_flickr8k_zips
 from test_imagenet100 import write_imagenet100_shards
+from test_public_data import write_flickr8k_zips
 from ssl_zoo.cli import main
 from ssl_zoo.data.flickr8k import build_flickr8k_archive
 from ssl_zoo.recipe import available_recipes, parse_recipe
