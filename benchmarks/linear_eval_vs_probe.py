@@ -32,10 +32,16 @@ from ssl_zoo.recipe import parse_recipe
 from ssl_zoo.train import fit
 
 RESULTS = Path(__file__).parent / "results"
+# The repository's JPEG copy of CIFAR-10, beside the checkout: the committed result was
+# measured on it, so training and both protocols read it (the recipe itself reads
+# torchvision's CIFAR-10).
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+ON_SHARED = {"data": "shared_cifar10", "root": str(SHARED)}
 
 
 def train(steps: int, folder: Path) -> Path:
     recipe = parse_recipe(["--recipe", "simclr_convnet4_cifar10", "--trainer.max_steps", str(steps),
+                           "--data.name", ON_SHARED["data"], "--data.root", ON_SHARED["root"],
                            "--trainer.output_dir", str(folder)])
     return fit(recipe, enable_progress_bar=False).checkpoint
 
@@ -47,13 +53,15 @@ def main() -> None:
     parser.add_argument("--probe-epochs", type=int, help="the probe's epochs (default: the method's paper's)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    if not (SHARED / "cifar10.npz").is_file():
+        sys.exit(f"{SHARED / 'cifar10.npz'} not found: this benchmark scores on the repository's shared CIFAR-10 copy.")
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(args.ckpt) if args.ckpt else train(args.train_steps, Path(tmp))
         model = load_method(ckpt)
         rows = {}
         for protocol in ("features", "probe"):
-            config = EvalConfig(protocol=protocol, probe_epochs=args.probe_epochs, device=args.device)
+            config = EvalConfig(protocol=protocol, probe_epochs=args.probe_epochs, device=args.device, **ON_SHARED)
             started = time.perf_counter()
             result = evaluate(model, config, with_text=False)
             rows[protocol] = {

@@ -85,7 +85,8 @@ def test_missing_imagenet_shards_say_how_to_convert_and_what_downloads(tmp_path)
 
 
 def test_missing_shared_archive_is_a_clear_error(tmp_path):
-    result = run_cli("fit", "--recipe", "simclr_resnet18_cifar10", "--data.root", str(tmp_path))
+    result = run_cli("fit", "--recipe", "simclr_resnet18_cifar10", "--data.name", "shared_cifar10",
+                     "--data.root", str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "cifar10.npz" in result.stderr
 

@@ -1,9 +1,10 @@
 """Every bundled recipe trains two steps through `fit` and is scored by `eval`.
 
 Each recipe runs as it is, shrunk only in size (batch, image size, steps, monitor sets),
-never in method, on a small stand-in for its dataset: fake STL-10 binaries, a generated
-ImageFolder tree, a generated pairs CSV, or the shared CIFAR-10/Flickr8k copies. New
-recipes are picked up by listing the folder; a dataset without a stand-in fails here.
+never in method, on a small stand-in for its dataset: fake CIFAR-10 and STL-10 files in
+torchvision's layout, a generated ImageFolder tree, a generated pairs CSV, or a Flickr8k
+archive built from zips laid out as the public release's. New recipes are picked up by
+listing the folder; a dataset without a stand-in fails here.
 """
 
 from pathlib import Path
@@ -15,11 +16,12 @@ from PIL import Image
 
 from conftest import write_random_shards
 from test_imagenet100 import write_imagenet100_shards
+from test_public_data import write_flickr8k_zips
 from ssl_zoo.cli import main
+from ssl_zoo.data.flickr8k import build_flickr8k_archive
 from ssl_zoo.recipe import available_recipes, parse_recipe
 from ssl_zoo.train import fit
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 SHRINK = {
     "data.image_size": 32, "augment.size": 32, "data.batch_size": 8, "data.knn_bank_size": 32,
     "data.val_size": 16, "trainer.max_steps": 2, "trainer.val_every_n_steps": 2,
@@ -68,23 +70,30 @@ def pairs_csv(root: Path, monkeypatch) -> dict:
     return {"data.root": root / "pairs.csv"}
 
 
-def shared(root: Path, monkeypatch) -> dict:
-    """The first images of each split of the shared archives, in their own format (decoding
-    all 60,000 CIFAR-10 images twice per recipe would cost more than the training)."""
-    if not SHARED.is_dir():
-        pytest.skip("../shared/data not found: the recipes on the shared CIFAR-10/Flickr8k copies need it")
-    root.mkdir(parents=True)
-    for name in ("cifar10.npz", "flickr8k_64.npz"):
-        with np.load(SHARED / name, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-        for split in [key.removesuffix("_offsets") for key in arrays if key.endswith("_offsets")]:
-            offsets = arrays[f"{split}_offsets"][:97]  # 96 images
-            arrays[f"{split}_offsets"] = offsets
-            arrays[f"{split}_body"] = arrays[f"{split}_body"][: offsets[-1]]
-            for key in (f"{split}_labels", f"{split}_captions", f"{split}_files"):
-                if key in arrays:
-                    arrays[key] = arrays[key][:96]
-        np.savez(root / name, **arrays)
+def fake_cifar10(root: Path, monkeypatch) -> dict:
+    """torchvision's CIFAR-10 python batches, 20 random images each (the real ones hold
+    10,000); the recipes' `download: true` finds them in place and downloads nothing."""
+    import pickle
+
+    import torchvision.datasets.cifar as cifar
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (20, 3 * 32 * 32), dtype=np.uint8),
+                         "labels": (np.arange(20) % 10).tolist()}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)  # no real checksums
+    return {"data.root": root}
+
+
+def flickr8k_archive(root: Path, monkeypatch) -> dict:
+    """The archive `python -m ssl_zoo.data.flickr8k` builds, from fake release zips."""
+    images, text = write_flickr8k_zips(root / "download", {"train": 24, "dev": 2, "test": 16})
+    build_flickr8k_archive(images, text, root, md5=None)
     return {"data.root": root}
 
 
@@ -103,8 +112,8 @@ STAND_INS = {
     "stl10": fake_stl10,
     "folder": image_folder,
     "pairs": pairs_csv,
-    "shared_cifar10": shared,
-    "shared_flickr8k": shared,
+    "cifar10": fake_cifar10,
+    "flickr8k": flickr8k_archive,
 }
 
 

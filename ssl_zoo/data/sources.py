@@ -162,21 +162,24 @@ def load_torchvision(
             f"Unknown split '{split}' for {name}; valid splits: "
             f"{', '.join(_TORCHVISION_SPLITS[name])}."
         )
+    cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100, "stl10": datasets.STL10}[name]
     try:
         if name == "stl10":
-            ds = datasets.STL10(str(root), split=split, download=download)
+            ds = cls(str(root), split=split, download=download)
         else:
-            cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
             ds = cls(str(root), train=split == "train", download=download)
     except (RuntimeError, OSError) as e:  # "Dataset not found or corrupted", URLError, ...
-        how = (
-            "the download failed (no internet?); run once where there is internet"
-            if download
-            else "run once with internet and `download: true` (--data.download true)"
-        )
+        where = Path(root).absolute()
+        by_hand = f"or download {cls.url} yourself and unpack it there (it makes {where / cls.base_folder})"
+        if download:
+            raise DataNotFoundError(
+                f"{name} not found under {where} and the download failed (torchvision: {e}; no "
+                f"internet?). Run once where there is internet (`download: true` saves it there), "
+                f"{by_hand}."
+            ) from None
         raise DataNotFoundError(
-            f"{name} not found under {Path(root).absolute()} (torchvision: {e}). To get it, "
-            f"{how}, or place torchvision's {name} files under that root."
+            f"{name} not found under {where} (torchvision: {e}). To get it, run once with internet "
+            f"and `download: true` (--data.download true), {by_hand}."
         ) from None
 
     if name == "stl10":
