@@ -37,7 +37,7 @@ usage:
 examples:
   python -m ssl_zoo fit --recipe quickstart      SimCLR on the embedded shapes data, CPU, minutes
   python -m ssl_zoo fit --recipe byol_shapes --trainer.max_epochs 5 --data.batch_size 128
-  python -m ssl_zoo fit --recipe simclr_resnet18_cifar10 --data.root ../shared/data
+  python -m ssl_zoo fit --recipe simclr_resnet18_cifar10   CIFAR-10 from torchvision, downloaded once into data/cifar10
   python -m ssl_zoo fit --recipe my_recipe.yaml  a recipe file of your own
 
 A run writes runs/<recipe>/version_N/: checkpoints/last.ckpt, TensorBoard logs
