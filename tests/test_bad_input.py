@@ -291,6 +291,14 @@ def _(capsys, tmp_path, **_):
     assert_clear_error(*run(capsys, "fit", "--recipe", recipe), "reference.protocol", "probe", "features")
 
 
+@case("missing-flickr8k")
+def _(capsys, tmp_path, **_):
+    root = tmp_path / "nowhere"
+    assert_clear_error(*run(capsys, "fit", "--recipe", "clip_convnet4_flickr8k", "--data.root", root),
+                       "Flickr8k archive not found", "Flickr8k_Dataset.zip", "python -m ssl_zoo.data.flickr8k")
+    assert not root.exists()
+
+
 @case("eval-unknown-protocol")
 def _(capsys, tmp_path, simclr_run, **_):
     assert_clear_error(*run(capsys, "eval", "--ckpt", simclr_run, "--protocol", "linear", "--no-cache"),
