@@ -77,7 +77,7 @@ def _convnet(widths: tuple[int, ...]) -> Backbone:
     images, and the 4x downsampling of its stem leaves a 1x1 map after the last stage. This
     net keeps full resolution in its first stage and, with widths 16-32-64-128 (98 k
     parameters), trains ~1,900 pairs/s: enough steps in 90 s for SimCLR, BYOL and CLIP to
-    learn shapes well above random init (README, "What moved the numbers").
+    learn shapes well above random init (docs/what_moved_the_numbers.md).
     """
     layers: list[nn.Module] = []
     channels = 3
