@@ -78,9 +78,9 @@ class OptimConfig:
 
     optimizer: Literal["sgd", "lars", "adamw"] = "sgd"
     """sgd, lars (layer-wise rate, as SimCLR and BYOL at large batches) or adamw."""
-    lr: float = ranged(0.06, above=0)
+    lr: float = ranged(0.06, at_least=0)
     """Peak learning rate per 256 images: the optimiser gets it scaled by the global batch as
-    optim.lr_scaling says (linear: lr x global batch / 256)."""
+    optim.lr_scaling says (linear: lr x global batch / 256); 0 keeps the weights as they start."""
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
     """How optim.lr follows the global batch: linear, lr x batch / 256 (SimCLR, BYOL, MoCo v3);
     sqrt, lr x sqrt(batch / 256); none, lr as given at any batch (CLIP and open_clip)."""
