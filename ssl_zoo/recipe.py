@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import importlib.resources
 import math
 import re
 from dataclasses import dataclass, field
@@ -270,12 +269,13 @@ class Recipe:
 
 
 def recipes_dir() -> Path:
-    """The folder of the bundled recipes: ``recipes/`` at the top of a source checkout,
-    or the ``ssl_zoo.recipes`` package data that a wheel installs from it."""
-    checkout = Path(__file__).resolve().parents[1] / "recipes"
-    if checkout.is_dir():
-        return checkout
-    return Path(str(importlib.resources.files("ssl_zoo.recipes")))
+    """The folder of the bundled recipes: ``ssl_zoo/recipes`` where a wheel installed them
+    (package data mapped from ``recipes/``), else ``recipes/`` at the top of a source checkout."""
+    # NOTE: not importlib.resources.files("ssl_zoo.recipes"): the folder has no __init__.py,
+    # so it is a namespace package, whose files() is a MultiplexedPath and no Path.
+    package = Path(__file__).resolve().parent
+    installed = package / "recipes"
+    return installed if installed.is_dir() else package.parent / "recipes"
 
 
 def available_recipes() -> dict[str, Path]:
