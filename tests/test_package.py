@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 README_EXAMPLE = """\
 from ssl_zoo import bench, evaluate, fit, load_recipe
 
-recipe = load_recipe("quickstart", data={"num_images": 1024}, trainer={"max_epochs": 1})
-run = fit(recipe)                                   # runs/quickstart/version_0: checkpoint, logs
-print(evaluate(run.checkpoint)["metrics"])          # kNN and linear top-1, diagnostics
-bench(["quickstart"], epochs=1, baselines=False, data={"num_images": 1024})  # runs/bench/report.md
+recipe = load_recipe("quickstart", data={"num_images": 512}, trainer={"max_epochs": 1})  # a toy run
+run = fit(recipe)                                          # runs/quickstart/version_0: checkpoint, logs
+print(evaluate(run.checkpoint, max_test=100)["metrics"])   # kNN and linear top-1, diagnostics
+bench(["quickstart"], epochs=1, baselines=False, max_test=100, data={"num_images": 512})  # runs/bench/report.md
 """
 
 

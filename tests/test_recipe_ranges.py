@@ -23,9 +23,14 @@ def _is_numeric(hint) -> bool:
     return hint in (int, float) or any(_is_numeric(arg) for arg in typing.get_args(hint))
 
 
+def bundled_sections() -> dict[str, type]:
+    """ssl_zoo's own sections; not those of methods defined elsewhere (tests/test_new_method.py's)."""
+    return {key: config_type for key, config_type in sections().items() if config_type.__module__.startswith("ssl_zoo.")}
+
+
 def numeric_keys() -> list[tuple[str, dataclasses.Field, type]]:
     keys = []
-    for section, config_type in sections().items():
+    for section, config_type in bundled_sections().items():
         hints = typing.get_type_hints(config_type)
         keys += [(section, f, hints[f.name]) for f in dataclasses.fields(config_type) if _is_numeric(hints[f.name])]
     return keys
@@ -48,7 +53,8 @@ NUMERIC_KEYS = numeric_keys()
 
 def test_the_walk_finds_every_section_and_its_numbers():
     walked = {section for section, _, _ in NUMERIC_KEYS}
-    assert walked == {"data", "augment", "optim", "trainer", "reference", *METHODS.names()}
+    assert walked >= {"data", "augment", "optim", "trainer", "reference", "simclr", "byol", "clip", "supervised"}
+    assert set(bundled_sections()) == walked  # every section has numbers
     assert len(NUMERIC_KEYS) >= 40  # today 45; fewer means the walk missed some
 
 
