@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from ssl_zoo.eval.imported import ImportedModel
@@ -48,7 +48,7 @@ def fit(recipe: Recipe | str | Path, *, resume: str | Path | None = None, progre
 
 
 def evaluate(model: str | Path | SSLMethod | ImportedModel, *, data: str | None = None, root: str | None = None,
-             protocol: str = "features", max_train: int | None = None, max_test: int | None = None,
+             protocol: Literal["features", "probe"] = "features", max_train: int | None = None, max_test: int | None = None,
              device: str = "auto", **options: Any) -> dict[str, Any]:
     """Score ``model`` (a checkpoint ``fit`` wrote, or a model) as ``ssl_zoo eval`` does: linear
     and kNN top-1 on ``data`` (default: the recipe's own), zero-shot and retrieval for models
