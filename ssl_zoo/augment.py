@@ -32,53 +32,61 @@ from kornia.enhance import (
 from kornia.filters import gaussian_blur2d
 from torch import Tensor, nn
 
+from ssl_zoo.ranges import range_errors, ranged
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
 class AugmentConfig:
-    """One recipe section: how every view is made. Defaults are SimCLR's ImageNet recipe.
+    """augment: how every view is made (defaults: SimCLR's ImageNet recipe).
 
     Fields given as pairs (``blur_p``, ``solarize_p``) are per view: BYOL's views differ
     there. The other fields apply to every view.
     """
 
-    size: int = 32  # side of the output views, pixels
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # area fraction of the crop
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio of the crop
-    flip_p: float = 0.5
-    jitter_p: float = 0.8
-    # brightness, contrast, saturation, hue strengths, as torchvision's ColorJitter
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
-    grayscale_p: float = 0.2
-    blur_p: tuple[float, float] = (0.5, 0.5)
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_p: tuple[float, float] = (0.0, 0.0)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    size: int = ranged(32, at_least=8)
+    """Side of the output views, in pixels."""
+    crop_scale: tuple[float, float] = ranged((0.08, 1.0), above=0, at_most=1)
+    """Random resized crop: the range of the crop's area, as a fraction of the image's."""
+    crop_ratio: tuple[float, float] = ranged((3 / 4, 4 / 3), above=0)
+    """Random resized crop: the range of the crop's aspect ratio (width / height)."""
+    flip_p: float = ranged(0.5, at_least=0, at_most=1)
+    """Probability of a horizontal flip."""
+    jitter_p: float = ranged(0.8, at_least=0, at_most=1)
+    """Probability of colour jitter."""
+    jitter: tuple[float, float, float, float] = ranged((0.4, 0.4, 0.4, 0.1), at_least=0)
+    """Colour jitter's brightness, contrast, saturation and hue strengths, as torchvision's
+    ColorJitter (hue at most 0.5)."""
+    grayscale_p: float = ranged(0.2, at_least=0, at_most=1)
+    """Probability of turning a view grey."""
+    blur_p: tuple[float, float] = ranged((0.5, 0.5), at_least=0, at_most=1)
+    """Probability of a Gaussian blur, for the first and the second view."""
+    blur_sigma: tuple[float, float] = ranged((0.1, 2.0), above=0)
+    """The range the blur's sigma is drawn from, in pixels of the view."""
+    solarize_p: tuple[float, float] = ranged((0.0, 0.0), at_least=0, at_most=1)
+    """Probability of solarizing, for the first and the second view."""
+    mean: tuple[float, float, float] = ranged(IMAGENET_MEAN, at_least=0, at_most=1)
+    """Per-channel mean subtracted from views in [0, 1] (ImageNet's by default)."""
+    std: tuple[float, float, float] = ranged(IMAGENET_STD, above=0)
+    """Per-channel standard deviation views are divided by (ImageNet's by default)."""
 
     def __post_init__(self) -> None:
-        checks = {
-            "size": self.size >= 8,
-            "crop_scale": 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
-            "crop_ratio": 0 < self.crop_ratio[0] <= self.crop_ratio[1],
-            "jitter": all(s >= 0 for s in self.jitter) and self.jitter[3] <= 0.5,
-            "blur_sigma": 0 < self.blur_sigma[0] <= self.blur_sigma[1],
-            "std": all(s > 0 for s in self.std),
-        }
-        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
-            value = getattr(self, name)
-            checks[name] = all(0 <= p <= 1 for p in (value if isinstance(value, tuple) else (value,)))
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
+        # Checked here too, not only when a recipe loads: views are also made from a bare AugmentConfig.
+        errors = range_errors(self, "augment")
+        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
+            low, high = getattr(self, name)
+            if low > high:
+                errors.append(f"augment.{name} = {[low, high]} (valid: [low, high] with low <= high)")
+        if self.jitter[3] > 0.5:
+            errors.append(f"augment.jitter = {list(self.jitter)} (valid: the hue strength, the last, in [0, 0.5])")
+        if errors:
             from ssl_zoo.errors import RecipeError
 
-            values = ", ".join(f"augment.{name} = {getattr(self, name)}" for name in bad)
             raise RecipeError(
-                f"Invalid recipe value: {values}. Crop scale is an "
-                "area fraction in (0, 1], probabilities lie in [0, 1], the hue strength "
-                "in [0, 0.5], sizes are at least 8 pixels."
+                f"Invalid recipe value{'s' if len(errors) > 1 else ''}, out of range: {'; '.join(errors)}. "
+                f"Set {'each' if len(errors) > 1 else 'it'} within its range, in the recipe or with --augment.KEY VALUE."
             )
 
     @property

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import importlib.resources
 import math
 import re
 from dataclasses import dataclass, field
@@ -20,39 +19,53 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
 from ssl_zoo.augment import AugmentConfig
 from ssl_zoo.errors import RecipeError
+from ssl_zoo.ranges import field_ranges, range_errors, ranged
 from ssl_zoo.registry import DATASETS, METHODS
 
 
 @dataclass
 class DataConfig:
-    name: str = "shapes"  # a registered dataset (ssl_zoo.registry.DATASETS; `ssl_zoo recipes` lists them)
-    # Where the data lives: torchvision's download folder (cifar10/cifar100/stl10), the
-    # folder of cifar10.npz / flickr8k_64.npz (shared_*), an ImageFolder root with
-    # train/ and val/ inside (folder), a CSV/JSONL file of path,caption (pairs), or
-    # WebDataset tar shards: a folder of .tar files or a pattern train-{000000..000145}.tar.
+    """data: which images a run trains on, how many at a time, and how they are loaded."""
+
+    name: str = "shapes"
+    """A registered dataset (`ssl_zoo recipes` lists them)."""
     root: str = "data"
-    download: bool = False  # torchvision datasets only; needs internet
-    train_split: str | None = None  # None: the dataset's usual training split
-    val_split: str | None = None  # None: the dataset's usual test split
-    image_size: int = 32  # side of the stored images (shapes render size, folders resize)
-    num_images: int = 4000  # shapes only: training images (validation: a quarter as many)
-    batch_size: int = 256  # per process
-    # DataLoader worker processes. None: 0 for in-memory data (indexed a batch at a time),
-    # every core of this process's share for shards (they decode there).
-    num_workers: int | None = None
-    # shards only: validation shards for the monitors (None: hold out val_size training samples)
+    """Where the data lives: torchvision's download folder (cifar10, cifar100, stl10); the folder
+    of cifar10.npz / flickr8k_64.npz (shared_*); an ImageFolder root with train/ and val/ inside
+    (folder); a CSV/JSONL file of path,caption (pairs); or WebDataset tar shards, a folder of .tar
+    files or a pattern train-{000000..000145}.tar (shards)."""
+    download: bool = False
+    """torchvision datasets only: download them when missing (needs internet)."""
+    train_split: str | None = None
+    """The training split; null: the dataset's usual one."""
+    val_split: str | None = None
+    """The validation split the monitors score; null: the dataset's usual test split."""
+    image_size: int = ranged(32, at_least=8)
+    """Side of the stored images in pixels (shapes are drawn at it, folder images resized to it)."""
+    num_images: int = ranged(4000, at_least=1)
+    """shapes only: training images (validation: a quarter as many)."""
+    batch_size: int = ranged(256, at_least=1)
+    """Images per process and step; the global batch (x processes) scales optim.lr."""
+    # In-memory data is indexed a batch at a time, so workers would only add copies; shards
+    # decode in them, so they get every core of this process's share.
+    num_workers: int | None = ranged(None, at_least=0)
+    """DataLoader worker processes; null: 0 for in-memory data, every core for shards."""
     val_root: str | None = None
-    # shards only: where JPEGs are decoded. auto: on the GPU (nvJPEG) when training on one,
-    # else in the DataLoader workers.
+    """shards only: validation shards for the monitors; null: hold out data.val_size training samples."""
     decode: Literal["auto", "worker", "device"] = "auto"
-    hold_on_device: bool = True  # keep the uint8 dataset on the GPU when there is one
-    knn_bank_size: int = 10_000  # training images in the kNN monitor's memory bank
-    val_size: int | None = None  # validation images the monitors score (None: the whole split)
-    context_length: int = 77  # methods with text (CLIP) only: tokens per caption
+    """shards only: where JPEGs are decoded; auto: on the GPU (nvJPEG) when training on one, else in the workers."""
+    hold_on_device: bool = True
+    """Keep the uint8 dataset in GPU memory when training on a GPU."""
+    knn_bank_size: int = ranged(10_000, at_least=1)
+    """Training images in the kNN monitor's memory bank."""
+    val_size: int | None = ranged(None, at_least=1)
+    """Validation images the monitors score; null: the whole split."""
+    context_length: int = ranged(77, at_least=2)
+    """Methods with text (CLIP) only: tokens per caption, <start> and <end> included."""
 
     def __post_init__(self) -> None:
         DATASETS[self.name]  # an unknown name is an error that lists the valid ones
@@ -60,19 +73,29 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    """optim: the optimiser and its learning-rate schedule (linear warm-up, then cosine decay)."""
+
     optimizer: Literal["sgd", "lars", "adamw"] = "sgd"
-    lr: float = 0.06  # per 256 images; scaled by the global batch size (lr_scaling)
-    # linear: lr x global batch / 256 (SimCLR, BYOL, MoCo v3); sqrt: lr x sqrt(global batch / 256);
-    # none: lr as given at any batch (CLIP and open_clip give theirs so). See effective_lr.
+    """sgd, lars (layer-wise rate, as SimCLR and BYOL at large batches) or adamw."""
+    lr: float = ranged(0.06, at_least=0)
+    """Peak learning rate per 256 images: the optimiser gets it scaled by the global batch as
+    optim.lr_scaling says (linear: lr x global batch / 256); 0 keeps the weights as they start."""
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
-    momentum: float = 0.9  # sgd and lars
-    # lars only: the trust coefficient (eta; 0.001 in SimCLR, BYOL and lightly, 0.02 in
-    # solo-learn), and whether the layer-wise rate is clipped to the global one (solo-learn).
-    lars_eta: float = 0.001
+    """How optim.lr follows the global batch: linear, lr x batch / 256 (SimCLR, BYOL, MoCo v3);
+    sqrt, lr x sqrt(batch / 256); none, lr as given at any batch (CLIP and open_clip)."""
+    momentum: float = ranged(0.9, at_least=0, below=1)
+    """sgd and lars: momentum."""
+    # NOTE: 0.001 in SimCLR, BYOL and lightly, 0.02 in solo-learn.
+    lars_eta: float = ranged(0.001, above=0)
+    """lars only: the trust coefficient (eta) of the layer-wise rate."""
     lars_clip_lr: bool = False
-    weight_decay: float = 5e-4  # not applied to norm layers and biases
-    warmup_epochs: float = 10
-    probe_lr: float = 0.1  # the online linear probe's learning rate (same schedule)
+    """lars only: clip the layer-wise rate to the global one (as solo-learn)."""
+    weight_decay: float = ranged(5e-4, at_least=0)
+    """Weight decay; not applied to norm layers and biases."""
+    warmup_epochs: float = ranged(10, at_least=0)
+    """Epochs of linear warm-up from 0 to the peak rate (fractions allowed)."""
+    probe_lr: float = ranged(0.1, above=0)
+    """The online linear probe's learning rate (same schedule, not scaled)."""
 
 
 def effective_lr(optim: OptimConfig, global_batch: int) -> float:
@@ -87,53 +110,79 @@ def effective_lr(optim: OptimConfig, global_batch: int) -> float:
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 100
-    max_steps: int = -1  # optimiser steps; when set (> 0) it ends the run and sets the schedules' length
-    max_time: str | None = None  # wall-clock budget "DD:HH:MM:SS"; stops early when reached
+    """trainer: how long, on what and how often to validate, log and checkpoint (Lightning's Trainer)."""
+
+    max_epochs: int = ranged(100, at_least=1, also=(-1,))
+    """Epochs to train; -1: no limit (trainer.max_steps or max_time ends the run)."""
+    max_steps: int = ranged(-1, at_least=1, also=(-1,))
+    """Optimiser steps; when set it ends the run and sets the schedules' length; -1: unset."""
+    max_time: str | None = None
+    """Wall-clock budget "DD:HH:MM:SS"; the run stops early when it is reached."""
     accelerator: str = "auto"
-    devices: int | str = "auto"  # processes per node (GPUs, or CPU processes with accelerator cpu)
-    num_nodes: int = 1
-    strategy: str = "auto"  # Lightning's: "ddp" on several devices (what auto picks), "ddp_spawn", ...
-    # Batch-norm statistics over the global batch when there are several processes. None:
-    # as the method's paper does (on for SimCLR and BYOL, off for CLIP and supervised).
+    """cpu, gpu or auto."""
+    devices: int | str = ranged("auto", at_least=1, also=(-1,))
+    """Processes per node (GPUs, or CPU processes with accelerator cpu); -1 or auto: all."""
+    num_nodes: int = ranged(1, at_least=1)
+    """Machines."""
+    strategy: str = "auto"
+    """Lightning's strategy: ddp on several devices (what auto picks), ddp_spawn, ..."""
+    # NOTE: SimCLR's paper syncs batch norm (local statistics let positives cheat); CLIP's does not.
     sync_batchnorm: bool | None = None
-    precision: str = "32-true"  # "bf16-mixed" on recent GPUs
-    seed: int = 0
-    log_every_n_steps: int = 50
-    check_val_every_n_epoch: int = 1  # also how often the kNN monitor runs
-    val_every_n_steps: int | None = None  # validate every N optimiser steps instead of by epoch
-    output_dir: str = "runs"  # run folders go to output_dir/<recipe name>/version_N
-    checkpoint_every_n_steps: int | None = 500  # also at every epoch's end; None: only there
-    # Loggers beside TensorBoard, which always runs (the bench report reads its files); each
-    # writes inside the run folder. wandb and mlflow need their packages (pip install ...).
+    """Batch-norm statistics over the global batch under several processes; null: as the
+    method's paper does (on for SimCLR and BYOL, off for CLIP and supervised)."""
+    precision: str = "32-true"
+    """Lightning's precision: 32-true, or bf16-mixed on recent GPUs."""
+    seed: int = ranged(0, at_least=0, at_most=2**32 - 1)
+    """Seeds initialisation, data order and augmentation: the same seed repeats a run."""
+    log_every_n_steps: int = ranged(50, at_least=1)
+    """Steps between logged losses and learning rates."""
+    check_val_every_n_epoch: int = ranged(1, at_least=1)
+    """Epochs between validations (the kNN monitor and the online probe)."""
+    val_every_n_steps: int | None = ranged(None, at_least=1)
+    """Validate every N optimiser steps instead of by epoch; null: by epoch."""
+    output_dir: str = "runs"
+    """Run folders go to output_dir/<recipe name>/version_N."""
+    checkpoint_every_n_steps: int | None = ranged(500, at_least=1)
+    """Steps between checkpoints (also at every epoch's end); null: only at epochs' ends."""
+    # TensorBoard always runs beside them (the bench report reads its files).
     loggers: list[Literal["csv", "wandb", "mlflow"]] = field(default_factory=list)
+    """Loggers beside TensorBoard, each writing inside the run folder; wandb and mlflow need
+    their packages (pip install ssl_zoo[loggers])."""
 
 
 @dataclass
 class ReferenceConfig:
-    """The published result a recipe should reach, read beside ours in reports.
+    """reference: the published result a recipe should reach, read beside ours in reports.
 
     ``metric: none`` when there is no published counterpart; ``note`` then says why.
     """
 
     metric: Literal["knn_top1", "linear_top1", "zero_shot_top1", "none"] = "none"
-    value: float | None = None  # percent
-    # linear_top1 only: how the source's linear classifier was trained, as ``eval
-    # --protocol`` names it. probe: SGD on augmented crops of the frozen backbone (the
-    # protocol of SimCLR, BYOL, MoCo v3 and solo-learn); features: logistic regression on
-    # fixed features (CLIP's linear probes). A report compares only a number made the same way.
+    """The published metric; none: there is no published counterpart (reference.note says why)."""
+    value: float | None = ranged(None, at_least=0, at_most=100)
+    """The published number, in percent."""
+    # A report compares only a number made the same way.
     protocol: Literal["features", "probe"] | None = None
-    dataset: str = ""  # what it was scored on, e.g. "CIFAR-10 test"
-    epochs: int | None = None  # of pretraining
-    batch_size: int | None = None  # global
-    # The learning rate the source trains with at that global batch_size, after its own
-    # scaling rule (SimCLR's 0.3 x 4096 / 256 = 4.8): what effective_lr(optim, batch_size)
-    # must give (tests/test_recipe_lr.py). Where ssl_zoo's loss is a constant multiple of
-    # the source's, the rate that takes the source's steps, and the recipe's comment says so.
-    # Also set beside metric none when the optimiser settings still follow a source.
-    lr: float | None = None
-    source: str = ""  # paper and table, or repository and file
-    note: str = ""  # deviations from the source, or why there is none
+    """linear_top1 only: how the source trained its linear classifier, as `eval --protocol`
+    names it. probe: SGD on augmented crops of the frozen backbone (SimCLR, BYOL, MoCo v3,
+    solo-learn); features: logistic regression on fixed features (CLIP's linear probes)."""
+    dataset: str = ""
+    """What it was scored on, e.g. "CIFAR-10 test"."""
+    epochs: int | None = ranged(None, at_least=1)
+    """Epochs of pretraining behind the published number."""
+    batch_size: int | None = ranged(None, at_least=1)
+    """The source's global batch."""
+    # What effective_lr(optim, batch_size) must give (tests/test_recipe_lr.py). Where
+    # ssl_zoo's loss is a constant multiple of the source's, the rate that takes the
+    # source's steps, and the recipe's comment says so.
+    lr: float | None = ranged(None, above=0)
+    """The learning rate the source trains with at reference.batch_size, after its own scaling
+    rule (SimCLR's 0.3 x 4096 / 256 = 4.8); also set beside metric none when the optimiser
+    settings still follow a source."""
+    source: str = ""
+    """Paper and table, or repository and file."""
+    note: str = ""
+    """Deviations from the source, or why there is none."""
 
     def __post_init__(self) -> None:
         if self.metric == "none":
@@ -171,14 +220,20 @@ METRIC_NAMES = {"knn_top1": "kNN top-1", "linear_top1": "linear top-1", "zero_sh
 
 @dataclass
 class Recipe:
-    method: str  # a registered method (ssl_zoo.registry.METHODS; `ssl_zoo recipes` lists them)
-    name: str = "custom"  # the recipe's name; names the run folder
-    description: str = ""  # one line, shown by `ssl_zoo recipes`
-    backbone: str = "resnet18_cifar"  # a name from ssl_zoo.backbones.IMAGE_BACKBONES, or timm:NAME / torchvision:NAME
-    # Weights the backbone starts from, to fine-tune or continue (None: random init): a
-    # .safetensors or .pth file in the backbone's own keys (what `export` writes, what
-    # torchvision and timm publish) or a fit checkpoint, whose backbone is taken.
+    """A recipe: what to train, on what, and how."""
+
+    method: str
+    """A registered method (`ssl_zoo recipes` lists them)."""
+    name: str = "custom"
+    """The recipe's name; names the run folder."""
+    description: str = ""
+    """One line, shown by `ssl_zoo recipes`."""
+    backbone: str = "resnet18_cifar"
+    """A name from ssl_zoo.backbones.IMAGE_BACKBONES, or timm:NAME / torchvision:NAME."""
     init_weights: str | None = None
+    """Weights the backbone starts from, to fine-tune or continue (null: random init): a
+    .safetensors or .pth file in the backbone's own keys (what `export` writes, what torchvision
+    and timm publish) or a fit checkpoint, whose backbone is taken."""
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -197,15 +252,29 @@ class Recipe:
                 f"Recipe '{self.name}': the '{self.method}:' section must be a {config_type.__name__}, "
                 f"not {type(self.method_config).__name__}."
             )
+        # Every numeric key's range (declared beside its field), checked before anything runs.
+        errors = [error for key, section in self.sections().items() for error in range_errors(section, key)]
+        if errors:
+            raise RecipeError(
+                f"Invalid recipe value{'s' if len(errors) > 1 else ''} in '{self.name}', out of range: {'; '.join(errors)}. "
+                f"Set {'each' if len(errors) > 1 else 'it'} within its range, in the recipe or with --SECTION.KEY VALUE "
+                "(`python -m ssl_zoo fit --help` says what every key means)."
+            )
+
+    def sections(self) -> dict[str, Any]:
+        """The recipe's sections by their YAML key; the method's own under the method's name."""
+        return {"data": self.data, "augment": self.augment, "optim": self.optim, "trainer": self.trainer,
+                "reference": self.reference, self.method: self.method_config}
 
 
 def recipes_dir() -> Path:
-    """The folder of the bundled recipes: ``recipes/`` at the top of a source checkout,
-    or the ``ssl_zoo.recipes`` package data that a wheel installs from it."""
-    checkout = Path(__file__).resolve().parents[1] / "recipes"
-    if checkout.is_dir():
-        return checkout
-    return Path(str(importlib.resources.files("ssl_zoo.recipes")))
+    """The folder of the bundled recipes: ``ssl_zoo/recipes`` where a wheel installed them
+    (package data mapped from ``recipes/``), else ``recipes/`` at the top of a source checkout."""
+    # NOTE: not importlib.resources.files("ssl_zoo.recipes"): the folder has no __init__.py,
+    # so it is a namespace package, whose files() is a MultiplexedPath and no Path.
+    package = Path(__file__).resolve().parent
+    installed = package / "recipes"
+    return installed if installed.is_dir() else package.parent / "recipes"
 
 
 def available_recipes() -> dict[str, Path]:
@@ -227,7 +296,11 @@ def resolve_recipe_path(name_or_path: str) -> Path:
     return recipes[name_or_path]
 
 
-def recipe_parser(prog: str = "ssl_zoo fit") -> ArgumentParser:
+def recipe_parser(prog: str = "ssl_zoo fit", key_help: bool = True) -> ArgumentParser:
+    """The recipe's parser. ``key_help``: each key's help is the docstring under its field,
+    which jsonargparse reads from the source (docstring_parser); parsing alone skips that,
+    as it nearly doubles the ~0.1 s a recipe takes to parse."""
+    set_parsing_settings(docstring_parse_attribute_docstrings=key_help)
     parser = ArgumentParser(
         prog=prog,
         exit_on_error=False,
@@ -243,8 +316,17 @@ def recipe_parser(prog: str = "ssl_zoo fit") -> ArgumentParser:
     # One optional section per registered method; the recipe sets only its own.
     for name, method in METHODS.items():
         parser.add_argument(f"--{name}", type=Optional[method.Config], default=None,
-                            help=f"{name}'s settings (recipes of method {name} only)")
+                            help=f"{name}'s settings (recipes of method {name} only; --{name}.help lists them)")
+    _add_ranges_to_help(parser)
     return parser
+
+
+def _add_ranges_to_help(parser: ArgumentParser) -> None:
+    """Each ranged key's help ends with its valid range: '... Valid: >= 1.'"""
+    ranges = {f"{key}.{name}": valid for key, section in sections().items() for name, valid in field_ranges(section).items()}
+    for action in parser._actions:  # NOTE: argparse's list of the parser's arguments, nested groups included
+        if action.dest in ranges and action.help:
+            action.help = f"{action.help} Valid: {ranges[action.dest]}."
 
 
 def sections() -> dict[str, type]:
@@ -283,7 +365,7 @@ def parse_recipe(argv: list[str], parser: ArgumentParser | None = None) -> Recip
         del argv[at : at + 2]
         argv = ["--recipe", str(path), *argv]
     source = f" ({argv[1]})" if argv[:1] == ["--recipe"] else ""
-    parser = parser or recipe_parser()
+    parser = parser or recipe_parser(key_help=any(a.endswith(".help") for a in argv))  # --simclr.help
     try:
         namespace = parser.parse_args(argv)
         recipe = parser.instantiate(namespace).as_dict()
@@ -334,7 +416,7 @@ def recipe_from_dict(values: dict[str, Any]) -> Recipe:
     reference = values.get("reference") or {}
     if reference.get("metric") == "linear_top1" and reference.get("protocol") is None:
         values = {**values, "reference": {**reference, "protocol": "probe"}}
-    parser = recipe_parser()
+    parser = recipe_parser(key_help=False)
     try:
         namespace = parser.parse_object(values)
         return _as_recipe(parser.instantiate(namespace).as_dict())

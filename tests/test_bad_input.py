@@ -237,6 +237,15 @@ def _(capsys, tmp_path, tiny_recipe_file, **_):
     assert_clear_error(*fit_pairs(capsys, tiny_recipe_file, path), "not valid UTF-8", "save it as UTF-8")
 
 
+@case("out-of-range-value")
+def _(capsys, tmp_path, **_):
+    for key, value, shown in (("data.batch_size", "-4", r"data\.batch_size = -4 \(valid: >= 1\)"),
+                              ("data.image_size", "0", r"data\.image_size = 0 \(valid: >= 8\)"),
+                              ("optim.lr", "-1", r"optim\.lr = -1\.0 \(valid: >= 0\)")):
+        code, output = run(capsys, "fit", "--recipe", "quickstart", f"--{key}", value, "--trainer.output_dir", tmp_path / "runs")
+        assert_clear_error(code, output, "out of range", shown, "Set it within its range")
+
+
 @case("batch-larger-than-dataset")
 def _(capsys, tmp_path, **_):
     code, output = run(capsys, "fit", "--recipe", "quickstart", "--data.num_images", "100", "--data.batch_size", "256")

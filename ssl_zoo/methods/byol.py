@@ -14,14 +14,20 @@ from ssl_zoo.eval.probe import ProbeSettings
 from ssl_zoo.losses import byol_loss
 from ssl_zoo.methods.base import SSLMethod
 from ssl_zoo.methods.momentum import ema_update, frozen_copy
+from ssl_zoo.ranges import ranged
 from ssl_zoo.recipe import Recipe
 
 
 @dataclass
 class BYOLConfig:
-    hidden_dim: int = 4096
-    output_dim: int = 256
-    base_momentum: float = 0.99  # raised to 1 on a cosine schedule over training
+    """byol: the projection and prediction heads and the target network's momentum."""
+
+    hidden_dim: int = ranged(4096, at_least=1)
+    """Width of the projection and prediction heads' hidden layers."""
+    output_dim: int = ranged(256, at_least=1)
+    """Size of the projections and predictions the loss compares."""
+    base_momentum: float = ranged(0.99, at_least=0, at_most=1)
+    """The target network's EMA momentum at the start, raised to 1 on a cosine schedule over training."""
 
 
 class BYOL(SSLMethod, name="byol", config=BYOLConfig):

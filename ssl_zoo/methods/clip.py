@@ -15,16 +15,23 @@ from torch import Tensor, nn
 from ssl_zoo.backbones import build_text_backbone
 from ssl_zoo.losses import clip_loss
 from ssl_zoo.methods.base import SSLMethod
+from ssl_zoo.ranges import ranged
 from ssl_zoo.recipe import DataConfig, Recipe
 from ssl_zoo.text import tokenize
 
 
 @dataclass
 class CLIPConfig:
+    """clip: the text tower, the joint embedding and the learned temperature."""
+
     text_backbone: str = "text_transformer"
-    embed_dim: int = 512
-    init_temperature: float = 0.07
-    max_logit_scale: float = 100.0  # the learned 1/temperature never exceeds this
+    """The text tower: a name from ssl_zoo.backbones.TEXT_BACKBONES."""
+    embed_dim: int = ranged(512, at_least=1)
+    """Size of the joint image-text embedding."""
+    init_temperature: float = ranged(0.07, above=0)
+    """The learned softmax temperature's start."""
+    max_logit_scale: float = ranged(100.0, at_least=1)
+    """The learned 1/temperature never exceeds this."""
 
 
 TEXT_TOWER, PROJECTIONS = "text_tower.safetensors", "projections.safetensors"  # export's files

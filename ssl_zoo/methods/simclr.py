@@ -11,14 +11,20 @@ from torch import Tensor
 from ssl_zoo.eval.probe import ProbeSettings
 from ssl_zoo.losses import nt_xent_loss
 from ssl_zoo.methods.base import SSLMethod
+from ssl_zoo.ranges import ranged
 from ssl_zoo.recipe import Recipe
 
 
 @dataclass
 class SimCLRConfig:
-    hidden_dim: int = 2048
-    output_dim: int = 128
-    temperature: float = 0.5
+    """simclr: the projection head and the contrastive loss's temperature."""
+
+    hidden_dim: int = ranged(2048, at_least=1)
+    """Width of the projection head's hidden layer."""
+    output_dim: int = ranged(128, at_least=1)
+    """Size of the projections the loss compares."""
+    temperature: float = ranged(0.5, above=0)
+    """NT-Xent's temperature: lower sharpens the softmax over the batch's other views."""
 
 
 class SimCLR(SSLMethod, name="simclr", config=SimCLRConfig):

@@ -13,14 +13,17 @@ from torch import Tensor, nn
 
 from ssl_zoo.errors import RecipeError
 from ssl_zoo.methods.base import SSLMethod, labelled_cross_entropy
+from ssl_zoo.ranges import ranged
 from ssl_zoo.recipe import Recipe
 
 
 @dataclass
 class SupervisedConfig:
-    # The baseline every self-supervised number is read against: the same backbone,
-    # data, augmentation and budget, trained with labels (cross-entropy on one view).
-    label_smoothing: float = 0.0
+    """supervised: the baseline every self-supervised number is read against: the same
+    backbone, data, augmentation and budget, trained with labels (cross-entropy on one view)."""
+
+    label_smoothing: float = ranged(0.0, at_least=0, below=1)
+    """Cross-entropy's label smoothing: the probability spread over the other classes."""
 
 
 class Supervised(SSLMethod, name="supervised", config=SupervisedConfig):
