@@ -27,7 +27,7 @@ from kornia.enhance import denormalize
 from ssl_zoo.augment import ViewAugment
 from ssl_zoo.data.datamodule import ImageDataModule, load_split
 from ssl_zoo.data.spec import dataset_spec
-from ssl_zoo.environment import device_name, pick_device, versions
+from ssl_zoo.environment import cpu_model, device_name, peak_host_memory_gib, pick_device, versions
 from ssl_zoo.errors import RecipeError
 from ssl_zoo.eval.confidence import group_summaries
 from ssl_zoo.eval.config import EvalConfig
@@ -40,6 +40,7 @@ from ssl_zoo.methods.supervised import Supervised
 from ssl_zoo.monitor import StepTimer
 from ssl_zoo.recipe import Recipe, parse_recipe, recipe_from_dict, recipe_to_dict, save_recipe
 from ssl_zoo.report import ReportFigures, Similarity, write_report
+from ssl_zoo.report_paths import BASE_REPORT_FOLDER, ReportPaths
 from ssl_zoo.train import RunSummary, fit
 
 TSNE_POINTS = 1000  # test images per t-SNE map
@@ -246,6 +247,7 @@ def _evaluate_and_report(
     _say("writing the report")
     figures = gather_figures(runs, config, eval_config, splits)
     results = gather_results(runs, config, eval_config, splits, seconds=seconds_so_far + time.perf_counter() - started)
+    results = ReportPaths.for_report(config.out).portable(results)  # no folder of this machine in the report
     (config.out / "results.json").write_text(json.dumps(results, indent=2))
     write_report(results, figures, config.out)
     _say(f"report: {config.out / 'report.html'} (also report.md, results.json)")
@@ -333,11 +335,14 @@ def gather_results(
         }
         for run in runs
     ]
+    eval_device = pick_device(eval_config.device)
     return {
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": config.command,
-        "device": device_name(pick_device(eval_config.device)),
-        "versions": versions(),
+        "paths_relative_to": ReportPaths.for_report(config.out).described,
+        "device": device_name(eval_device),
+        "versions": versions(),  # the ssl_zoo commit and dirty flag among them
+        "machine": machine(runs, eval_device),
         "budget": {"mode": "wall_clock" if config.budget_seconds is not None else "epochs",
                    "seconds": config.budget_seconds, "epochs": config.epochs},
         "eval_data": splits.info,
@@ -348,6 +353,20 @@ def gather_results(
         # Per run label without its seed, per accuracy: mean, std over seeds, 95 % bootstrap interval.
         "groups": group_summaries(entries),
         "runs": entries,
+    }
+
+
+def machine(runs: list[BenchRun], eval_device: torch.device) -> dict[str, Any]:
+    """The CPU and (where one trained or evaluated) GPU model, and the peak memory of this
+    bench: host RSS of its process and its largest child (DataLoader workers), GPU
+    memory of its largest training run."""
+    used_gpu = eval_device.type == "cuda" or any(r.training is not None and r.training.device.startswith("cuda") for r in runs)
+    gpu_peaks = [r.training.peak_memory_gib for r in runs if r.training is not None and r.training.peak_memory_gib is not None]
+    return {
+        "cpu": cpu_model(),
+        "gpu": torch.cuda.get_device_name() if used_gpu else None,
+        "peak_host_rss_gib": peak_host_memory_gib(),
+        "peak_gpu_memory_gib": max(gpu_peaks, default=None),
     }
 
 
@@ -363,6 +382,10 @@ def reevaluate(results_path: Path) -> dict[str, Any]:
     if not results_path.is_file():
         raise RecipeError(f"bench: '{results_path}' does not exist; pass the results.json of an earlier bench.")
     saved = json.loads(results_path.read_text())
+    # Its paths are relative to its folder or to the working directory bench ran from (the
+    # reproduce lines say which), or absolute in results written before that.
+    relative_to_folder = saved.get("paths_relative_to") == BASE_REPORT_FOLDER
+    saved = ReportPaths(results_path.parent.resolve() if relative_to_folder else Path.cwd(), "").restore(saved)
     runs = []
     for entry in saved["runs"]:
         training = entry["training"]

@@ -6,10 +6,16 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
+import torch
+
+import ssl_zoo
 
 from ssl_zoo.bench import _with_budget, parse_budget
+from ssl_zoo.environment import cpu_model
 from ssl_zoo.errors import RecipeError
 from ssl_zoo.recipe import parse_recipe
 
@@ -19,13 +25,16 @@ RUN_LABELS = RECIPES + ["supervised (convnet4)", "random init (convnet4)"]
 
 @pytest.fixture(scope="module")
 def bench_report(tmp_path_factory):
+    # Run from its own folder, as a user runs it from a project's, with --out given absolute:
+    # the report must still name no folder of this machine.
     out = tmp_path_factory.mktemp("bench") / "report"
     args = [
         "bench", "--recipes", *RECIPES, "--budget", "2s", "--out", str(out), "--max-test", "96",
         "--data.num_images", "384", "--data.batch_size", "48", "--data.knn_bank_size", "256",
         "--trainer.accelerator", "cpu",
     ]
-    result = subprocess.run([sys.executable, "-m", "ssl_zoo", *args], capture_output=True, text=True, timeout=900)
+    result = subprocess.run([sys.executable, "-m", "ssl_zoo", *args], capture_output=True, text=True, timeout=900,
+                            cwd=out.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"report: {out / 'report.html'}" in result.stdout
     return out
@@ -89,6 +98,40 @@ def test_bench_writes_results_markdown_and_html_with_every_table_and_plot(bench_
     assert "src=\"plots/" not in html  # self-contained
 
 
+def test_the_report_says_what_ran_it_and_where(bench_report):
+    results = json.loads((bench_report / "results.json").read_text())
+    versions, machine = results["versions"], results["machine"]
+    source_root = Path(ssl_zoo.__file__).resolve().parent.parent
+    if (source_root / ".git").exists():  # a checkout (CI's clone, a worktree): its commit
+        assert re.fullmatch(r"[0-9a-f]{40}", versions["ssl_zoo_commit"]) and versions["ssl_zoo_dirty"] in (True, False)
+    assert versions["ssl_zoo"] == ssl_zoo.__version__
+    assert machine["cpu"] == cpu_model() and machine["cpu"] in results["device"]
+    assert machine["gpu"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+    peak = machine["peak_host_rss_gib"]
+    assert 0.2 < peak["process"] < 64 and peak["largest_child"] is not None  # torch alone takes a few hundred MiB
+    markdown = (bench_report / "report.md").read_text()
+    assert f"- **Source:** ssl_zoo {ssl_zoo.__version__}, " in markdown
+    assert f"- **Machine:** CPU: {cpu_model()}; GPU: " in markdown
+    assert f"- **Peak memory:** host RSS {peak['process']:.2f} GiB (the bench process)" in markdown
+
+
+def test_the_report_names_no_folder_of_this_machine(bench_report):
+    """Paths are relative to the folder bench ran from: no absolute path, home or
+    temporary folder anywhere in the report's files; the reproduce lines run from there."""
+    results = json.loads((bench_report / "results.json").read_text())
+    assert results["paths_relative_to"] == "the working directory bench ran from"
+    assert " --out report " in results["command"]
+    assert results["runs"][0]["training"]["checkpoint"] == "report/runs/quickstart/version_0/checkpoints/last.ckpt"
+    machine_folders = {str(bench_report.parent), str(Path.home()), tempfile.gettempdir(), str(Path.cwd())}
+    for name in ("results.json", "report.md", "report.html"):
+        text = re.sub(r"base64,[A-Za-z0-9+/=]+", "", (bench_report / name).read_text())  # embedded PNGs
+        assert not [folder for folder in machine_folders if folder in text], name
+        assert not re.findall(r"(?:^|[\s\"'(=])/\w[^\s\"']*", text), name  # an absolute path
+    markdown = (bench_report / "report.md").read_text()
+    assert "# run from the working directory bench ran from" in markdown
+    assert "python -m ssl_zoo fit --recipe report/runs/quickstart/version_0/recipe.yaml" in markdown
+
+
 def test_report_renders_in_headless_chromium(bench_report, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -131,7 +174,7 @@ def test_an_earlier_bench_is_evaluated_again_without_retraining(bench_report):
     checkpoints = {p: p.stat().st_mtime for p in bench_report.glob("runs/*/version_0/checkpoints/last.ckpt")}
     result = subprocess.run(
         [sys.executable, "-m", "ssl_zoo", "bench", "--from-results", str(bench_report / "results.json")],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=bench_report.parent,  # its paths are relative to there
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "training" not in result.stdout  # nothing retrained
