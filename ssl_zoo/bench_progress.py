@@ -89,7 +89,7 @@ class BenchProgress:
             return sum(self.timed[stage]) / len(self.timed[stage])
         if stage == "training":
             return None if self.budget_seconds is None else self.budget_seconds + MEASUREMENT_SECONDS
-        return EVALUATION_GUESS_SECONDS
+        return EVALUATION_GUESS_SECONDS  # an evaluation, or the report (its t-SNE maps and plots)
 
     def seconds_left(self) -> float | None:
         """Estimated seconds to the end; None while unknown (--epochs, before the first run ends)."""
