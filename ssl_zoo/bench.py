@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import json
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +26,10 @@ import torch
 from kornia.enhance import denormalize
 
 from ssl_zoo.augment import ViewAugment
+from ssl_zoo.bench_progress import BenchProgress
 from ssl_zoo.data.datamodule import ImageDataModule, load_split
 from ssl_zoo.data.spec import dataset_spec
-from ssl_zoo.environment import device_name, pick_device, versions
+from ssl_zoo.environment import cpu_model, device_name, peak_host_memory_gib, pick_device, versions
 from ssl_zoo.errors import RecipeError
 from ssl_zoo.eval.confidence import group_summaries
 from ssl_zoo.eval.config import EvalConfig
@@ -40,6 +42,7 @@ from ssl_zoo.methods.supervised import Supervised
 from ssl_zoo.monitor import StepTimer
 from ssl_zoo.recipe import Recipe, parse_recipe, recipe_from_dict, recipe_to_dict, save_recipe
 from ssl_zoo.report import ReportFigures, Similarity, write_report
+from ssl_zoo.report_paths import BASE_REPORT_FOLDER, ReportPaths
 from ssl_zoo.train import RunSummary, fit
 
 TSNE_POINTS = 1000  # test images per t-SNE map
@@ -125,6 +128,27 @@ def measure_steps_per_second(recipe: Recipe, datamodule: ImageDataModule, warmup
     return timer.steps / timer.seconds
 
 
+def on_one_device(recipe: Recipe) -> Recipe:
+    """The recipe on one device: ``trainer.devices: auto`` (which would take every GPU) set
+    to 1; a recipe asking for several devices or nodes refused. Bench trains every run in
+    its own process and times it on one device, so that the budgets compare; several
+    processes (DDP) would each run the whole bench."""
+    devices, nodes = recipe.trainer.devices, recipe.trainer.num_nodes
+    if devices == "auto":
+        return dataclasses.replace(recipe, trainer=dataclasses.replace(recipe.trainer, devices=1))
+    text = str(devices).strip()
+    count = int(text) if text.lstrip("-").isdigit() else len([d for d in text.strip("[]").split(",") if d.strip()])
+    if count == 1 and nodes == 1:
+        return recipe
+    asked = f"trainer.devices {devices}" + (f" and trainer.num_nodes {nodes}" if nodes != 1 else "")
+    raise RecipeError(
+        f"bench: recipe '{recipe.name}' asks for {asked}, but bench trains and times every run on one device, so "
+        "that the runs' budgets compare (several processes would each run the whole bench). Drop the override to "
+        f"bench on one device, or train on several with `python -m ssl_zoo fit --recipe {recipe.name} --trainer.devices "
+        f"{devices}` and score the checkpoint with `python -m ssl_zoo eval --ckpt <run folder>/checkpoints/last.ckpt`."
+    )
+
+
 def supervised_recipe(recipe: Recipe, data_name: str, data_root: str | None) -> Recipe:
     """The supervised baseline for ``recipe``: same backbone, augmentation and optimiser,
     trained with labels on the benchmark's labelled data."""
@@ -158,12 +182,80 @@ def _with_budget(recipe: Recipe, steps_per_epoch: int, max_steps: int | None, ep
     return dataclasses.replace(recipe, trainer=trainer)
 
 
-def _say(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+STATE_FILE = "bench_state.json"  # what a bench has done so far, for --resume
 
 
-def run_bench(config: BenchConfig) -> dict[str, Any]:
-    """Train, evaluate and report; returns the results written to results.json."""
+class BenchState:
+    """What a bench has done, saved in ``OUT/bench_state.json`` after every stage so that
+    ``bench --resume OUT`` goes on from there: its settings, and per run label the recipe
+    with its budget (steps fitted once, kept on resuming), the run folders that existed
+    before it started training, its training summary and its evaluation."""
+
+    def __init__(self, path: Path, config: dict[str, Any], runs: dict[str, dict[str, Any]] | None = None):
+        self.path, self.config, self.runs = path, config, runs or {}
+
+    @classmethod
+    def load(cls, out: Path) -> BenchState:
+        path = out / STATE_FILE
+        if not path.is_file():
+            raise RecipeError(f"bench --resume: '{out}' holds no {STATE_FILE}; pass the --out folder of a bench "
+                              "started with this version of ssl_zoo.")
+        saved = json.loads(path.read_text())
+        return cls(path, saved["config"], saved["runs"])
+
+    def of(self, run: BenchRun) -> dict[str, Any]:
+        return self.runs.setdefault(run.label, {})
+
+    def save(self) -> None:
+        partial = self.path.with_name(f".{self.path.name}.partial")  # never a half-written state
+        partial.write_text(json.dumps({"config": self.config, "runs": self.runs}, indent=1))
+        partial.replace(self.path)
+
+
+def config_to_dict(config: BenchConfig) -> dict[str, Any]:
+    values = dataclasses.asdict(config)
+    values["out"] = str(config.out)
+    values["eval"]["templates"] = list(config.eval.templates) if config.eval.templates else None
+    return values
+
+
+def config_from_dict(values: dict[str, Any]) -> BenchConfig:
+    evaluation = dict(values["eval"], templates=tuple(values["eval"]["templates"]) if values["eval"]["templates"] else None)
+    return BenchConfig(**{**values, "out": Path(values["out"]), "eval": EvalConfig(**evaluation)})
+
+
+def summary_to_dict(summary: RunSummary) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+            for k, v in vars(summary).items()}
+
+
+def summary_from_dict(values: dict[str, Any]) -> RunSummary:
+    fields = {f.name for f in dataclasses.fields(RunSummary)}
+    summary = RunSummary(**{k: v for k, v in values.items() if k in fields})
+    summary.run_dir, summary.checkpoint = Path(summary.run_dir), Path(summary.checkpoint)
+    return summary
+
+
+def _run_versions(recipe: Recipe) -> list[str]:
+    return sorted(p.name for p in (Path(recipe.trainer.output_dir) / recipe.name).glob("version_*"))
+
+
+def _continue_from(recipe: Recipe, versions_before: list[str]) -> Path | None:
+    """A run killed in an earlier bench: the checkpoint to continue it from (its run folder,
+    the one it made), or None to train it again; a folder it left without a checkpoint (killed
+    before its first) is removed, so that the new run takes its name."""
+    left = [p for p in (Path(recipe.trainer.output_dir) / recipe.name).glob("version_*") if p.name not in versions_before]
+    checkpoint = next((p / "checkpoints" / "last.ckpt" for p in left if (p / "checkpoints" / "last.ckpt").is_file()), None)
+    if checkpoint is None:
+        for folder in left:
+            shutil.rmtree(folder)
+    return checkpoint
+
+
+def run_bench(config: BenchConfig, resume: bool = False) -> dict[str, Any]:
+    """Train, evaluate and report; returns the results written to results.json.
+    ``resume``: go on with the bench in ``config.out`` (``config`` as it saved it),
+    skipping the runs and evaluations it finished."""
     started = time.perf_counter()
     if config.seeds < 1:
         raise RecipeError(f"bench: --seeds {config.seeds} trains nothing; give 1 or more.")
@@ -172,13 +264,15 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     if missing:
         raise RecipeError(f"bench: --weights file(s) not found: {', '.join(missing)}.")
     out = config.out
-    out.mkdir(parents=True, exist_ok=True)
     recipes = [
-        parse_recipe(["--recipe", name, *config.overrides, "--trainer.output_dir", str(out / "runs")])
+        on_one_device(parse_recipe(["--recipe", name, *config.overrides, "--trainer.output_dir", str(out / "runs")]))
         for name in config.recipes
     ]
     if len({r.name for r in recipes}) != len(recipes):
         raise RecipeError("bench: the recipes must have different names (each names its run folder).")
+    out.mkdir(parents=True, exist_ok=True)
+    state = BenchState.load(out) if resume else BenchState(out / STATE_FILE, config_to_dict(config))
+    state.save()
 
     # One labelled dataset scores every run: the one given, else the first recipe's that has labels.
     eval_config = config.eval
@@ -207,35 +301,82 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             source = _baseline_source(recipes, backbone)
             baseline = supervised_recipe(source, eval_config.data, eval_config.root)
             runs += seeded_runs(f"supervised ({backbone})", "baseline", baseline, config.seeds)
+    trained = len(runs)
+    runs += [run for b in backbones for run in seeded_runs(f"random init ({b})", "baseline", _baseline_source(recipes, b), config.seeds)]
+    runs += [BenchRun(weights.source, "imported", None, weights=weights) for weights in imported]
+    progress = BenchProgress(trainings=trained, evaluations=len(runs), budget_seconds=config.budget_seconds)
+    try:
+        for run in runs[:trained]:  # every run under the same budget
+            _train(run, config, state, progress)
+        return _evaluate_and_report(runs, config, eval_config, splits, progress, state,
+                                    seconds_so_far=time.perf_counter() - started)
+    finally:
+        progress.close()
 
-    # Train every run under the same budget.
-    for run in runs:
-        datamodule = ImageDataModule.for_recipe(run.recipe)
-        datamodule.setup("fit")
+
+def resume_bench(out: Path) -> dict[str, Any]:
+    """Go on with the bench whose --out is ``out``, as it was started (its settings are in
+    its state), skipping the runs and evaluations it finished."""
+    return run_bench(config_from_dict(BenchState.load(out).config), resume=True)
+
+
+def _train(run: BenchRun, config: BenchConfig, state: BenchState, progress: BenchProgress) -> None:
+    """Train ``run`` under the bench's budget, or take its training from the bench's
+    state when an earlier try finished it; a try that was killed goes on from its last
+    checkpoint, with the steps fitted then."""
+    saved = state.of(run)
+    if "training" in saved and Path(saved["training"]["checkpoint"]).is_file():
+        run.recipe, run.steps_per_second = recipe_from_dict(saved["recipe"]), saved["steps_per_second"]
+        run.training = summary_from_dict(saved["training"])
+        progress.skip("training")
+        progress.say(f"{run.label}: trained by the earlier bench, kept")
+        return
+    progress.begin("training", run.label)
+    datamodule = ImageDataModule.for_recipe(run.recipe)
+    datamodule.setup("fit")
+    resume_from = None
+    if "recipe" in saved:  # started by an earlier try: its recipe, budget and steps
+        run.recipe, run.steps_per_second = recipe_from_dict(saved["recipe"]), saved["steps_per_second"]
+        resume_from = _continue_from(run.recipe, saved["versions_before"])
+    else:
         max_steps = None
         if config.budget_seconds is not None:
             run.steps_per_second = measure_steps_per_second(run.recipe, datamodule)
             max_steps = max(int(config.budget_seconds * run.steps_per_second), 1)
-            _say(f"{run.label}: {run.steps_per_second:.2f} steps/s -> {max_steps} steps in the budget")
+            progress.say(f"{run.label}: {run.steps_per_second:.2f} steps/s -> {max_steps} steps in the budget")
         steps_per_epoch = len(datamodule.train_set) // run.recipe.data.batch_size
         run.recipe = _with_budget(run.recipe, steps_per_epoch, max_steps, config.epochs)
-        _say(f"training {run.label} ({run.recipe.method}, {run.recipe.backbone}, {run.recipe.data.name})")
-        run.training = fit(run.recipe, enable_progress_bar=False, datamodule=datamodule)
-        _say(f"trained {run.label} in {run.training.wall_seconds:.0f} s")
-
-    runs += [run for b in backbones for run in seeded_runs(f"random init ({b})", "baseline", _baseline_source(recipes, b), config.seeds)]
-    runs += [BenchRun(weights.source, "imported", None, weights=weights) for weights in imported]
-    return _evaluate_and_report(runs, config, eval_config, splits, seconds_so_far=time.perf_counter() - started)
+        saved.update(recipe=recipe_to_dict(run.recipe), steps_per_second=run.steps_per_second,
+                     versions_before=_run_versions(run.recipe))
+        state.save()
+    action = f"resuming {run.label} from {resume_from}" if resume_from else f"training {run.label}"
+    progress.say(f"{action} ({run.recipe.method}, {run.recipe.backbone}, {run.recipe.data.name})")
+    run.training = fit(run.recipe, enable_progress_bar=False, datamodule=datamodule, resume=resume_from)
+    if resume_from is not None:  # the monitor's first score was the first try's, of the random init
+        first = read_curves(run.training.run_dir)["knn_by_seconds"][:1]
+        run.training.knn_top1_random_init = first[0][1] if first else None
+    saved["training"] = summary_to_dict(run.training)
+    state.save()
+    progress.end()
+    progress.say(f"trained {run.label} in {run.training.wall_seconds:.0f} s")
 
 
 def _evaluate_and_report(
-    runs: list[BenchRun], config: BenchConfig, eval_config: EvalConfig, splits: LabelledSplits, seconds_so_far: float
+    runs: list[BenchRun], config: BenchConfig, eval_config: EvalConfig, splits: LabelledSplits,
+    progress: BenchProgress, state: BenchState | None, seconds_so_far: float,
 ) -> dict[str, Any]:
     """Evaluate every run (and the random-init backbones) with the same stage and data,
-    gather what the report shows, and write it."""
+    gather what the report shows, and write it. ``state``: the bench's, whose finished
+    evaluations are kept and which records each new one (None: none kept)."""
     started = time.perf_counter()
     for run in runs:
-        _say(f"evaluating {run.label}")
+        saved = state.of(run) if state is not None else {}
+        if "evaluation" in saved:
+            run.result = saved["evaluation"]
+            progress.skip("evaluation")
+            continue
+        progress.begin("evaluation", run.label)
+        progress.say(f"evaluating {run.label}")
         if run.weights is not None:
             run.result = evaluate_weights(run.weights, eval_config, config.weights_input_size, label=run.label, splits=splits)
         elif run.training is None:
@@ -243,12 +384,19 @@ def _evaluate_and_report(
         else:
             run.result = evaluate_checkpoint(run.training.checkpoint, eval_config, label=run.label, splits=splits)
             write_tensorboard(run.result, run.training.run_dir)
-    _say("writing the report")
+        progress.end()
+        if state is not None:
+            saved["evaluation"] = run.result
+            state.save()
+    progress.begin("report")
+    progress.say("writing the report")
     figures = gather_figures(runs, config, eval_config, splits)
     results = gather_results(runs, config, eval_config, splits, seconds=seconds_so_far + time.perf_counter() - started)
+    results = ReportPaths.for_report(config.out).portable(results)  # no folder of this machine in the report
     (config.out / "results.json").write_text(json.dumps(results, indent=2))
     write_report(results, figures, config.out)
-    _say(f"report: {config.out / 'report.html'} (also report.md, results.json)")
+    progress.end()
+    progress.say(f"report: {config.out / 'report.html'} (also report.md, results.json)")
     return results
 
 
@@ -265,9 +413,13 @@ def read_curves(run_dir: Path) -> dict[str, list[list[float]]]:
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    scalars = {tag: events.Scalars(tag) for tag in ("train/loss", "knn/top1", "knn/top1_random_init") if tag in tags}
+    # A run continued from a checkpoint (bench --resume) logs again the steps after it:
+    # per step, the last value is the run's (event files are read oldest first). The
+    # random-init score is the first try's: a continued run scores its checkpoint as step 0.
+    scalars = {tag: list({e.step: e for e in events.Scalars(tag)}.values()) for tag in ("train/loss", "knn/top1") if tag in tags}
+    scalars["knn/top1_random_init"] = events.Scalars("knn/top1_random_init")[:1] if "knn/top1_random_init" in tags else []
     start = min((s[0].wall_time for s in scalars.values() if s), default=0.0)
-    knn = scalars.get("knn/top1_random_init", [])[:1] + scalars.get("knn/top1", [])
+    knn = scalars["knn/top1_random_init"] + scalars.get("knn/top1", [])
     return {
         "loss": [[e.step, e.value] for e in scalars.get("train/loss", [])],
         "knn_by_seconds": [[e.wall_time - start, e.value] for e in knn],
@@ -325,7 +477,7 @@ def gather_results(
         {
             "label": run.label, "group": run.group, "kind": run.kind, "recipe": run.result["recipe"],
             "training": None if run.training is None else {
-                **{k: str(v) if isinstance(v, Path) else v for k, v in vars(run.training).items()},
+                **summary_to_dict(run.training),
                 "steps_per_second_measured": run.steps_per_second,
             },
             "evaluation": run.result,
@@ -333,11 +485,14 @@ def gather_results(
         }
         for run in runs
     ]
+    eval_device = pick_device(eval_config.device)
     return {
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": config.command,
-        "device": device_name(pick_device(eval_config.device)),
-        "versions": versions(),
+        "paths_relative_to": ReportPaths.for_report(config.out).described,
+        "device": device_name(eval_device),
+        "versions": versions(),  # the ssl_zoo commit and dirty flag among them
+        "machine": machine(runs, eval_device),
         "budget": {"mode": "wall_clock" if config.budget_seconds is not None else "epochs",
                    "seconds": config.budget_seconds, "epochs": config.epochs},
         "eval_data": splits.info,
@@ -351,26 +506,36 @@ def gather_results(
     }
 
 
+def machine(runs: list[BenchRun], eval_device: torch.device) -> dict[str, Any]:
+    """The CPU and (where one trained or evaluated) GPU model, and the peak memory of this
+    bench: host RSS of its process and its largest child (DataLoader workers), GPU
+    memory of its largest training run."""
+    used_gpu = eval_device.type == "cuda" or any(r.training is not None and r.training.device.startswith("cuda") for r in runs)
+    gpu_peaks = [r.training.peak_memory_gib for r in runs if r.training is not None and r.training.peak_memory_gib is not None]
+    return {
+        "cpu": cpu_model(),
+        "gpu": torch.cuda.get_device_name() if used_gpu else None,
+        "peak_host_rss_gib": peak_host_memory_gib(),
+        "peak_gpu_memory_gib": max(gpu_peaks, default=None),
+    }
+
+
 def reevaluate(results_path: Path) -> dict[str, Any]:
     """Evaluate the runs of an earlier ``bench`` again and rewrite its report, without
     retraining: for a changed evaluation stage (features come from the cache when the
     weights and images are unchanged). The original budget, command and training
     figures are kept."""
-    import json
-
-    from ssl_zoo.train import RunSummary
-
     if not results_path.is_file():
         raise RecipeError(f"bench: '{results_path}' does not exist; pass the results.json of an earlier bench.")
     saved = json.loads(results_path.read_text())
+    # Its paths are relative to its folder or to the working directory bench ran from (the
+    # reproduce lines say which), or absolute in results written before that.
+    relative_to_folder = saved.get("paths_relative_to") == BASE_REPORT_FOLDER
+    saved = ReportPaths(results_path.parent.resolve() if relative_to_folder else Path.cwd(), "").restore(saved)
     runs = []
     for entry in saved["runs"]:
         training = entry["training"]
-        summary = None
-        if training is not None:
-            fields = {f.name for f in dataclasses.fields(RunSummary)}
-            summary = RunSummary(**{k: v for k, v in training.items() if k in fields})
-            summary.run_dir, summary.checkpoint = Path(summary.run_dir), Path(summary.checkpoint)
+        summary = summary_from_dict(training) if training is not None else None
         imported = entry["kind"] == "imported"
         weights = entry["evaluation"]["weights"] if imported else None
         run = BenchRun(entry["label"], entry["kind"], None if imported else recipe_from_dict(entry["recipe"]), training=summary,
@@ -390,4 +555,8 @@ def reevaluate(results_path: Path) -> dict[str, Any]:
     source = next(r.recipe for r in runs if r.training is None and r.recipe is not None)
     splits = load_labelled_splits(source.data, eval_config)
     training_seconds = sum(r.training.wall_seconds for r in runs if r.training is not None)
-    return _evaluate_and_report(runs, config, eval_config, splits, seconds_so_far=training_seconds)
+    progress = BenchProgress(trainings=0, evaluations=len(runs), budget_seconds=None)
+    try:
+        return _evaluate_and_report(runs, config, eval_config, splits, progress, state=None, seconds_so_far=training_seconds)
+    finally:
+        progress.close()

@@ -28,6 +28,7 @@ usage:
                                                  the same for torchvision, timm or open_clip weights
   python -m ssl_zoo bench --recipes A B C [--budget 10m | --epochs N] [--out DIR]
                                                  train under one budget, evaluate, write a report
+  python -m ssl_zoo bench --resume DIR           go on with a bench that stopped, skipping what it finished
   python -m ssl_zoo export CKPT --out DIR        the backbone (and CLIP's text tower) as safetensors that
                                                  plain torchvision/timm/open_clip load, with config.json
   python -m ssl_zoo shards --from folder DIR|pairs FILE --out OUT --size S [--shard-size N] [--workers N]
@@ -334,6 +335,10 @@ def bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="evaluation device: cpu, cuda or auto (default)")
     parser.add_argument("--from-results", metavar="RESULTS_JSON",
                         help="evaluate the runs of an earlier bench again and rewrite its report, without retraining")
+    parser.add_argument("--resume", metavar="OUT",
+                        help="go on with a bench that stopped (killed, crashed) in its --out folder OUT, with the settings "
+                             "it started with: finished runs and evaluations are kept, a run cut short continues from "
+                             "its last checkpoint. Run it from the folder the bench was started in.")
     return parser
 
 
@@ -350,6 +355,14 @@ def bench_command(argv: list[str]) -> int:
     stray = [a for a in overrides if a.startswith("--") and "." not in a and a.split("=")[0] != "--backbone"]
     if stray:
         raise _unknown_option(parser, stray[0])
+    if args.resume:
+        from ssl_zoo.bench import resume_bench
+
+        if len(argv) > 2:
+            raise SslZooError("bench --resume OUT takes no other option: the bench goes on with the settings it "
+                              "started with (saved in OUT/bench_state.json).")
+        resume_bench(Path(args.resume))
+        return 0
     if args.from_results:
         from ssl_zoo.bench import reevaluate
 

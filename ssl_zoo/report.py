@@ -125,15 +125,17 @@ def plot_gallery(rows: list[tuple[str, torch.Tensor]], path: Path) -> Path:
 
 
 def plot_similarity(similarity: Similarity, path: Path) -> Path:
-    """Cosine similarity of test images (columns) and their first captions (rows)."""
+    """Cosine similarity of test images (columns, each under its thumbnail) and their first
+    captions (rows)."""
     count, matrix, captions = len(similarity.captions), similarity.matrix, similarity.captions
-    figure = plt.figure(figsize=(1.0 * count + 4, 1.0 * count + 1.6))
-    grid = figure.add_gridspec(2, 1, height_ratios=[1, count], hspace=0.05)
-    strip = figure.add_subplot(grid[0])
-    strip.imshow(torch.cat(list(similarity.images.permute(0, 2, 3, 1)), dim=1).numpy())
-    strip.axis("off")
-    ax = figure.add_subplot(grid[1])
-    shown = ax.imshow(matrix.T.numpy(), cmap="viridis")
+    figure, ax = plt.subplots(figsize=(1.0 * count + 4, 1.0 * count + 1.6))
+    shown = ax.imshow(matrix.T.numpy(), cmap="viridis")  # (captions, images): column i is image i
+    # Each thumbnail drawn in the matrix's own coordinates, over its column, so that the
+    # colour bar (which narrows the matrix) cannot shift them off their columns.
+    for i, image in enumerate(similarity.images.permute(0, 2, 3, 1).numpy()):
+        ax.imshow(image, extent=(i - 0.45, i + 0.45, -0.6, -1.5))
+    ax.set_xlim(-0.5, count - 0.5)
+    ax.set_ylim(count - 0.5, -1.55)
     ax.set_yticks(range(count), [c if len(c) < 48 else c[:45] + "..." for c in captions], fontsize=7)
     ax.set_xticks(range(count), [f"image {i + 1}" for i in range(count)], fontsize=7, rotation=45)
     for i in range(count):
@@ -142,6 +144,59 @@ def plot_similarity(similarity: Similarity, path: Path) -> Path:
     figure.colorbar(shown, ax=ax, fraction=0.03, label="cosine similarity")
     ax.set_title(f"{similarity.label}: image-caption similarity (diagonal = true pairs)", fontsize=10)
     return _save(figure, path)
+
+
+# ----------------------------------------------------------------------------- captions
+# Each plot's caption says what it shows and what it leaves out, and why.
+
+
+def _untrained(runs: list[dict[str, Any]]) -> str:
+    return ", ".join(run["label"] for run in runs if run["training"] is None)
+
+
+def loss_caption(runs: list[dict[str, Any]]) -> str:
+    left_out = _untrained(runs)
+    return ("Each trained run's own objective, so the curves' heights are not comparable across methods."
+            + (f" Not shown: {left_out} (not trained here, so no loss)." if left_out else ""))
+
+
+def time_to_accuracy_caption(runs: list[dict[str, Any]]) -> str:
+    """Which trained runs have no curve, and why: the kNN monitor needs labels in the run's
+    own training data (a run on captioned photos, CLIP's, has none)."""
+    from ssl_zoo.data.spec import dataset_spec
+
+    reasons = []
+    for run in runs:
+        if run["training"] is None or run["curves"]["knn_by_seconds"]:
+            continue
+        data = run["recipe"]["data"]["name"]
+        why = (f"its training data ({data}) has no class labels, so the kNN monitor did not run; the tables score it "
+               "on the labelled evaluation data" if not dataset_spec(data).labelled else "no kNN monitor value was logged")
+        reasons.append(f"{run['label']}: {why}")
+    untrained = _untrained(runs)
+    if untrained:
+        reasons.append(f"{untrained}: not trained here (each curve starts at its run's random init)")
+    return ("The kNN monitor during training, on each run's own validation subset and memory bank (a smaller, faster "
+            "measure than the tables')."
+            + (" Not shown: " + "; ".join(reasons) + "." if reasons else ""))
+
+
+def tsne_caption(figures: ReportFigures, num_test: int) -> str:
+    shown = len(figures.tsne_labels)
+    sample = "every test image" if shown >= num_test else f"a seeded sample of {shown:,} of the {num_test:,} test images (t-SNE's time grows with the points)"
+    return f"Every run's features of {sample}, each map fitted on its own: positions are not comparable across maps."
+
+
+def gallery_caption(runs: list[dict[str, Any]], images: int) -> str:
+    left_out = _untrained(runs)
+    return (f"{images} test images and the views each trained run's augmentation makes of them."
+            + (f" Not shown: {left_out} (not trained here, so no views)." if left_out else ""))
+
+
+def similarity_caption(similarity: Similarity) -> str:
+    return (f"The first {len(similarity.captions)} image-caption pairs of {similarity.label}'s retrieval split, each "
+            "image with its first caption; the tables' recall uses every pair. Only trained runs with a text tower "
+            "have this plot.")
 
 
 # ----------------------------------------------------------------------------- tables
@@ -330,15 +385,20 @@ def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> 
     plots_dir = out / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
     runs = results["runs"]
+    # Title -> (PNG, caption: what the plot shows, leaves out, and why).
     plots = {
-        "Training loss": plot_losses(runs, plots_dir / "loss_curves.png"),
-        "Time to accuracy (kNN top-1 against wall time)": plot_time_to_accuracy(runs, plots_dir / "time_to_accuracy.png"),
-        "t-SNE of the features": plot_tsne(figures, plots_dir / "tsne.png"),
-        "Augmentation gallery": plot_gallery(figures.gallery, plots_dir / "augmentation_gallery.png"),
+        "Training loss": (plot_losses(runs, plots_dir / "loss_curves.png"), loss_caption(runs)),
+        "Time to accuracy (kNN top-1 against wall time)": (
+            plot_time_to_accuracy(runs, plots_dir / "time_to_accuracy.png"), time_to_accuracy_caption(runs)),
+        "t-SNE of the features": (plot_tsne(figures, plots_dir / "tsne.png"),
+                                  tsne_caption(figures, results["eval_data"]["num_test"])),
+        "Augmentation gallery": (plot_gallery(figures.gallery, plots_dir / "augmentation_gallery.png"),
+                                 gallery_caption(runs, len(figures.gallery[0][1]))),
     }
     for similarity in figures.similarities:
-        plots[f"Image–caption similarity ({similarity.label})"] = plot_similarity(
-            similarity, plots_dir / f"clip_similarity_{similarity.name}.png"
+        plots[f"Image–caption similarity ({similarity.label})"] = (
+            plot_similarity(similarity, plots_dir / f"clip_similarity_{similarity.name}.png"),
+            similarity_caption(similarity),
         )
 
     budget = results["budget"]
@@ -357,8 +417,9 @@ def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> 
     trained = [run for run in runs if run["training"] is not None]
     limits = "".join(f" --{flag} {eval_config[key]}" for flag, key in (("max-train", "max_train"), ("max-test", "max_test"))
                      if eval_config[key])
-    reproduce = [results["command"]] + [
-        f"python -m ssl_zoo fit --recipe {Path(run['training']['run_dir']) / 'recipe.yaml'}" for run in trained
+    # Paths are relative to the folder these run from (ssl_zoo.report_paths).
+    reproduce = [f"# run from {results['paths_relative_to']}", results["command"]] + [
+        f"python -m ssl_zoo fit --recipe {run['training']['run_dir']}/recipe.yaml" for run in trained
     ] + [
         f"python -m ssl_zoo eval --ckpt {run['training']['checkpoint']} --data {data['name']} --root {data['root']}{limits}"
         for run in trained
@@ -385,9 +446,10 @@ def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> 
         ("Protocol", f"frozen backbone; linear top-1: {linear_protocols(runs)}; "
                      f"kNN: k={eval_config['knn_k']}, T={eval_config['knn_temperature']}, cosine-weighted, on features; "
                      f"zero-shot: {zero_shot_text}; retrieval: {retrieval}"),
-        ("Time-to-accuracy curves", "the kNN monitor during training, on each run's own validation subset and memory "
-                                    "bank (a smaller, faster measure than the table's)"),
-        ("Versions", ", ".join(f"{k} {v}" for k, v in results["versions"].items())),
+        ("Source", source_text(results["versions"])),
+        ("Machine", machine_text(results["machine"])),
+        ("Peak memory", memory_text(results["machine"])),
+        ("Versions", ", ".join(f"{k} {v}" for k, v in results["versions"].items() if not k.startswith("ssl_zoo_"))),
         ("Created", f"{results['created']} in {results['bench_seconds'] / 60:.1f} min"),
     ]
     notes = [
@@ -409,6 +471,30 @@ def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> 
     (out / "report.html").write_text(_html(title(runs), setup, tables, notes, plots, reproduce))
 
 
+def source_text(versions: dict[str, Any]) -> str:
+    """'ssl_zoo 0.1.0, git commit 53a82a5a8a47 (uncommitted changes)'."""
+    commit, dirty = versions.get("ssl_zoo_commit"), versions.get("ssl_zoo_dirty")
+    if commit is None:
+        return f"ssl_zoo {versions['ssl_zoo']}, not run from a git checkout (commit unknown)"
+    state = {True: "with uncommitted changes", False: "no uncommitted changes"}.get(dirty, "changes unknown")
+    return f"ssl_zoo {versions['ssl_zoo']}, git commit {commit[:12]} ({state})"
+
+
+def machine_text(machine: dict[str, Any]) -> str:
+    return f"CPU: {machine['cpu']}; GPU: {machine['gpu'] or 'none used'}"
+
+
+def memory_text(machine: dict[str, Any]) -> str:
+    host, gpu = machine["peak_host_rss_gib"], machine["peak_gpu_memory_gib"]
+    if host["process"] is None:
+        host_text = "host RSS not measured on this platform"
+    else:
+        # NOTE: a forked child (a DataLoader worker) counts the pages it shares with the bench process.
+        host_text = (f"host RSS {host['process']:.2f} GiB (the bench process), {host['largest_child']:.2f} GiB "
+                     "(its largest child process, shared pages included)")
+    return f"{host_text}; GPU {_number(gpu)} GiB (the largest training run)" if gpu is not None else f"{host_text}; GPU: none used"
+
+
 def title(runs: list[dict[str, Any]]) -> str:
     """'ssl_zoo benchmark: simclr, byol and clip side by side': the methods the runs trained."""
     methods = list(dict.fromkeys(run["recipe"]["method"] for run in runs if run["kind"] == "method"))
@@ -424,8 +510,8 @@ def _markdown(title: str, setup, tables, notes, plots, out: Path, reproduce) -> 
         parts += ["", f"## {title}", "", markdown_table(*table), ""]
         if i == 0:
             parts += [*notes, ""]
-    for name, path in plots.items():
-        parts += [f"## {name}", "", f"![{name}]({path.relative_to(out).as_posix()})", ""]
+    for name, (path, caption) in plots.items():
+        parts += [f"## {name}", "", f"![{name}]({path.relative_to(out).as_posix()})", "", caption, ""]
     parts += ["## Reproduce", "", "```sh", *reproduce, "```", ""]
     return "\n".join(parts)
 
@@ -455,7 +541,7 @@ def _html(title: str, setup, tables, notes, plots, reproduce) -> str:
         parts += [f"<h2>{html.escape(title)}</h2>", html_table(*table)]
         if i == 0:
             parts += [f"<p>{html.escape(note).replace('*', '').replace('`', '')}</p>" for note in notes]
-    for name, path in plots.items():
-        parts += [f"<h2>{html.escape(name)}</h2>", embedded(path)]
+    for name, (path, caption) in plots.items():
+        parts += [f"<h2>{html.escape(name)}</h2>", embedded(path), f"<p>{html.escape(caption)}</p>"]
     parts += ["<h2>Reproduce</h2><pre>", html.escape("\n".join(reproduce)), "</pre></body></html>"]
     return "\n".join(parts)

@@ -377,6 +377,19 @@ def _(capsys, tmp_path, tiny_recipe_file, **_):
     assert_clear_error(code, output, r"loss became NaN or infinite at step \d+", "No checkpoint of that state was saved", "Lower optim.lr")
 
 
+@case("bench-several-devices")
+def _(capsys, tmp_path, tiny_recipe_file, **_):
+    out = tmp_path / "bench"
+    for asked in (["--trainer.devices", "2"], ["--trainer.devices", "0,1"], ["--trainer.num_nodes", "2"]):
+        code, output = run(capsys, "bench", "--recipes", "quickstart", *asked, "--out", out)
+        assert_clear_error(code, output, f"recipe 'quickstart' asks for trainer.{asked[0].split('.')[1]} {asked[1]}",
+                           "times every run on one device", "python -m ssl_zoo fit --recipe quickstart")
+    # A recipe file asking for them is refused the same way.
+    code, output = run(capsys, "bench", "--recipes", tiny_recipe_file(**{"trainer.devices": 2}), "--out", out)
+    assert_clear_error(code, output, "recipe 'tiny_simclr' asks for trainer.devices 2")
+    assert not out.exists()  # refused before anything is written
+
+
 @pytest.fixture(scope="module")
 def trained_simclr(tmp_path_factory) -> Path:
     from conftest import tiny_recipe

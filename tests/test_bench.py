@@ -6,12 +6,19 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
+import torch
+
+import ssl_zoo
 
 from ssl_zoo.bench import _with_budget, parse_budget
+from ssl_zoo.environment import cpu_model
 from ssl_zoo.errors import RecipeError
 from ssl_zoo.recipe import parse_recipe
+from ssl_zoo.train import fit
 
 RECIPES = ["quickstart", "byol_shapes", "clip_shapes"]
 RUN_LABELS = RECIPES + ["supervised (convnet4)", "random init (convnet4)"]
@@ -19,13 +26,16 @@ RUN_LABELS = RECIPES + ["supervised (convnet4)", "random init (convnet4)"]
 
 @pytest.fixture(scope="module")
 def bench_report(tmp_path_factory):
+    # Run from its own folder, as a user runs it from a project's, with --out given absolute:
+    # the report must still name no folder of this machine.
     out = tmp_path_factory.mktemp("bench") / "report"
     args = [
         "bench", "--recipes", *RECIPES, "--budget", "2s", "--out", str(out), "--max-test", "96",
         "--data.num_images", "384", "--data.batch_size", "48", "--data.knn_bank_size", "256",
         "--trainer.accelerator", "cpu",
     ]
-    result = subprocess.run([sys.executable, "-m", "ssl_zoo", *args], capture_output=True, text=True, timeout=900)
+    result = subprocess.run([sys.executable, "-m", "ssl_zoo", *args], capture_output=True, text=True, timeout=900,
+                            cwd=out.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"report: {out / 'report.html'}" in result.stdout
     return out
@@ -89,6 +99,40 @@ def test_bench_writes_results_markdown_and_html_with_every_table_and_plot(bench_
     assert "src=\"plots/" not in html  # self-contained
 
 
+def test_the_report_says_what_ran_it_and_where(bench_report):
+    results = json.loads((bench_report / "results.json").read_text())
+    versions, machine = results["versions"], results["machine"]
+    source_root = Path(ssl_zoo.__file__).resolve().parent.parent
+    if (source_root / ".git").exists():  # a checkout (CI's clone, a worktree): its commit
+        assert re.fullmatch(r"[0-9a-f]{40}", versions["ssl_zoo_commit"]) and versions["ssl_zoo_dirty"] in (True, False)
+    assert versions["ssl_zoo"] == ssl_zoo.__version__
+    assert machine["cpu"] == cpu_model() and machine["cpu"] in results["device"]
+    assert machine["gpu"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+    peak = machine["peak_host_rss_gib"]
+    assert 0.2 < peak["process"] < 64 and peak["largest_child"] is not None  # torch alone takes a few hundred MiB
+    markdown = (bench_report / "report.md").read_text()
+    assert f"- **Source:** ssl_zoo {ssl_zoo.__version__}, " in markdown
+    assert f"- **Machine:** CPU: {cpu_model()}; GPU: " in markdown
+    assert f"- **Peak memory:** host RSS {peak['process']:.2f} GiB (the bench process)" in markdown
+
+
+def test_the_report_names_no_folder_of_this_machine(bench_report):
+    """Paths are relative to the folder bench ran from: no absolute path, home or
+    temporary folder anywhere in the report's files; the reproduce lines run from there."""
+    results = json.loads((bench_report / "results.json").read_text())
+    assert results["paths_relative_to"] == "the working directory bench ran from"
+    assert " --out report " in results["command"]
+    assert results["runs"][0]["training"]["checkpoint"] == "report/runs/quickstart/version_0/checkpoints/last.ckpt"
+    machine_folders = {str(bench_report.parent), str(Path.home()), tempfile.gettempdir(), str(Path.cwd())}
+    for name in ("results.json", "report.md", "report.html"):
+        text = re.sub(r"base64,[A-Za-z0-9+/=]+", "", (bench_report / name).read_text())  # embedded PNGs
+        assert not [folder for folder in machine_folders if folder in text], name
+        assert not re.findall(r"(?:^|[\s\"'(=])/\w[^\s\"']*", text), name  # an absolute path
+    markdown = (bench_report / "report.md").read_text()
+    assert "# run from the working directory bench ran from" in markdown
+    assert "python -m ssl_zoo fit --recipe report/runs/quickstart/version_0/recipe.yaml" in markdown
+
+
 def test_report_renders_in_headless_chromium(bench_report, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -131,7 +175,7 @@ def test_an_earlier_bench_is_evaluated_again_without_retraining(bench_report):
     checkpoints = {p: p.stat().st_mtime for p in bench_report.glob("runs/*/version_0/checkpoints/last.ckpt")}
     result = subprocess.run(
         [sys.executable, "-m", "ssl_zoo", "bench", "--from-results", str(bench_report / "results.json")],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=bench_report.parent,  # its paths are relative to there
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "training" not in result.stdout  # nothing retrained
@@ -146,15 +190,31 @@ def test_an_earlier_bench_is_evaluated_again_without_retraining(bench_report):
     assert checkpoints == {p: p.stat().st_mtime for p in checkpoints}
 
 
-def test_seeds_train_each_recipe_again_and_report_mean_and_std(tmp_path):
-    out = tmp_path / "seeds"
-    args = [
-        "bench", "--recipes", "quickstart", "--seeds", "2", "--no-baselines", "--epochs", "1", "--out", str(out),
-        "--max-test", "96", "--data.num_images", "192", "--data.batch_size", "48", "--data.knn_bank_size", "96",
-        "--trainer.accelerator", "cpu",
-    ]
-    result = subprocess.run([sys.executable, "-m", "ssl_zoo", *args], capture_output=True, text=True, timeout=600)
+# Two seeds of one recipe, an epoch each: two short training runs (checkpointed every 2 of
+# their 4 steps, so that a run cut short has a checkpoint to go on from).
+SEEDS_ARGS = [
+    "--recipes", "quickstart", "--seeds", "2", "--no-baselines", "--epochs", "1",
+    "--max-test", "96", "--data.num_images", "192", "--data.batch_size", "48", "--data.knn_bank_size", "96",
+    "--trainer.accelerator", "cpu", "--trainer.checkpoint_every_n_steps", "2",
+]
+
+
+@pytest.fixture(scope="module")
+def seeds_bench(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("seeds") / "seeds"
+    result = subprocess.run([sys.executable, "-m", "ssl_zoo", "bench", *SEEDS_ARGS, "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    # Not a terminal: one progress line per stage on stderr, with the run, elapsed time and ETA.
+    stages = [line for line in result.stderr.splitlines() if line.startswith("[bench] [")]
+    assert len(stages) == 2 + 4 + 1 and "\r" not in result.stderr
+    assert "training run 2 of 2 (quickstart seed 1)" in stages[1] and "evaluation 4 of 4" in stages[5]
+    assert all(re.search(r"\d+:\d\d elapsed · (~\d+:\d\d left|time left known after the first run)", s) for s in stages)
+    return out
+
+
+def test_seeds_train_each_recipe_again_and_report_mean_and_std(seeds_bench):
+    out = seeds_bench
     results = json.loads((out / "results.json").read_text())
     assert [r["label"] for r in results["runs"]] == [
         "quickstart seed 0", "quickstart seed 1", "random init (convnet4) seed 0", "random init (convnet4) seed 1",
@@ -169,6 +229,53 @@ def test_seeds_train_each_recipe_again_and_report_mean_and_std(tmp_path):
     markdown = (out / "report.md").read_text()
     assert "## Across 2 seeds" in markdown and "| quickstart | 2 | " in markdown and " ± " in markdown
     assert "| quickstart vs random init (convnet4) |" in markdown
+
+
+def _without_timings(results: dict) -> dict:
+    """results.json less what differs between two benches of the same runs: when and how fast
+    they ran, the memory they took."""
+    results = {k: v for k, v in results.items() if k not in ("created", "bench_seconds", "machine")}
+    for run in results["runs"]:
+        if run["training"]:  # (the continued run's images/s covers its second try only)
+            for key in ("wall_seconds", "images_per_second"):
+                run["training"].pop(key)
+        run["evaluation"].pop("seconds")
+        if "checkpoint" in run["evaluation"]:  # its file also holds the loops' timings; the weights are compared apart
+            run["evaluation"]["checkpoint"].pop("sha256")
+        run["curves"]["knn_by_seconds"] = [value for _, value in run["curves"]["knn_by_seconds"]]
+    return results
+
+
+def test_a_bench_killed_in_its_second_run_resumes_to_the_same_results(seeds_bench, tmp_path, monkeypatch):
+    from conftest import Crash, CrashAt
+
+    import ssl_zoo.bench
+    from ssl_zoo.cli import main
+
+    trainings = []
+
+    def fit_killed_in_second_run(recipe, **kwargs):  # before step 3 of 4, after the checkpoint of step 2
+        trainings.append(recipe.name)
+        callbacks = [CrashAt(3)] if len(trainings) == 2 else []
+        return fit(recipe, **kwargs, callbacks=callbacks)
+
+    out = tmp_path / "seeds"
+    monkeypatch.setattr(ssl_zoo.bench, "fit", fit_killed_in_second_run)
+    with pytest.raises(Crash):
+        main(["bench", *SEEDS_ARGS, "--out", str(out)])
+    assert not (out / "results.json").exists() and (out / "runs/quickstart_seed1/version_0/checkpoints/last.ckpt").is_file()
+
+    monkeypatch.setattr(ssl_zoo.bench, "fit", lambda recipe, **kwargs: trainings.append(kwargs["resume"]) or fit(recipe, **kwargs))
+    assert main(["bench", "--resume", str(out)]) == 0
+    # The first run was kept, the second went on from its checkpoint, in its own folder.
+    assert trainings[2:] == [out / "runs/quickstart_seed1/version_0/checkpoints/last.ckpt"]
+    assert sorted(p.name for p in (out / "runs/quickstart_seed1").iterdir()) == ["version_0"]
+    resumed = json.loads((out / "results.json").read_text())
+    unbroken = json.loads((seeds_bench / "results.json").read_text())
+    assert _without_timings(resumed) == _without_timings(unbroken)
+    weights = [torch.load(bench / "runs/quickstart_seed1/version_0/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+               for bench in (out, seeds_bench)]
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)  # the same weights, bit for bit
 
 
 def test_budgets_parse_and_set_the_step_count():
