@@ -134,18 +134,18 @@ def on_one_device(recipe: Recipe) -> Recipe:
     its own process and times it on one device, so that the budgets compare; several
     processes (DDP) would each run the whole bench."""
     devices, nodes = recipe.trainer.devices, recipe.trainer.num_nodes
-    if devices == "auto":
-        return dataclasses.replace(recipe, trainer=dataclasses.replace(recipe.trainer, devices=1))
     text = str(devices).strip()
-    count = int(text) if text.lstrip("-").isdigit() else len([d for d in text.strip("[]").split(",") if d.strip()])
+    count = 1 if devices == "auto" else (
+        int(text) if text.lstrip("-").isdigit() else len([d for d in text.strip("[]").split(",") if d.strip()]))
     if count == 1 and nodes == 1:
-        return recipe
-    asked = f"trainer.devices {devices}" + (f" and trainer.num_nodes {nodes}" if nodes != 1 else "")
+        return dataclasses.replace(recipe, trainer=dataclasses.replace(recipe.trainer, devices=1)) if devices == "auto" else recipe
+    keys = ([f"trainer.devices {devices}"] if count != 1 else []) + ([f"trainer.num_nodes {nodes}"] if nodes != 1 else [])
+    asked, several = " and ".join(keys), " ".join(f"--{key}" for key in keys)
     raise RecipeError(
         f"bench: recipe '{recipe.name}' asks for {asked}, but bench trains and times every run on one device, so "
         "that the runs' budgets compare (several processes would each run the whole bench). Drop the override to "
-        f"bench on one device, or train on several with `python -m ssl_zoo fit --recipe {recipe.name} --trainer.devices "
-        f"{devices}` and score the checkpoint with `python -m ssl_zoo eval --ckpt <run folder>/checkpoints/last.ckpt`."
+        f"bench on one device, or train on several with `python -m ssl_zoo fit --recipe {recipe.name} {several}` and "
+        "score the checkpoint with `python -m ssl_zoo eval --ckpt <run folder>/checkpoints/last.ckpt`."
     )
 
 
