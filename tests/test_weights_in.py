@@ -110,7 +110,7 @@ def test_open_clip_weights_are_scored_on_captions_alone(tiny_open_clip, tmp_path
     assert result["pairs"]["num_captions"] == 12 and 0 <= result["metrics"]["image_to_text_r1"] <= 1
 
 
-def test_imported_weights_stand_in_a_bench_report(resnet18_file, tmp_path):
+def test_imported_weights_stand_in_a_bench_report(resnet18_file, tmp_path, monkeypatch):
     path, _ = resnet18_file
     out = tmp_path / "bench"
     assert main(["bench", "--recipes", "quickstart", "--epochs", "1", "--no-baselines", "--out", str(out),
@@ -124,9 +124,12 @@ def test_imported_weights_stand_in_a_bench_report(resnet18_file, tmp_path):
     report = (out / "report.md").read_text()
     assert "| torchvision:resnet18 | imported (torchvision:resnet18) | torchvision:resnet18 |" in report
     # Its reproduce line scores it again on the same images, to the same numbers.
-    line = next(line for line in report.splitlines() if f"eval --weights torchvision:resnet18={path}" in line)
+    # Its paths are relative to the report's folder (it lies outside the folder bench ran from).
+    assert "# run from the report's folder" in report and str(path) not in report
+    line = next(line for line in report.splitlines() if "eval --weights torchvision:resnet18=" in line)
     assert "--data-recipe" in line and "--input-size 32" in line
     again = tmp_path / "again.json"
+    monkeypatch.chdir(out)
     assert main([*shlex.split(line)[3:], "--out", str(again)]) == 0
     assert json.loads(again.read_text())["metrics"]["knn_top1"] == imported["evaluation"]["metrics"]["knn_top1"]
 
