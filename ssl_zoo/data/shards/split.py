@@ -21,14 +21,7 @@ from ssl_zoo.data.decode import decode_images
 from ssl_zoo.data.shards.dataset import ShardDataset
 from ssl_zoo.data.shards.index import index_path
 from ssl_zoo.data.shards.reader import ShardSet
-
-
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from ssl_zoo.eval.cache import hash_file
 
 
 @dataclass
@@ -79,7 +72,7 @@ class ShardSplit:
         """What the split's images are, for the feature cache: every index file's name, size
         and hash (an index is rebuilt whenever its shard changes), and which samples. Reads
         the indexes (tens of MB for ImageNet), never the images."""
-        indexes = [[index_path(p).name, index_path(p).stat().st_size, _sha256(index_path(p))] for p in self.shards.paths]
+        indexes = [[index_path(p).name, index_path(p).stat().st_size, hash_file(index_path(p))] for p in self.shards.paths]
         return {"indexes": indexes, "samples": hashlib.sha256(self.samples.tobytes()).hexdigest(), "image_size": self.image_size}
 
     def images_at(self, rows: Tensor) -> Tensor:
