@@ -129,7 +129,8 @@ class KNNOnTheClock(pl.Callback):
         self._record(trainer, pl_module)
         if seconds >= self.budget:
             trainer.should_stop = True
-        self.next_point = min(self.next_point + self.every, self.budget)
+        # The next multiple of ``every`` ahead: a slow step that crossed several does not bunch the points.
+        self.next_point = min((seconds // self.every + 1) * self.every, self.budget)
         self.resumed = time.perf_counter()
 
 
@@ -225,6 +226,7 @@ def print_table(arms: dict[str, list[Point]], summary: dict) -> None:
     for name in arms:
         print(f"  {name}: {summary[name]['images_per_s']:.0f} training images / s, "
               f"{summary[name]['steps']} steps in {summary[name]['seconds']:.1f} s")
+    print(f"  training images / s, ssl_zoo / lightly: {summary['images_per_s_ratio']:.2f}x")
     reached = summary["ssl_zoo_seconds_to_lightly_final"]
     target = 100 * summary["lightly_final_top1"]
     if reached is None:
@@ -282,13 +284,14 @@ def main(argv: list[str] | None = None) -> dict:
         "cores": cores, "lightly_final_top1": lightly_final.top1, "ssl_zoo_seconds_to_lightly_final": reached,
         # (ssl_zoo's time to lightly's final top-1) / (lightly's whole time): below 1, ssl_zoo is sooner.
         "time_ratio": reached / lightly_final.seconds if reached is not None else None,
+        "images_per_s_ratio": images_per_second(arms["ssl_zoo"], batch) / images_per_second(arms["lightly"], batch),
         **{name: {"images_per_s": images_per_second(points, batch), "steps": points[-1].steps, "seconds": points[-1].seconds}
            for name, points in arms.items()},
     }
     command = "python benchmarks/vs_lightly.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results = {
         "date": date.today().isoformat(), "command": command.strip(), "quick": args.quick,
-        "recipe": RECIPE, "data": "shared_cifar10 (../shared/data/cifar10.npz)", "batch_size": batch,
+        "recipe": RECIPE, "data": "shared_cifar10 (cifar10.npz, the repository's CIFAR-10 stand-in)", "batch_size": batch,
         "minutes_per_arm": args.minutes, "knn": {"k": 200, "temperature": 0.1, "bank": args.bank, "queries": args.queries},
         "cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "lightly_workers": cores, "versions": versions(),
         "summary": summary,

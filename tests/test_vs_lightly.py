@@ -4,6 +4,7 @@ lightly-fed method sees views laid out as ssl_zoo's, and the curves are read rig
 
 import math
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -63,3 +64,23 @@ def test_time_to_reach_interpolates_and_says_when_never(vs_lightly):
     assert vs_lightly.time_to_reach(curve, 0.30) == 30.0
     assert vs_lightly.time_to_reach(curve, 0.05) == 0.0
     assert vs_lightly.time_to_reach(curve, 0.60) is None
+
+
+def test_the_clock_pauses_for_knn_and_stops_at_the_budget(vs_lightly, monkeypatch):
+    now = [100.0]  # a fake perf_counter: each training step takes 4 s, each kNN measurement 50 s
+    monkeypatch.setattr(vs_lightly.time, "perf_counter", lambda: now[0])
+    clock = vs_lightly.KNNOnTheClock(bank=None, query=None, budget=30.0, every=10.0, label="test")
+
+    def measure(model):
+        now[0] += 50.0
+        return 0.5
+
+    monkeypatch.setattr(clock, "top1", measure)
+    trainer = SimpleNamespace(global_step=0, should_stop=False)
+    clock.on_train_start(trainer, None)
+    while not trainer.should_stop:
+        now[0] += 4.0
+        trainer.global_step += 1
+        clock.on_train_batch_end(trainer, None, None, None, trainer.global_step - 1)
+    # kNN time never counts; a point at 0, at the first step past each 10 s, and past the budget.
+    assert [(p.seconds, p.steps) for p in clock.points] == [(0.0, 0), (12.0, 3), (20.0, 5), (32.0, 8)]
