@@ -41,6 +41,15 @@ class KNNMonitor(pl.Callback):
         self.temperature = temperature
         self.random_init_top1: float | None = None
         self.last_top1: float | None = None
+        self.seconds = 0.0  # spent measuring (and waiting at its barrier), over the whole run
+
+    # Kept in checkpoints: a resumed run neither scores its checkpoint as the random init
+    # again nor forgets the time its first part spent here.
+    def state_dict(self) -> dict:
+        return {"random_init_top1": self.random_init_top1, "seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.random_init_top1, self.seconds = state_dict["random_init_top1"], state_dict["seconds"]
 
     def measure(self, pl_module: "pl.LightningModule") -> float:
         dm, device = self.datamodule, pl_module.device
@@ -56,9 +65,11 @@ class KNNMonitor(pl.Callback):
 
     def _measure_on_rank_zero(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
         """The kNN top-1 on rank 0 (None elsewhere, and where there is nothing to score)."""
+        started = time.perf_counter()
         top1 = self.measure(pl_module) if trainer.is_global_zero and self.datamodule.bank_set is not None else None
         # NOTE: the barrier has the process group's timeout (Lightning's default: 30 min).
         trainer.strategy.barrier("knn_monitor")
+        self.seconds += time.perf_counter() - started
         return top1
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -66,6 +77,8 @@ class KNNMonitor(pl.Callback):
         if why is not None and trainer.is_global_zero:
             print(f"ssl_zoo: kNN monitor skipped: {why}. Linear and kNN evaluation need a labelled dataset: "
                   "python -m ssl_zoo eval --ckpt CKPT --data NAME --root DIR.", flush=True)
+        # On resuming, the score restored from the checkpoint is kept (the loops' step count
+        # is restored only after this hook, so it reads 0 here either way).
         if self.random_init_top1 is None and trainer.global_step == 0:
             self.random_init_top1 = self._measure_on_rank_zero(trainer, pl_module)
             if self.random_init_top1 is not None:
@@ -102,11 +115,14 @@ class ViewGridLogger(pl.Callback):
 
 
 class StepTimer(pl.Callback):
-    """Seconds of training steps ``skip + 1 .. max_steps``: the steps after a few warm-up
-    steps (compilation, caches, allocator), timed as the trainer runs them."""
+    """Seconds of training steps ``skip + 1 ..``: the steps after a few warm-up steps
+    (compilation, caches, allocator), timed as the trainer runs them, up to the trainer's
+    ``max_steps`` or, with ``stop_after=(steps, seconds)``, until at least that many steps
+    and seconds have been timed (the timer then stops the trainer)."""
 
-    def __init__(self, skip: int) -> None:
+    def __init__(self, skip: int, stop_after: tuple[int, float] | None = None) -> None:
         self.skip = skip
+        self.stop_after = stop_after
         self.started: float | None = None
         self.steps = 0
         self.seconds = 0.0
@@ -117,9 +133,13 @@ class StepTimer(pl.Callback):
         return time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        # The device is synchronised only where the clock is read: at the start and the end.
+        # The device is synchronised only where the clock is read: at the start and the end
+        # (with stop_after, at every step: the few seconds a measurement lasts).
         if trainer.global_step == self.skip:
             self.started = self._now(pl_module)
+        elif self.started is not None and self.stop_after is not None:
+            self.steps, self.seconds = trainer.global_step - self.skip, self._now(pl_module) - self.started
+            trainer.should_stop = self.steps >= self.stop_after[0] and self.seconds >= self.stop_after[1]
         elif self.started is not None and trainer.global_step == trainer.max_steps:
             self.steps = trainer.global_step - self.skip
             self.seconds = self._now(pl_module) - self.started
@@ -158,7 +178,9 @@ class SparseProgressBar(TQDMProgressBar):
 
 
 class ThroughputMeter(pl.Callback):
-    """Training images per second over the run, validation and monitors excluded."""
+    """Seconds of training and training images per second over the run, validation and
+    monitors excluded. Both counts are kept in checkpoints, so that a resumed run reports
+    the whole run's, not its last part's."""
 
     def __init__(self) -> None:
         self.train_seconds = 0.0
@@ -194,5 +216,18 @@ class ThroughputMeter(pl.Callback):
         self.images += batch["views"].shape[1] * trainer.world_size
 
     @property
+    def elapsed(self) -> float:
+        """Seconds of training so far, the part under way included (the host's clock: on a
+        GPU, the steps queued but not yet run are not in it)."""
+        return self.train_seconds + (time.perf_counter() - self._started if self._started is not None else 0.0)
+
+    @property
     def images_per_second(self) -> float:
         return self.images / self.train_seconds if self.train_seconds else 0.0
+
+    def state_dict(self) -> dict:
+        # A checkpoint written mid-epoch holds the seconds of the part under way too.
+        return {"train_seconds": self.elapsed, "images": self.images}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.train_seconds, self.images = state_dict["train_seconds"], state_dict["images"]

@@ -41,7 +41,7 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARN
 class RunSummary:
     run_dir: Path
     checkpoint: Path
-    wall_seconds: float
+    wall_seconds: float  # of this call: setup, training, monitors, checkpoints
     epochs: int
     steps: int
     device: str
@@ -51,6 +51,10 @@ class RunSummary:
     knn_top1_random_init: float | None  # before the first step: random init, or the recipe's init_weights
     probe_top1: float | None
     peak_memory_gib: float | None  # peak GPU memory allocated by the run (None on the CPU)
+    # Over the whole run, a resumed one's earlier parts included: training steps (data,
+    # views, step, logging, checkpoints), and the kNN monitor (random init and periodic).
+    train_seconds: float = 0.0  # (0: results written before they were recorded)
+    monitor_seconds: float = 0.0
     init_weights: str | None = None  # the file the backbone started from (None: random init)
     global_rank: int = 0  # the process that returned it: under several, rank 0's reports the run
     # Shards: where the training images were decoded ("device" or "workers") and what it took
@@ -176,6 +180,8 @@ def fit(
         steps=trainer.global_step,
         device=str(trainer.strategy.root_device),
         images_per_second=throughput.images_per_second,
+        train_seconds=throughput.train_seconds,
+        monitor_seconds=knn.seconds,
         final_loss=_mean_over_processes(trainer, metric("train/loss")),
         knn_top1=knn.last_top1,
         knn_top1_random_init=knn.random_init_top1,
