@@ -72,7 +72,8 @@ def bench(recipes: Sequence[str | Path], *, budget: str | None = "90s", epochs: 
     ``epochs`` each), evaluate them beside a supervised and a random-init baseline, and write
     report.md, report.html and results.json under ``out``, as ``ssl_zoo bench`` does.
     ``overrides`` apply to every recipe. Returns the results written to results.json."""
-    from ssl_zoo.bench import BenchConfig, parse_budget, run_bench
+    from ssl_zoo.bench import BenchConfig, run_bench
+    from ssl_zoo.budget import parse_budget
     from ssl_zoo.eval.config import EvalConfig
 
     args = _override_args(overrides)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from kornia.enhance import denormalize
 
 from ssl_zoo.augment import ViewAugment
 from ssl_zoo.bench_progress import BenchProgress
+from ssl_zoo.budget import BudgetKeeper, measure_steps_per_second, measurement_seconds
 from ssl_zoo.data.datamodule import ImageDataModule, load_split
 from ssl_zoo.data.spec import dataset_spec
 from ssl_zoo.environment import cpu_model, device_name, peak_host_memory_gib, pick_device, versions
@@ -39,7 +39,6 @@ from ssl_zoo.eval.imported import ImportedModel, WeightsSource, load_imported
 from ssl_zoo.eval.stage import evaluate, evaluate_checkpoint, evaluate_weights, write_tensorboard
 from ssl_zoo.methods import SSLMethod, build_method, load_method, method_class
 from ssl_zoo.methods.supervised import Supervised
-from ssl_zoo.monitor import StepTimer
 from ssl_zoo.recipe import Recipe, parse_recipe, recipe_from_dict, recipe_to_dict, save_recipe
 from ssl_zoo.report import ReportFigures, Similarity, write_report
 from ssl_zoo.report_paths import BASE_REPORT_FOLDER, ReportPaths
@@ -100,34 +99,6 @@ def random_init_model(recipe: Recipe) -> SSLMethod:
     return build_method(recipe)
 
 
-def parse_budget(text: str) -> float:
-    """'90s', '10m', '1.5h' or plain seconds -> seconds."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", text)
-    if not match or float(match.group(1)) <= 0:
-        raise RecipeError(f"Budget '{text}' is not a duration; write e.g. 90s, 10m or 1h.")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
-
-
-def measure_steps_per_second(recipe: Recipe, datamodule: ImageDataModule, warmup: int = 3, steps: int = 8) -> float:
-    """Training steps per second of ``recipe`` as ``fit`` runs it, monitors excluded."""
-    pl.seed_everything(recipe.trainer.seed, verbose=False)
-    model = build_method(recipe, num_classes=datamodule.num_classes)
-    timer = StepTimer(skip=warmup)
-    cfg = recipe.trainer
-    trainer = pl.Trainer(
-        max_steps=warmup + steps, accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, callbacks=[timer], use_distributed_sampler=False,  # the sampler splits batches itself
-    )
-    trainer.fit(model, datamodule=datamodule)
-    if not timer.seconds:
-        raise RecipeError(
-            f"bench: could not time recipe '{recipe.name}': its training split holds fewer than "
-            f"{warmup + steps} batches of {recipe.data.batch_size}. Lower --data.batch_size or use --epochs."
-        )
-    return timer.steps / timer.seconds
-
-
 def on_one_device(recipe: Recipe) -> Recipe:
     """The recipe on one device: ``trainer.devices: auto`` (which would take every GPU) set
     to 1; a recipe asking for several devices or nodes refused. Bench trains every run in
@@ -169,14 +140,18 @@ def _baseline_source(recipes: list[Recipe], backbone: str) -> Recipe:
     return next((r for r in same if not method_class(r).uses_text), same[0])
 
 
+MONITOR_POINTS = 6  # kNN scores along a run, for the time-to-accuracy curve
+
+
 def _with_budget(recipe: Recipe, steps_per_epoch: int, max_steps: int | None, epochs: int | None) -> Recipe:
-    """The recipe with the benchmark's budget, ~6 kNN points along the run (for the
-    time-to-accuracy curve) and ~100 logged losses."""
+    """The recipe with the benchmark's budget, MONITOR_POINTS kNN scores along the run
+    and ~100 logged losses."""
     trainer = recipe.trainer
     if max_steps is not None:
-        trainer = dataclasses.replace(trainer, max_epochs=-1, max_steps=max_steps, val_every_n_steps=max(max_steps // 6, 1))
+        trainer = dataclasses.replace(trainer, max_epochs=-1, max_steps=max_steps,
+                                      val_every_n_steps=max(max_steps // MONITOR_POINTS, 1))
     elif epochs is not None:
-        trainer = dataclasses.replace(trainer, max_epochs=epochs, check_val_every_n_epoch=max(epochs // 6, 1))
+        trainer = dataclasses.replace(trainer, max_epochs=epochs, check_val_every_n_epoch=max(epochs // MONITOR_POINTS, 1))
     total_steps = max_steps or trainer.max_epochs * steps_per_epoch
     trainer = dataclasses.replace(trainer, log_every_n_steps=max(min(total_steps // 100, steps_per_epoch), 1))
     return dataclasses.replace(recipe, trainer=trainer)
@@ -187,12 +162,16 @@ STATE_FILE = "bench_state.json"  # what a bench has done so far, for --resume
 
 class BenchState:
     """What a bench has done, saved in ``OUT/bench_state.json`` after every stage so that
-    ``bench --resume OUT`` goes on from there: its settings, and per run label the recipe
-    with its budget (steps fitted once, kept on resuming), the run folders that existed
+    ``bench --resume OUT`` goes on from there: its settings, the steps fitted to each
+    recipe, and per run label the recipe with its budget, the run folders that existed
     before it started training, its training summary and its evaluation."""
 
-    def __init__(self, path: Path, config: dict[str, Any], runs: dict[str, dict[str, Any]] | None = None):
+    def __init__(self, path: Path, config: dict[str, Any], runs: dict[str, dict[str, Any]] | None = None,
+                 fitted_steps: dict[str, dict[str, Any]] | None = None):
         self.path, self.config, self.runs = path, config, runs or {}
+        # Per recipe (run group): its measured speed, its steps, the seed that holds the
+        # budget and whether it has finished (fixed: the steps of every later seed).
+        self.fitted_steps = fitted_steps or {}
 
     @classmethod
     def load(cls, out: Path) -> BenchState:
@@ -201,14 +180,14 @@ class BenchState:
             raise RecipeError(f"bench --resume: '{out}' holds no {STATE_FILE}; pass the --out folder of a bench "
                               "started with this version of ssl_zoo.")
         saved = json.loads(path.read_text())
-        return cls(path, saved["config"], saved["runs"])
+        return cls(path, saved["config"], saved["runs"], saved.get("fitted_steps"))
 
     def of(self, run: BenchRun) -> dict[str, Any]:
         return self.runs.setdefault(run.label, {})
 
     def save(self) -> None:
         partial = self.path.with_name(f".{self.path.name}.partial")  # never a half-written state
-        partial.write_text(json.dumps({"config": self.config, "runs": self.runs}, indent=1))
+        partial.write_text(json.dumps({"config": self.config, "runs": self.runs, "fitted_steps": self.fitted_steps}, indent=1))
         partial.replace(self.path)
 
 
@@ -339,26 +318,52 @@ def _train(run: BenchRun, config: BenchConfig, state: BenchState, progress: Benc
         run.recipe, run.steps_per_second = recipe_from_dict(saved["recipe"]), saved["steps_per_second"]
         resume_from = _continue_from(run.recipe, saved["versions_before"])
     else:
-        max_steps = None
-        if config.budget_seconds is not None:
-            run.steps_per_second = measure_steps_per_second(run.recipe, datamodule)
-            max_steps = max(int(config.budget_seconds * run.steps_per_second), 1)
-            progress.say(f"{run.label}: {run.steps_per_second:.2f} steps/s -> {max_steps} steps in the budget")
-        steps_per_epoch = len(datamodule.train_set) // run.recipe.data.batch_size
-        run.recipe = _with_budget(run.recipe, steps_per_epoch, max_steps, config.epochs)
+        max_steps = _fitted_steps(run, config, state, datamodule, progress)
+        run.recipe = _with_budget(run.recipe, steps_per_epoch_of(datamodule, run.recipe), max_steps, config.epochs)
         saved.update(recipe=recipe_to_dict(run.recipe), steps_per_second=run.steps_per_second,
                      versions_before=_run_versions(run.recipe))
         state.save()
+    # The first seed of a recipe under a wall-clock budget holds it, and fixes the steps of the others.
+    fitted = state.fitted_steps.get(run.group)
+    keeps_budget = fitted is not None and fitted.get("kept_by") == run.label
     action = f"resuming {run.label} from {resume_from}" if resume_from else f"training {run.label}"
     progress.say(f"{action} ({run.recipe.method}, {run.recipe.backbone}, {run.recipe.data.name})")
-    run.training = fit(run.recipe, enable_progress_bar=False, datamodule=datamodule, resume=resume_from)
-    if resume_from is not None:  # the monitor's first score was the first try's, of the random init
-        first = read_curves(run.training.run_dir)["knn_by_seconds"][:1]
-        run.training.knn_top1_random_init = first[0][1] if first else None
+    run.training = fit(run.recipe, enable_progress_bar=False, datamodule=datamodule, resume=resume_from,
+                       callbacks=[BudgetKeeper(config.budget_seconds, validations=MONITOR_POINTS)] if keeps_budget else [])
+    if keeps_budget:  # the steps it ended with: its seeds' steps, and its recipe's (to reproduce it)
+        fitted.update(steps=run.training.steps, fixed=True)
+        run.recipe = _with_budget(run.recipe, steps_per_epoch_of(datamodule, run.recipe), run.training.steps, None)
+        save_recipe(run.recipe, run.training.run_dir / "recipe.yaml")
     saved["training"] = summary_to_dict(run.training)
+    saved["recipe"] = recipe_to_dict(run.recipe)
     state.save()
     progress.end()
-    progress.say(f"trained {run.label} in {run.training.wall_seconds:.0f} s")
+    progress.say(f"trained {run.label}: {run.training.train_seconds:.0f} s of training, "
+                 f"{run.training.monitor_seconds:.0f} s of kNN monitor")
+
+
+def steps_per_epoch_of(datamodule: ImageDataModule, recipe: Recipe) -> int:
+    return len(datamodule.train_set) // recipe.data.batch_size
+
+
+def _fitted_steps(run: BenchRun, config: BenchConfig, state: BenchState, datamodule: ImageDataModule,
+                  progress: BenchProgress) -> int | None:
+    """The steps ``run`` trains under a wall-clock budget (None: an epoch budget). A
+    recipe's first seed starts from its speed measured for a few seconds, and its
+    BudgetKeeper refits the steps as it trains; every later seed trains the steps the first
+    ended with (``fixed``), so that seeds differ by their seed alone."""
+    if config.budget_seconds is None:
+        return None
+    fitted = state.fitted_steps.get(run.group)
+    if fitted is None:
+        speed = measure_steps_per_second(run.recipe, datamodule, measurement_seconds(config.budget_seconds))
+        fitted = state.fitted_steps[run.group] = {"steps_per_second": speed, "kept_by": run.label,
+                                                   "steps": max(int(config.budget_seconds * speed), 1), "fixed": False}
+        progress.say(f"{run.group}: {speed:.2f} steps/s -> about {fitted['steps']} steps in the budget")
+    elif fitted["fixed"]:
+        progress.say(f"{run.label}: {fitted['steps']} steps, as {fitted['kept_by']}")
+    run.steps_per_second = fitted["steps_per_second"]
+    return fitted["steps"]
 
 
 def _evaluate_and_report(
@@ -415,7 +420,7 @@ def read_curves(run_dir: Path) -> dict[str, list[list[float]]]:
     tags = set(events.Tags()["scalars"])
     # A run continued from a checkpoint (bench --resume) logs again the steps after it:
     # per step, the last value is the run's (event files are read oldest first). The
-    # random-init score is the first try's: a continued run scores its checkpoint as step 0.
+    # random-init score is the first try's (the monitor keeps it in its checkpoints).
     scalars = {tag: list({e.step: e for e in events.Scalars(tag)}.values()) for tag in ("train/loss", "knn/top1") if tag in tags}
     scalars["knn/top1_random_init"] = events.Scalars("knn/top1_random_init")[:1] if "knn/top1_random_init" in tags else []
     start = min((s[0].wall_time for s in scalars.values() if s), default=0.0)
@@ -475,7 +480,10 @@ def gather_results(
     the per-recipe statistics across seeds."""
     entries = [
         {
-            "label": run.label, "group": run.group, "kind": run.kind, "recipe": run.result["recipe"],
+            # A trained run's recipe as bench last set it (the steps its budget ended with), not
+            # its checkpoint's (the first guess of a run that held the budget).
+            "label": run.label, "group": run.group, "kind": run.kind,
+            "recipe": recipe_to_dict(run.recipe) if run.training is not None else run.result["recipe"],
             "training": None if run.training is None else {
                 **summary_to_dict(run.training),
                 "steps_per_second_measured": run.steps_per_second,

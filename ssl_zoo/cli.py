@@ -343,7 +343,8 @@ def bench_parser() -> argparse.ArgumentParser:
 
 
 def bench_command(argv: list[str]) -> int:
-    from ssl_zoo.bench import BenchConfig, parse_budget, run_bench
+    from ssl_zoo.bench import BenchConfig, run_bench
+    from ssl_zoo.budget import parse_budget
     from ssl_zoo.eval.config import EvalConfig
 
     parser = bench_parser()

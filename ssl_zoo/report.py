@@ -267,8 +267,33 @@ def _trained_how(run: dict[str, Any]) -> str:
     return "none (untrained)"
 
 
+def _seconds(training: dict[str, Any] | None, key: str) -> str:
+    """A run's seconds of training or of its monitor; "–" where results predate them."""
+    if training is None:
+        return "0"
+    return _number(training[key], 0) if training.get(key) else "–"
+
+
+def budget_text(budget: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    """What the runs were given, and, for a wall-clock budget, how closely their training
+    time held to it and the steps each recipe was fitted."""
+    if budget["mode"] != "wall_clock":
+        return f"equal epochs: {budget['epochs'] if budget['epochs'] is not None else 'each recipe’s own'}"
+    trained = [run for run in runs if run["training"] is not None]
+    text = (f"equal wall clock: {budget['seconds']:.0f} s of training steps per run, the kNN monitor apart. A recipe's "
+            "first seed holds the budget itself (its step count refitted to its speed as it trains, the schedules "
+            "with it); every later seed trains the steps the first ended with, so that seeds differ by their seed alone")
+    steps = {run["group"]: run["training"]["steps"] for run in trained}
+    text += " (" + ", ".join(f"{group}: {n} steps" for group, n in steps.items()) + ")"
+    seconds = [run["training"]["train_seconds"] for run in trained if run["training"].get("train_seconds")]
+    if seconds:
+        off = [100 * (s / budget["seconds"] - 1) for s in seconds]
+        text += f". Training took {min(seconds):.1f}–{max(seconds):.1f} s ({min(off):+.1f} % to {max(off):+.1f} % of the budget)"
+    return text
+
+
 def headline_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    header = ["run", "method", "backbone", "trained on", "epochs", "steps", "wall time (s)", "images/s",
+    header = ["run", "method", "backbone", "trained on", "epochs", "steps", "training (s)", "kNN monitor (s)", "images/s",
               "peak GPU mem (GiB)", "linear top-1", "linear top-5", "kNN top-1", "zero-shot top-1",
               "R@1/5/10 image→text", "R@1/5/10 text→image"]
     rows = []
@@ -283,7 +308,8 @@ def headline_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
             run["label"], _trained_how(run), result["backbone"],
             run["recipe"]["data"]["name"] if t is not None else "–",
             str(t["epochs"]) if t else "0", str(t["steps"]) if t else "0",
-            _number(t["wall_seconds"], 0) if t else "0", _number(t["images_per_second"], 0) if t else "–",
+            _seconds(t, "train_seconds"), _seconds(t, "monitor_seconds"),
+            _number(t["images_per_second"], 0) if t else "–",
             _number(t["peak_memory_gib"]) if t and t["peak_memory_gib"] is not None else "–",
             _with_interval(result, "linear_top1"), _percent(m, "linear_top5"), _with_interval(result, "knn_top1"),
             _with_interval(result, "zero_shot_top1"), recall["image_to_text"], recall["text_to_image"],
@@ -401,12 +427,6 @@ def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> 
             similarity_caption(similarity),
         )
 
-    budget = results["budget"]
-    if budget["mode"] == "wall_clock":
-        budget_text = (f"equal wall clock: {budget['seconds']:.0f} s of training steps per run (each run's "
-                       "speed measured first; its step count fitted to the budget, so schedules complete)")
-    else:
-        budget_text = f"equal epochs: {budget['epochs'] if budget['epochs'] is not None else 'each recipe’s own'}"
     data, eval_config, seeds = results["eval_data"], results["eval_config"], results["seeds"]
     tables = {"Results": headline_rows(runs)}
     if seeds > 1:
@@ -440,7 +460,7 @@ def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> 
                       else f"{len(eval_config['templates'] or DEFAULT_TEMPLATES)} prompt templates averaged")
     setup = [
         ("Device", results["device"]),
-        ("Budget", budget_text),
+        ("Budget", budget_text(results["budget"], runs)),
         ("Evaluated on", f"{data['name']}: {data['num_train']} training images ({data['train_split']}) for the "
                          f"linear classifier and kNN bank, {data['num_test']} test images ({data['test_split']})"),
         ("Protocol", f"frozen backbone; linear top-1: {linear_protocols(runs)}; "
@@ -456,7 +476,9 @@ def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> 
         "Baselines: *supervised* is the same backbone, augmentation and budget trained with labels "
         f"(cross-entropy); *random init* is the untrained backbone; *imported* runs are weights made elsewhere, "
         f"scored by the same protocol. Accuracies are percentages on the '{data['test_split']}' split of {data['name']}.",
-        "Peak GPU memory is blank on the CPU. Images/s counts training images (pairs of views for two-view methods such as SimCLR and BYOL).",
+        "Peak GPU memory is blank on the CPU. Images/s counts training images (pairs of views for two-view methods such as SimCLR and BYOL). "
+        "Training seconds are the steps' (data, views, step, logging, checkpoints); the kNN monitor's (random init, "
+        "then about six times along the run) are apart, outside the budget.",
         f"In brackets: the 95 % bootstrap interval over the {data['num_test']} test images ({RESAMPLES} resamples). "
         "It measures the test set's noise, not the seed's. Two runs whose intervals overlap are not "
         "distinguishable at this budget (next table).",

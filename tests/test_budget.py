@@ -1,0 +1,53 @@
+"""The BudgetKeeper holds a run's training time to its budget, whatever the first guess."""
+
+import time
+
+import pytest
+import pytorch_lightning as pl
+from conftest import tiny_recipe
+
+from ssl_zoo.budget import BudgetKeeper
+from ssl_zoo.train import fit
+
+
+class SlowSteps(pl.Callback):
+    """Steps of a known, steady length: the test measures the keeper, not the machine."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        time.sleep(0.05)
+
+
+class Schedules(pl.Callback):
+    """The learning rate and the schedules' length at each step, and the validations."""
+
+    def __init__(self) -> None:
+        self.lengths, self.rates, self.validations = [], [], 0
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self.validations += 1
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.lengths.append(pl_module.total_steps())
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("first_guess", [8, 400])  # far too few steps, far too many
+def test_the_keeper_ends_training_at_the_budget_and_sizes_the_schedules_to_it(tmp_path, first_guess):
+    budget = 3.0
+    recipe = tiny_recipe("byol", tmp_path, **{
+        "backbone": "convnet4", "data.num_images": 96, "data.batch_size": 8, "trainer.max_epochs": -1,
+        "trainer.max_steps": first_guess, "trainer.val_every_n_steps": max(first_guess // 4, 1), "optim.warmup_epochs": 0,
+    })
+    keeper, schedules = BudgetKeeper(budget, validations=4), Schedules()
+    summary = fit(recipe, enable_progress_bar=False, callbacks=[SlowSteps(), schedules, keeper])
+    assert summary.train_seconds == pytest.approx(budget, rel=0.05)
+    assert keeper.refits >= 5 and summary.steps == schedules.lengths[-1]  # the run ended where its schedules did
+    # The monitor keeps to about 4 scores along the run, not 4 along the first guess's length.
+    assert 3 <= schedules.validations <= 6
+    # BYOL's momentum and the learning rate follow the refitted length: the cosine reaches
+    # its end value at the run's last step, not at the first guess's. A guess too long only
+    # ever shortens it, so the rate still only falls (a guess too short is stretched).
+    lr = schedules.rates
+    assert lr[-1] < 0.05 * max(lr)
+    if first_guess > summary.steps:
+        assert all(b <= a + 1e-12 for a, b in zip(lr, lr[1:]))
