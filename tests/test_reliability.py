@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 import pytorch_lightning as pl
 import torch
 import yaml
@@ -110,6 +111,14 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bit_exact(method, make_recipe, tm
     resumed = fit(crashed, enable_progress_bar=False, resume=last)
     assert resumed.run_dir == last.parent.parent
     assert_same_state(final_state(unbroken.checkpoint), final_state(resumed.checkpoint))
+    # The monitors carry on too: the random-init score is the first try's, logged once (the
+    # checkpoint is not scored as another), and the throughput covers the whole run's images.
+    assert resumed.knn_top1_random_init == unbroken.knn_top1_random_init is not None
+    events = EventAccumulator(str(resumed.run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    assert len(events.Scalars("knn/top1_random_init")) == 1
+    images = resumed.images_per_second * resumed.train_seconds
+    assert images == pytest.approx(resumed.steps * crashed.data.batch_size)
 
 
 WRITER = textwrap.dedent("""
