@@ -263,8 +263,8 @@ def test_a_bench_killed_in_its_second_run_resumes_to_the_same_results(seeds_benc
 
     def fit_killed_in_second_run(recipe, **kwargs):  # before step 3 of 4, after the checkpoint of step 2
         trainings.append(recipe.name)
-        callbacks = [CrashAt(3)] if len(trainings) == 2 else []
-        return fit(recipe, **kwargs, callbacks=callbacks)
+        crash = [CrashAt(3)] if len(trainings) == 2 else []
+        return fit(recipe, **{**kwargs, "callbacks": [*kwargs.get("callbacks", []), *crash]})
 
     out = tmp_path / "seeds"
     monkeypatch.setattr(ssl_zoo.bench, "fit", fit_killed_in_second_run)
