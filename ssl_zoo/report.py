@@ -280,16 +280,17 @@ def budget_text(budget: dict[str, Any], runs: list[dict[str, Any]]) -> str:
     if budget["mode"] != "wall_clock":
         return f"equal epochs: {budget['epochs'] if budget['epochs'] is not None else 'each recipe’s own'}"
     trained = [run for run in runs if run["training"] is not None]
+    seconds = [run["training"]["train_seconds"] for run in trained if run["training"].get("train_seconds")]
+    if not seconds:  # results from before budgets were held (ssl_zoo 2026-12-06): as they were made
+        return (f"equal wall clock: {budget['seconds']:.0f} s of training steps per run (each run's speed measured "
+                "first; its step count fitted to the budget, so schedules complete)")
     text = (f"equal wall clock: {budget['seconds']:.0f} s of training steps per run, the kNN monitor apart. A recipe's "
             "first seed holds the budget itself (its step count refitted to its speed as it trains, the schedules "
             "with it); every later seed trains the steps the first ended with, so that seeds differ by their seed alone")
     steps = {run["group"]: run["training"]["steps"] for run in trained}
     text += " (" + ", ".join(f"{group}: {n} steps" for group, n in steps.items()) + ")"
-    seconds = [run["training"]["train_seconds"] for run in trained if run["training"].get("train_seconds")]
-    if seconds:
-        off = [100 * (s / budget["seconds"] - 1) for s in seconds]
-        text += f". Training took {min(seconds):.1f}–{max(seconds):.1f} s ({min(off):+.1f} % to {max(off):+.1f} % of the budget)"
-    return text
+    off = [100 * (s / budget["seconds"] - 1) for s in seconds]
+    return text + f". Training took {min(seconds):.1f}–{max(seconds):.1f} s ({min(off):+.1f} % to {max(off):+.1f} % of the budget)"
 
 
 def headline_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:

@@ -17,6 +17,7 @@ import ssl_zoo
 from ssl_zoo.bench import BenchConfig, BenchState, _fitted_steps, _with_budget, seeded_runs
 from ssl_zoo.budget import measurement_seconds, parse_budget
 from ssl_zoo.environment import cpu_model
+from ssl_zoo.report import budget_text
 from ssl_zoo.errors import RecipeError
 from ssl_zoo.recipe import parse_recipe
 from ssl_zoo.train import fit
@@ -329,6 +330,18 @@ def test_every_seed_of_a_recipe_trains_the_steps_its_first_seed_ended_with(tmp_p
     assert BenchState.load(tmp_path).fitted_steps == state.fitted_steps
     assert measurement_seconds(90) == 1.8 and measurement_seconds(600) == 12.0 and measurement_seconds(3600) == 30.0
     assert _fitted_steps(runs[0], BenchConfig(recipes=[], out=tmp_path, epochs=3), state, None, progress) is None
+
+
+def test_the_budget_line_says_how_the_steps_were_set_then_and_now():
+    budget = {"mode": "wall_clock", "seconds": 90.0, "epochs": None}
+    old = [{"group": "a", "training": {"steps": 500}}]  # results.json from before held budgets
+    assert "step count fitted to the budget" in budget_text(budget, old) and "holds" not in budget_text(budget, old)
+    held = [{"group": "a", "training": {"steps": 500, "train_seconds": 89.5}},
+            {"group": "b", "training": {"steps": 700, "train_seconds": 90.9}}, {"group": "random", "training": None}]
+    line = budget_text(budget, held)
+    assert "holds the budget" in line and "a: 500 steps, b: 700 steps" in line
+    assert line.endswith("Training took 89.5–90.9 s (-0.6 % to +1.0 % of the budget)")
+    assert budget_text({"mode": "epochs", "seconds": None, "epochs": 3}, held) == "equal epochs: 3"
 
 
 def test_bench_rejects_an_unknown_option(tmp_path):
