@@ -84,10 +84,10 @@ class BudgetKeeper(pl.Callback):
         self.refits = 0
         self._next_refit = every  # as a fraction of the budget
         self._steps: int | None = None  # the step count of the last refit
+        self._meter: ThroughputMeter | None = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
-        meter = next(c for c in trainer.callbacks if isinstance(c, ThroughputMeter))
-        elapsed, step = meter.elapsed, trainer.global_step
+        elapsed, step = self._meter.elapsed, trainer.global_step
         ending = step + 1 >= trainer.max_steps and elapsed < (1 - self.every) * self.seconds
         if elapsed < self._next_refit * self.seconds and not ending:
             return
@@ -111,6 +111,7 @@ class BudgetKeeper(pl.Callback):
         self._next_refit, self.refits, self._steps = state_dict["next_refit"], state_dict["refits"], state_dict["steps"]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._meter = next(c for c in trainer.callbacks if isinstance(c, ThroughputMeter))  # fit's training clock
         if self._steps is not None:
             trainer.fit_loop.epoch_loop.max_steps = self._steps
             if self.validations and trainer.check_val_every_n_epoch is None:
