@@ -6,10 +6,13 @@ import argparse
 import json
 import re
 import sys
+import time
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
+from ssl_zoo.atomic import atomic_write
 from ssl_zoo.errors import SslZooError
 
 USAGE = """\
@@ -44,6 +47,14 @@ examples:
 A run writes runs/<recipe>/version_N/: checkpoints/last.ckpt, TensorBoard logs
 (tensorboard --logdir runs) and recipe.yaml, the resolved recipe.
 """
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but bad input takes the command line's one error path (exit 2, one
+    paragraph, no usage dump): every error, a missing required option too, raises."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SslZooError(f"{self.prog}: {message}. See `python -m {self.prog} --help`.")
 
 
 def list_recipes() -> str:
@@ -147,12 +158,12 @@ def fit_command(argv: list[str]) -> int:
 DEFAULT_CACHE = Path("~/.cache/ssl_zoo/features")
 
 
-def eval_parser() -> argparse.ArgumentParser:
+def eval_parser() -> _Parser:
     from ssl_zoo.eval.config import EvalConfig
 
     defaults = EvalConfig()
-    parser = argparse.ArgumentParser(
-        prog="ssl_zoo eval", exit_on_error=False,
+    parser = _Parser(
+        prog="ssl_zoo eval",
         description="Score a checkpoint, or weights made elsewhere, with the common evaluation stage: linear "
         "eval and kNN on frozen features (cached), zero-shot and retrieval for models with text, "
         "representation diagnostics.",
@@ -213,19 +224,18 @@ def format_eval(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]] | None:
-    """Known options and the rest; None when help was asked for (and printed)."""
+def _parse(parser: _Parser, argv: list[str]) -> tuple[argparse.Namespace, list[str]] | None:
+    """Known options and the rest; None when help was asked for (and printed). Bad values
+    raise SslZooError (``_Parser.error``)."""
     if "-h" in argv or "--help" in argv:
         parser.print_help()
         return None
-    try:
-        return parser.parse_known_args(argv)
-    except argparse.ArgumentError as error:
-        raise SslZooError(f"{parser.prog}: {error}. See `python -m {parser.prog} --help`.") from None
+    return parser.parse_known_args(argv)
 
 
-def _unknown_option(parser: argparse.ArgumentParser, option: str) -> SslZooError:
-    return SslZooError(f"{parser.prog}: unknown option {option}. See `python -m {parser.prog} --help`.")
+def _unknown_option(parser: _Parser, option: str) -> SslZooError:
+    what = f"unknown option {option}" if option.startswith("-") else f"unexpected argument '{option}'"
+    return SslZooError(f"{parser.prog}: {what}. See `python -m {parser.prog} --help`.")
 
 
 def join_processes(config) -> bool:
@@ -291,8 +301,7 @@ def eval_command(argv: list[str]) -> int:
         return 0
     data_name = result.get("data", result.get("pairs", {})).get("name", "eval")
     out = Path(args.out) if args.out else run_dir / "eval" / f"{data_name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    atomic_write(out, json.dumps(result, indent=2))
     if in_run_folder:  # beside the run's own logs; never into a folder that is not a run's
         write_tensorboard(result, run_dir)
     print(format_eval(result))
@@ -306,9 +315,9 @@ BENCH_DEFAULT_RECIPES = ["simclr_shapes", "byol_shapes", "clip_shapes"]
 BENCH_DEFAULT_BUDGET = "90s"
 
 
-def bench_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ssl_zoo bench", exit_on_error=False,
+def bench_parser() -> _Parser:
+    parser = _Parser(
+        prog="ssl_zoo bench",
         description="Train several recipes under one budget, evaluate them (and a supervised and a "
         "random-init baseline) with the same stage, and write report.md, report.html and results.json. "
         "Any other --section.key VALUE is a recipe override applied to every recipe.",
@@ -384,6 +393,96 @@ def bench_command(argv: list[str]) -> int:
     return 0
 
 
+def export_parser() -> _Parser:
+    parser = _Parser(
+        prog="ssl_zoo export",
+        description="Write a fit checkpoint's weights as safetensors, loadable by torchvision, timm or "
+        "open_clip without ssl_zoo, with a config.json that says how.",
+    )
+    parser.add_argument("checkpoint", metavar="CKPT", type=Path, help="a .ckpt file that `fit` wrote")
+    parser.add_argument("--out", metavar="DIR", type=Path, required=True, help="folder to write (new, empty, or an earlier export)")
+    return parser
+
+
+def export_command(argv: list[str]) -> int:
+    """``export CKPT --out DIR``; prints what was written."""
+    from ssl_zoo.export import CONFIG, export_checkpoint
+
+    parser = export_parser()
+    parsed = _parse(parser, argv)
+    if parsed is None:
+        return 0
+    args, rest = parsed
+    if rest:
+        raise _unknown_option(parser, rest[0])
+    started = time.perf_counter()
+    config = export_checkpoint(args.checkpoint, args.out)
+    sizes = ", ".join(f"{name} ({entry['bytes'] / 1e6:.1f} MB)" for name, entry in config["files"].items())
+    print(
+        f"exported {args.checkpoint} ({config['method']}, {config['backbone']}, step {config['checkpoint']['global_step']}, "
+        f"{config['feature_dim']}-d features) to {args.out} in {time.perf_counter() - started:.1f} s: {sizes}, {CONFIG}.\n"
+        f"load it with the snippet in {args.out / CONFIG} under \"how_to_load\" ({config['architecture']['constructor']})."
+    )
+    return 0
+
+
+def shards_parser() -> _Parser:
+    parser = _Parser(
+        prog="ssl_zoo shards",
+        description="Make indexed WebDataset shards for training on data larger than memory.",
+    )
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument(
+        "--from", dest="source", nargs=2, metavar=("KIND", "SOURCE"),
+        help="'folder DIR' (DIR/<class>/<image>, or DIR/<image>: unlabelled) or 'pairs FILE' (CSV path,caption or JSONL)",
+    )
+    action.add_argument(
+        "--index", metavar="PATH",
+        help="index existing shards: a .tar, a folder of .tar files or a brace pattern",
+    )
+    parser.add_argument("--out", type=Path, help="folder for the shards (with --from)")
+    parser.add_argument(
+        "--size", type=int, help="image side in pixels: shorter side resized, then centre crop (with --from)"
+    )
+    parser.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default 10000)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes: decoding with --from, indexing with --index (default 1)"
+    )
+    parser.add_argument("--classes", help="only these class folders: imagenet100 (ships with ssl_zoo) or a text file, one a line")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def shards_command(argv: list[str]) -> int:
+    """``shards --from KIND SOURCE ...``: convert to shards; ``shards --index PATH``: index existing ones."""
+    from ssl_zoo.data.shards.convert import convert, index_shards, read_class_list
+
+    parser = shards_parser()
+    parsed = _parse(parser, argv)
+    if parsed is None:
+        return 0
+    args, rest = parsed
+    if rest:
+        raise _unknown_option(parser, rest[0])
+    if args.index is not None:
+        built = index_shards(args.index, workers=args.workers, progress=not args.quiet)
+        print(f"Indexed {len(built)} shard(s); the others' indexes were current.")
+        for path in built[:10]:  # not 40,000 lines
+            print(f"  {path}")
+        if len(built) > 10:
+            print(f"  ... and {len(built) - 10} more")
+        return 0
+    if args.out is None or args.size is None:
+        parser.error("--from needs --out and --size")
+    kind, source = args.source
+    summary = convert(
+        kind, source, args.out, args.size, shard_size=args.shard_size, workers=args.workers, progress=not args.quiet,
+        classes=read_class_list(args.classes) if args.classes else None,
+    )
+    print(summary)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command, rest = (argv[0], argv[1:]) if argv else ("--help", [])
@@ -401,13 +500,9 @@ def main(argv: list[str] | None = None) -> int:
         if command == "bench":
             return bench_command(rest)
         if command == "shards":
-            from ssl_zoo.data.shards.convert import shards_command
-
             return shards_command(rest)
         if command == "export":
-            from ssl_zoo.export import export_main
-
-            return export_main(rest)
+            return export_command(rest)
         print(f"ssl_zoo: unknown command '{command}'. Commands: fit, eval, bench, export, shards, recipes.\n\n{USAGE}", file=sys.stderr)
         return 2
     except SslZooError as error:
