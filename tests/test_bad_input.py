@@ -159,6 +159,28 @@ def _(capsys, tmp_path, **_):
     assert sorted(p.name for p in shard.parent.iterdir()) == ["a.tar"]  # no index written
 
 
+@case("bad-command-option")
+def _(capsys, tmp_path, simclr_run, **_):
+    # Every command parses in ssl_zoo.cli and answers bad options the same way, before any work.
+    images = tmp_path / "images"
+    save_image(images / "a.png", colour_image())
+    out = tmp_path / "out"
+    for command, fragments in [
+        (["shards", "--from", "folder", images, "--out", out, "--size", "16", "--bogus", "1"],
+         ["ssl_zoo shards: unknown option --bogus", "python -m ssl_zoo shards --help"]),
+        (["shards", "--from", "folder", images, "--out", out], ["--from needs --out and --size"]),
+        (["shards", "--from", "folder", images, "--out", out, "--size", "big"], ["argument --size: invalid int value: 'big'"]),
+        (["shards", "--out", out], ["one of the arguments --from --index is required"]),
+        (["export", simclr_run], ["ssl_zoo export: the following arguments are required: --out", "export --help"]),
+        (["export", simclr_run, "--out", out, "--bogus"], ["ssl_zoo export: unknown option --bogus"]),
+        (["export", simclr_run, simclr_run, "--out", out], ["unexpected argument"]),
+    ]:
+        code, output = run(capsys, *command)
+        assert_clear_error(code, output, *fragments)
+        assert "usage:" not in output and len(output.strip().splitlines()) == 1  # one paragraph, no usage dump
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # nothing written
+
+
 @case("clip-on-captionless-shards")
 def _(capsys, tmp_path, **_):
     shards = label_shards(tmp_path / "shards")
