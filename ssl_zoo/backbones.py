@@ -221,6 +221,40 @@ def _torchvision(name: str, image_size: int) -> Backbone:
     return Backbone(network, feature_dim, plain=plain)
 
 
+def dense_features(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) normalised images -> (B, D, h, w): the features at every position before
+    the backbone pools them, in the space of its pooled (B, D) features.
+
+    A ConvNet's or ResNet's last map; a ViT's patch tokens (after its final norm, as the
+    class token it pools) laid out on the patch grid; for CLIP's modified ResNet, MaskCLIP's
+    trick (Zhou et al. 2022): the attention pool's value and output projections applied to
+    every position, no query-key attention, which lands each one in the joint space.
+    """
+    from open_clip.modified_resnet import ModifiedResNet
+
+    if isinstance(network, ModifiedResNet):
+        x = network.layer4(network.layer3(network.layer2(network.layer1(network.stem(images)))))  # (B, C, h, w)
+        pool = network.attnpool
+        # NOTE: MaskCLIP leaves out the positional embedding the pool adds before attending.
+        x = x.permute(0, 2, 3, 1)  # (B, h, w, C)
+        return pool.c_proj(pool.v_proj(x)).permute(0, 3, 1, 2)  # (B, E, h, w)
+    if isinstance(network, torchvision.models.ResNet):
+        x = network.maxpool(network.relu(network.bn1(network.conv1(images))))
+        return network.layer4(network.layer3(network.layer2(network.layer1(x))))  # (B, C, h, w)
+    if isinstance(network, VisionTransformer):
+        x = network._process_input(images)  # (B, h * w, D) patch embeddings
+        x = torch.cat([network.class_token.expand(len(x), -1, -1), x], dim=1)
+        tokens = network.encoder(x)[:, 1:]  # (B, h * w, D), the class token dropped
+        side = images.shape[-1] // network.patch_size
+        return tokens.transpose(1, 2).reshape(len(x), -1, side, side)  # (B, D, h, w)
+    if isinstance(network, nn.Sequential) and isinstance(network[-2], nn.AdaptiveAvgPool2d) and isinstance(network[-1], nn.Flatten):
+        return network[:-2](images)  # convnet4: (B, C, h, w), what the global average pools
+    raise RecipeError(
+        f"Dense features of a {type(network).__name__} backbone are not known to ssl_zoo: dense evaluation "
+        "takes convnet4, torchvision ResNets and ViTs, and CLIP's modified ResNet (clip_rn50)."
+    )
+
+
 class TextTransformer(nn.Module):
     """CLIP's text tower: causal transformer over BPE tokens, pooled at the EOT token.
 
@@ -251,6 +285,27 @@ class TextTransformer(nn.Module):
         return self.transformer(tokens)
 
 
+class BagOfWords(nn.Module):
+    """A bag-of-words text tower: the mean embedding of a caption's tokens, then a linear layer.
+
+    The CLIP paper's cheaper baseline text encoder (Radford et al. 2021, figure 2): word
+    order is thrown away. Every token but padding counts, the <start> and <end> tokens
+    too (they are in every caption, so they shift every mean alike).
+    """
+
+    def __init__(self, width: int, vocab_size: int = 49408) -> None:  # 49408: CLIP's BPE vocabulary
+        super().__init__()
+        self.width = width
+        self.embedding = nn.Embedding(vocab_size, width)
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # tokens: (B, L) int64, 0 = padding -> (B, width). Any L: padding never changes the mean.
+        present = (tokens != 0).unsqueeze(-1).to(self.embedding.weight.dtype)  # (B, L, 1)
+        summed = (self.embedding(tokens) * present).sum(dim=1)  # (B, width)
+        return self.linear(summed / present.sum(dim=1).clamp_min(1))
+
+
 IMAGE_BACKBONES: dict[str, Callable[[int], Backbone]] = {
     # name: image_size -> Backbone
     "convnet4": lambda size: _convnet((16, 32, 64, 128)),
@@ -272,6 +327,9 @@ TEXT_BACKBONES: dict[str, Callable[[int], Backbone]] = {
     "text_transformer": lambda ctx: Backbone(TextTransformer(ctx, 512, 12, 8), 512),
     "text_transformer_small": lambda ctx: Backbone(TextTransformer(ctx, 256, 4, 4), 256),
     "text_transformer_tiny": lambda ctx: Backbone(TextTransformer(ctx, 64, 2, 2), 64),
+    # Bag of words at the transformers' widths: the same vocabulary and token embedding, no word order.
+    "bag_of_words": lambda ctx: Backbone(BagOfWords(512), 512),
+    "bag_of_words_tiny": lambda ctx: Backbone(BagOfWords(64), 64),
 }
 
 

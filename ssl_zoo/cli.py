@@ -193,6 +193,12 @@ def eval_parser() -> _Parser:
     parser.add_argument("--templates", help="zero-shot prompt templates: a text file, one per line, with {}")
     parser.add_argument("--classnames", help="zero-shot class names: a text file, one a line, in label order "
                                              "(default: the dataset's; ImageNet WordNet ids get CLIP's names)")
+    parser.add_argument("--dense", action="store_true",
+                        help="models with text: dense zero-shot segmentation, each position of the backbone's last map "
+                             "labelled by its nearest class prompt (background its own class), mean IoU and pixel accuracy "
+                             "on the masks (shapes), beside chance and a per-position linear probe")
+    parser.add_argument("--dense-probe-positions", type=int, default=defaults.dense_probe_positions,
+                        help="--dense: training pixels the linear probe fits on (default: %(default)s)")
     parser.add_argument("--num-workers", type=int, help="loader processes decoding shard splits (default: every core)")
     parser.add_argument("--in-memory-features-mib", type=int,
                         help="shard features larger than this are fitted in mini-batches from their file, not by "
@@ -207,7 +213,7 @@ def eval_parser() -> _Parser:
 def format_eval(result: dict) -> str:
     lines = [f"{result['label']} ({result['method']}, {result['backbone']}) on {result['device']}:"]
     for name, value in result["metrics"].items():
-        is_accuracy = name.endswith(("top1", "top5")) or re.search(r"_r\d+$", name)
+        is_accuracy = name.endswith(("top1", "top5", "miou", "pixel_acc")) or re.search(r"_r\d+$", name)
         shown = f"{100 * value:6.2f} %" if is_accuracy else f"{value:.4g}"
         if name in result.get("intervals", {}):
             low, high = result["intervals"][name]
@@ -277,6 +283,7 @@ def eval_command(argv: list[str]) -> int:
         max_train=args.max_train, max_test=args.max_test, device=args.device, data_recipe=args.data_recipe,
         cache_dir=None if args.no_cache else args.cache_dir, protocol=args.protocol, probe_epochs=args.probe_epochs,
         classnames=args.classnames, num_workers=args.num_workers, in_memory_features_mib=args.in_memory_features_mib,
+        dense=args.dense, dense_probe_positions=args.dense_probe_positions,
     )
     if args.templates:
         config.templates = load_templates(args.templates)

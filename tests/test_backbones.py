@@ -120,3 +120,67 @@ def test_timm_bad_name_and_bad_image_size_are_recipe_errors():
         build_image_backbone("timm:vit_smal_patch16_224", 32)
     with pytest.raises(RecipeError, match="16x16 patches.*divisible by 16; got 40"):
         build_image_backbone("timm:vit_tiny_patch16_224", 40)
+
+
+# ---- Text towers: the bag of words beside the transformer ----
+
+
+def test_bag_of_words_gives_one_vector_a_caption_that_padding_does_not_change():
+    bag = build_text_backbone("bag_of_words_tiny", 16)
+    assert bag.feature_dim == 64 and build_text_backbone("bag_of_words", 77).feature_dim == 512
+    tokens = torch.tensor([[49406, 320, 1746, 3482, 49407, 0, 0, 0], [49406, 320, 49407, 0, 0, 0, 0, 0]])
+    features = bag.network(tokens)
+    assert features.shape == (2, 64)
+    longer = torch.cat([tokens, torch.zeros(2, 8, dtype=torch.int64)], dim=1)  # 8 more pad tokens
+    torch.testing.assert_close(bag.network(longer), features, rtol=0, atol=1e-6)
+    # The mean over the tokens that are there, then the linear layer: nothing else.
+    present = tokens[0][tokens[0] != 0]
+    expected = bag.network.linear(bag.network.embedding(present).mean(dim=0))
+    torch.testing.assert_close(features[0], expected)
+    # Word order is thrown away: a bag of words, by definition.
+    swapped = tokens.clone()
+    swapped[0, [2, 3]] = swapped[0, [3, 2]]
+    torch.testing.assert_close(bag.network(swapped)[0], features[0])
+
+
+def test_clip_trains_with_a_bag_of_words_text_tower(make_recipe):
+    import pytorch_lightning as pl
+
+    from ssl_zoo.data.datamodule import ImageDataModule
+    from ssl_zoo.methods.clip import CLIP
+
+    recipe = make_recipe("clip", **{"backbone": "convnet4", "clip.text_backbone": "bag_of_words_tiny", "data.num_images": 64})
+    datamodule = ImageDataModule.for_recipe(recipe)
+    model = CLIP(recipe, num_classes=datamodule.num_classes)
+    before = model.text_backbone.embedding.weight.detach().clone()
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=datamodule)
+    assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert not torch.equal(model.text_backbone.embedding.weight.detach(), before)
+    # Gradient reaches the caption's token embeddings and never the padding's.
+    model.zero_grad()
+    tokens = model.tokenize(["a small red circle on a plain background"])
+    (model.encode_text(tokens) * torch.randn(1, 64, generator=torch.Generator().manual_seed(0))).sum().backward()
+    grad = model.text_backbone.embedding.weight.grad.abs().sum(dim=1)  # (vocabulary,)
+    assert (grad[tokens[0][tokens[0] != 0]] > 0).all() and grad[0] == 0
+
+
+def test_bag_of_words_exports_to_plain_torch(make_recipe):
+    import torch.nn.functional as F
+
+    from ssl_zoo.methods.clip import CLIP
+
+    model = CLIP(make_recipe("clip", **{"backbone": "convnet4", "clip.text_backbone": "bag_of_words_tiny"})).eval()
+    files, config = model.export_text()
+    namespace: dict = {}
+    exec(config["text_tower"]["build"], namespace)  # the build line as config.json gives it, no ssl_zoo
+    text = namespace["text"]
+    text.load_state_dict(files["text_tower.safetensors"], strict=True)
+    assert config["text_tower"]["library"] == "torch" and config["tokenizer"]["context_length"] == 16
+    tokens = model.tokenize(["a red circle on a plain background", "a star"])
+    present = (tokens != 0).unsqueeze(-1).float()
+    with torch.no_grad():
+        plain = text["linear"]((text["embedding"](tokens) * present).sum(1) / present.sum(1))
+        embedding = F.normalize(plain @ files["projections.safetensors"]["text_projection.weight"].T, dim=-1)
+        torch.testing.assert_close(embedding, model.encode_text(tokens))

@@ -28,6 +28,10 @@ class EvalConfig:
     # (SGD on augmented crops through the frozen backbone: the papers' protocol).
     protocol: Literal["features", "probe"] = "features"
     probe_epochs: int | None = None  # the probe's epochs; None: its source's (fewer: not compared with papers)
+    # Dense zero-shot segmentation on the masks (models with text; ``ssl_zoo.eval.dense``), and
+    # how many training pixels its supervised upper bound, a per-position linear probe, fits on.
+    dense: bool = False
+    dense_probe_positions: int = 10000
     diagnostics_size: int = 2000  # test images used for the diagnostics
     cache_dir: str | None = None  # where features are cached (None: no cache)
     device: str = "auto"

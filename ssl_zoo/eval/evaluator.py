@@ -23,6 +23,7 @@ from ssl_zoo.data.shards.split import ShardSplit
 from ssl_zoo.environment import pick_device
 from ssl_zoo.eval.cache import FeatureCache, hash_module, hash_tensor
 from ssl_zoo.eval.config import EvalConfig
+from ssl_zoo.eval.dense import DenseModel, DenseResult, dense_evaluation
 from ssl_zoo.eval.diagnostics import alignment, embedding_std, rankme, uniformity
 from ssl_zoo.eval.features import image_features, write_image_features
 from ssl_zoo.eval.knn import knn_accuracy, knn_predictions
@@ -209,6 +210,20 @@ class Evaluator:
         metrics.update(self.diagnostics(test, test_x))
         self._timed("diagnostics", started)
         return metrics, correct
+
+    def dense(self, train: ImageSet, test: ImageSet) -> DenseResult:
+        """Zero-shot segmentation of ``test``'s masks, with chance and a per-position probe
+        trained on ``train``'s (``ssl_zoo.eval.dense``); the prompts are zero-shot's."""
+        started = time.perf_counter()
+        cfg = self.config
+        classes = zero_shot_classes(train.classes, cfg.templates or DEFAULT_TEMPLATES, cfg.classnames)
+        templates = cfg.templates or classes.templates
+        result = dense_evaluation(
+            DenseModel(self.model, self.device, cfg.batch_size), train, test, classes.names,
+            lambda names: zero_shot_classifier(self.encode_texts, names, templates), cfg.dense_probe_positions, cfg.seed,
+        )
+        self._timed("dense", started)
+        return result
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> Tensor:

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from ssl_zoo.environment import device_name, versions
+from ssl_zoo.errors import SslZooError
 from ssl_zoo.eval.cache import hash_file
 from ssl_zoo.eval.class_names import read_class_names
 from ssl_zoo.eval.confidence import bootstrap_interval, correct_to_text
 from ssl_zoo.eval.config import EvalConfig
 from ssl_zoo.eval.data import LabelledSplits, load_labelled_splits, load_retrieval_pairs, model_data
+from ssl_zoo.eval.dense import check_masks
 from ssl_zoo.eval.evaluator import Evaluator
 from ssl_zoo.eval.imported import ImportedModel, WeightsSource, load_imported
 from ssl_zoo.methods import SSLMethod, load_method
@@ -43,6 +45,12 @@ def evaluate(
     started = time.perf_counter()
     recipe = model.recipe  # None for weights made elsewhere
     with_text = model.uses_text if with_text is None else with_text
+    if config.dense and not model.uses_text:  # before any feature is extracted
+        raise SslZooError(
+            f"eval --dense needs a model with a text tower (CLIP): it labels each position by its nearest class "
+            f"prompt, and {'these weights have' if recipe is None else f'a {recipe.method} model has'} no text "
+            "encoder to embed the prompts. Evaluate a CLIP checkpoint, or drop --dense."
+        )
     trained_on = model_data(recipe, config, model.eval_transform.size)
     evaluator = Evaluator(model, config)
     imported = recipe is None
@@ -64,6 +72,10 @@ def evaluate(
         result["input"] = {"size": model.eval_transform.size, "mean": model.eval_transform.mean.tolist(),
                            "std": model.eval_transform.std.tolist()}
     splits = splits or load_labelled_splits(trained_on, config)
+    if config.dense:  # masks are checked before any feature is extracted, too
+        if isinstance(splits, str):
+            raise SslZooError(f"eval --dense needs labelled images with masks: {splits}.")
+        check_masks(splits.train, splits.test)
     if isinstance(splits, str):
         result["skipped"]["classification"] = splits
     else:
@@ -83,6 +95,10 @@ def evaluate(
         # from ('1' right, '0' wrong, in test-split order), so runs can be compared later.
         result["intervals"] = {name: list(bootstrap_interval(c, seed=config.seed)) for name, c in correct.items()}
         result["per_image_correct"] = {name: correct_to_text(c) for name, c in correct.items()}
+        if config.dense:
+            dense = evaluator.dense(splits.train, splits.test)
+            result["metrics"].update(dense.metrics)
+            result["dense"] = dense.describe()
 
     if with_text:
         pairs = load_retrieval_pairs(trained_on, config)

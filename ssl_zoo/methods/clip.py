@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_zoo.backbones import build_text_backbone
+from ssl_zoo.backbones import BagOfWords, build_text_backbone
 from ssl_zoo.losses import clip_loss
 from ssl_zoo.methods.base import SSLMethod
 from ssl_zoo.ranges import ranged
@@ -80,25 +80,19 @@ class CLIP(SSLMethod, name="clip", config=CLIPConfig):
         return loss + self.probe_step(features, batch)
 
     def export_text(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
-        """What ``export`` writes beside the backbone: open_clip's text tower (its own keys)
-        and the projections, with config.json's "text" section saying how to use them."""
-        text = self.text_backbone.transformer  # open_clip's TextTransformer inside ssl_zoo's thin wrapper
+        """What ``export`` writes beside the backbone: the text tower (open_clip's
+        TextTransformer, or plain torch for the bag of words) and the projections, with
+        config.json's "text" section saying how to use them."""
+        state, text_tower = self._text_tower_export()
+        build = text_tower["build"]
         projections = {"text_projection.weight": self.text_projection.weight, "logit_scale": self.logit_scale}
         projects_itself = not isinstance(self.image_projection, nn.Linear)  # CLIP's RN: its attention pool
         if not projects_itself:
             projections["image_projection.weight"] = self.image_projection.weight
-        kwargs = {
-            "context_length": text.context_length, "vocab_size": text.vocab_size, "width": text.width, "heads": text.heads,
-            "layers": len(text.transformer.resblocks), "output_dim": None, "pool_type": text.pool_type,
-        }
-        build = f"import open_clip.transformer\ntext = open_clip.transformer.TextTransformer({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+        context_length = self.recipe.data.context_length
         config = {
             "embed_dim": self.config.embed_dim,
-            "text_tower": {
-                "file": TEXT_TOWER, "library": "open_clip", "constructor": "open_clip.transformer.TextTransformer",
-                "kwargs": kwargs, "build": build,
-                "output": "(B, width) features pooled at the end-of-text token (the highest id), before the projection",
-            },
+            "text_tower": {"file": TEXT_TOWER, **text_tower},
             "projections": {
                 "file": PROJECTIONS,
                 "image_projection.weight": None if projects_itself else "(embed_dim, feature_dim): image embedding = normalize(features @ W.T)",
@@ -106,17 +100,41 @@ class CLIP(SSLMethod, name="clip", config=CLIPConfig):
                 "logit_scale": "log of 1 / temperature: logits = logit_scale.exp() * image_embeddings @ text_embeddings.T",
             },
             "tokenizer": {
-                "library": "open_clip", "class": "open_clip.tokenizer.SimpleTokenizer", "context_length": text.context_length,
-                "call": f"open_clip.tokenizer.SimpleTokenizer()(texts, context_length={text.context_length})",
+                "library": "open_clip", "class": "open_clip.tokenizer.SimpleTokenizer", "context_length": context_length,
+                "call": f"open_clip.tokenizer.SimpleTokenizer()(texts, context_length={context_length})",
                 "note": "<start> tokens <end> then 0-padding; longer texts are cut, keeping <end> last",
             },
             "how_to_load": [
                 build, f"text.load_state_dict(load_file('{TEXT_TOWER}'))", "text.eval()", f"projections = load_file('{PROJECTIONS}')",
                 "# embeddings: normalize(model(images) @ projections['image_projection.weight'].T) (the weight is absent",
-                "# when the backbone projects itself), normalize(text(tokens) @ projections['text_projection.weight'].T)",
+                f"# when the backbone projects itself), normalize(text_features @ projections['text_projection.weight'].T), text_features: {text_tower['output']}",
             ],
         }
-        return {TEXT_TOWER: text.state_dict(), PROJECTIONS: projections}, config
+        return {TEXT_TOWER: state, PROJECTIONS: projections}, config
+
+    def _text_tower_export(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The text tower's weights in a library's own keys, and how that library builds it."""
+        if isinstance(self.text_backbone, BagOfWords):
+            bag = self.text_backbone
+            vocab_size = bag.embedding.num_embeddings
+            # NOTE: a ModuleDict gives plain torch the same keys (embedding.weight, linear.weight, linear.bias).
+            build = (f"import torch\ntext = torch.nn.ModuleDict({{'embedding': torch.nn.Embedding({vocab_size}, {bag.width}), "
+                     f"'linear': torch.nn.Linear({bag.width}, {bag.width})}})")
+            return bag.state_dict(), {
+                "library": "torch", "constructor": "torch.nn.ModuleDict", "kwargs": {"vocab_size": vocab_size, "width": bag.width},
+                "build": build,
+                "output": "text['linear'](mean of text['embedding'](tokens) over the tokens that are not 0 (padding)), (B, width)",
+            }
+        text = self.text_backbone.transformer  # open_clip's TextTransformer inside ssl_zoo's thin wrapper
+        kwargs = {
+            "context_length": text.context_length, "vocab_size": text.vocab_size, "width": text.width, "heads": text.heads,
+            "layers": len(text.transformer.resblocks), "output_dim": None, "pool_type": text.pool_type,
+        }
+        build = f"import open_clip.transformer\ntext = open_clip.transformer.TextTransformer({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+        return text.state_dict(), {
+            "library": "open_clip", "constructor": "open_clip.transformer.TextTransformer", "kwargs": kwargs, "build": build,
+            "output": "text(tokens), (B, width) features pooled at the end-of-text token (the highest id), before the projection",
+        }
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # After the optimiser step, as open_clip does: keep exp(logit_scale) <= max.
