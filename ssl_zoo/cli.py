@@ -278,6 +278,8 @@ def eval_command(argv: list[str]) -> int:
     args, rest = parsed
     if rest:
         raise _unknown_option(parser, rest[0])
+    if args.dense_probe_positions < 1:
+        raise SslZooError(f"eval: --dense-probe-positions {args.dense_probe_positions} fits the probe on no pixel; give 1 or more.")
     config = EvalConfig(
         data=args.data, root=args.root, val_root=args.val_root, pairs=args.pairs, pairs_root=args.pairs_root,
         max_train=args.max_train, max_test=args.max_test, device=args.device, data_recipe=args.data_recipe,

@@ -412,6 +412,14 @@ def _(capsys, tmp_path, tiny_recipe_file, **_):
     assert not out.exists()  # refused before anything is written
 
 
+@case("eval-dense-without-text")
+def _(capsys, tmp_path, simclr_run, **_):
+    assert_clear_error(*run(capsys, "eval", "--ckpt", simclr_run, "--dense", "--no-cache"),
+                       "eval --dense needs a model with a text tower", "a simclr model has no text encoder",
+                       "Evaluate a CLIP checkpoint, or drop --dense")
+    assert not (simclr_run.parent / "eval").exists()
+
+
 @pytest.fixture(scope="module")
 def trained_simclr(tmp_path_factory) -> Path:
     from conftest import tiny_recipe
