@@ -382,12 +382,15 @@ def _evaluate_and_report(
             continue
         progress.begin("evaluation", run.label)
         progress.say(f"evaluating {run.label}")
-        if run.weights is not None:
-            run.result = evaluate_weights(run.weights, eval_config, config.weights_input_size, label=run.label, splits=splits)
+        if run.weights is not None:  # (--dense skips them here; `eval --weights open_clip:RN50=FILE --dense` scores one)
+            run.result = evaluate_weights(run.weights, dataclasses.replace(eval_config, dense=False), config.weights_input_size, label=run.label, splits=splits)
         elif run.training is None:
-            run.result = evaluate(random_init_model(run.recipe), eval_config, label=run.label, with_text=False, splits=splits)
+            plain = dataclasses.replace(eval_config, dense=False)  # a random-init backbone is scored without text
+            run.result = evaluate(random_init_model(run.recipe), plain, label=run.label, with_text=False, splits=splits)
         else:
-            run.result = evaluate_checkpoint(run.training.checkpoint, eval_config, label=run.label, splits=splits)
+            # --dense scores the runs with a text tower; the others have no prompts to segment by.
+            scored = dataclasses.replace(eval_config, dense=eval_config.dense and method_class(run.recipe).uses_text)
+            run.result = evaluate_checkpoint(run.training.checkpoint, scored, label=run.label, splits=splits)
             write_tensorboard(run.result, run.training.run_dir)
         progress.end()
         if state is not None:

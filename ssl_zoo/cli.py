@@ -345,6 +345,9 @@ def bench_parser() -> _Parser:
     parser.add_argument("--max-test", type=int, help="score on a seeded subset of its test split")
     parser.add_argument("--protocol", choices=("features", "probe"), default="features",
                         help="linear top-1 by 'features' (default) or 'probe' (the papers' protocol; see eval --help)")
+    parser.add_argument("--dense", action="store_true",
+                        help="also score the runs with a text tower on dense zero-shot segmentation (see eval --help; "
+                             "about a minute per run on shapes on 2 CPU cores)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the supervised baseline (random init is always scored)")
     parser.add_argument("--weights", action="append", default=[], metavar="LIBRARY:NAME=FILE",
                         help="weights made elsewhere to score beside the runs (repeatable): torchvision:resnet50=FILE, "
@@ -395,7 +398,7 @@ def bench_command(argv: list[str]) -> int:
         overrides=overrides, baselines=not args.no_baselines, seeds=args.seeds,
         weights=args.weights, weights_input_size=args.input_size,
         eval=EvalConfig(data=args.eval_data, root=args.eval_root, max_train=args.max_train,
-                        max_test=args.max_test, device=args.device, protocol=args.protocol),
+                        max_test=args.max_test, device=args.device, protocol=args.protocol, dense=args.dense),
         command="python -m ssl_zoo bench " + " ".join(argv),
     )
     run_bench(config)

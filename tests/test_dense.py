@@ -138,3 +138,22 @@ def test_the_probe_finds_the_object_where_pixels_show_it(clip_model):
     object_found = result.probe_predicted != 8  # (6, 16, 16), the grid's first images
     assert (object_found == data.masks[:6]).double().mean() > 0.95
     assert result.metrics["dense_probe_miou"] > result.metrics["dense_chance_miou"]
+
+
+def test_the_report_shows_a_table_row_and_a_grid_for_each_run_scored_dense(tmp_path):
+    from ssl_zoo.eval.dense import DenseResult
+    from ssl_zoo.report_dense import dense_plots, dense_tables
+
+    maps = torch.randint(0, 9, (3, 6, 40, 40), generator=torch.Generator().manual_seed(0))
+    metrics = {f"dense{p}_{m}": 0.25 for p in ("", "_chance", "_probe") for m in ("miou", "pixel_acc")}
+    result = DenseResult(metrics, [f"class {i}" for i in range(8)] + ["background"],
+                         torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8), *maps)
+    scored = {"label": "clip run", "evaluation": {"metrics": metrics, "dense": result.describe()}}
+    unscored = {"label": "simclr run", "evaluation": {"metrics": {"linear_top1": 0.5}}}
+    tables = dense_tables([scored, unscored])
+    (header, rows), = tables.values()
+    assert rows == [["clip run", *["25.0 %"] * 6]] and len(header) == 7
+    plots = dense_plots([scored, unscored], tmp_path)
+    (path, caption), = plots.values()
+    assert path.read_bytes()[:4] == b"\x89PNG" and "linear probe" in caption
+    assert dense_tables([unscored]) == {} and dense_plots([unscored], tmp_path) == {}
