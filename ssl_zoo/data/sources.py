@@ -460,4 +460,4 @@ DatasetSpec("folder", load=_load_folder_split, splits=("train", "val")).register
 # One CSV/JSONL file of path,caption: no test split and no labels; retrieval scores on
 # all of it (in-sample, and reports say so).
 DatasetSpec("pairs", load=lambda config, split, seed: load_image_text_pairs(_root(config), config.image_size),
-            splits=("all", None), labelled=False, retrieval_split="all").register()
+            splits=("all", None), labelled=False, retrieval_split="all", captions_hint="(a CSV/JSONL of path,caption)").register()
