@@ -393,12 +393,11 @@ def parse_recipe(argv: list[str], parser: ArgumentParser | None = None) -> Recip
             raise RecipeError("--recipe needs a value: a recipe name or a YAML file.")
         path = resolve_recipe_path(argv[at + 1])
         del argv[at : at + 2]
-        source, recipe_arg = f" ({path})", str(path)
-        file_values = _read_yaml(path)
-        if _moved_data_keys(file_values.get("data")):  # a recipe written before they moved
-            recipe_arg = yaml.safe_dump(_migrate_moved_keys(file_values))
-        argv = ["--recipe", recipe_arg, *argv]
-    argv = _moved_key_args(argv, file_values)
+        source, file_values = f" ({path})", _read_yaml(path)
+        values = _for_dataset(_migrate_moved_keys(file_values), _dataset_named(argv, file_values))
+        # The file as it is, unless it needed changing (handed over as YAML text then).
+        argv = ["--recipe", str(path) if values == file_values else yaml.safe_dump(values, sort_keys=False), *argv]
+    argv = _moved_key_args(argv, _dataset_named(argv, file_values))
     parser = parser or recipe_parser(key_help=any(a.endswith(".help") for a in argv))  # --simclr.help
     try:
         namespace = parser.parse_args(argv)
@@ -475,12 +474,29 @@ def _migrate_moved_keys(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _moved_key_args(argv: list[str], file_values: dict[str, Any]) -> list[str]:
-    """``--data.num_images 64`` (or ``=64``) -> ``--shapes.num_images 64``, for the dataset the
-    arguments or the recipe file name; dropped for a dataset without that option."""
+def _file_dataset(values: dict[str, Any]) -> str:
+    return (values.get("data") or {}).get("name", DataConfig.name)
+
+
+def _dataset_named(argv: list[str], file_values: dict[str, Any]) -> str:
+    """The dataset a recipe trains on: the last ``--data.name`` given, else its file's."""
     names = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--data.name"]
     names += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--data.name=")]
-    name = names[-1] if names else (file_values.get("data") or {}).get("name", DataConfig.name)
+    return names[-1] if names else _file_dataset(file_values)
+
+
+def _for_dataset(values: dict[str, Any], name: str) -> dict[str, Any]:
+    """A recipe file pointed at another dataset (``--recipe quickstart --data.name folder``):
+    its own dataset's section goes with its dataset."""
+    own = _file_dataset(values)
+    if own == name or own not in values or own not in dataset_sections():
+        return values
+    return {k: v for k, v in values.items() if k != own}
+
+
+def _moved_key_args(argv: list[str], name: str) -> list[str]:
+    """``--data.num_images 64`` (or ``=64``) -> ``--shapes.num_images 64``, for the dataset
+    ``name``; dropped for a dataset without that option."""
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
