@@ -45,10 +45,10 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from ssl_zoo.data.decode import PIL_ERRORS
+from ssl_zoo.data.decode import PIL_ERRORS, load_image_file
 from ssl_zoo.data.shards.index import build_index, index_path, load_index
 from ssl_zoo.data.shards.paths import expand_shard_paths
-from ssl_zoo.data.sources import IMAGE_EXTENSIONS, _load_image, list_image_folder, read_pairs_file
+from ssl_zoo.data.sources import IMAGE_EXTENSIONS, list_image_folder, read_pairs_file
 from ssl_zoo.errors import DataFormatError, DataNotFoundError, RecipeError
 
 JPEG_QUALITY = 95
@@ -209,7 +209,7 @@ def _prepare(job: tuple[Path, int]) -> tuple[bytes | None, str]:
     """(JPEG bytes of the resized, centre-cropped image, "") or (None, why it was skipped)."""
     path, size = job
     try:
-        pixels = _load_image(path, size)  # RGB uint8 (size, size, 3)
+        pixels = load_image_file(path, size)  # RGB uint8 (size, size, 3)
     except FileNotFoundError:
         return None, "file not found"
     except PIL_ERRORS as e:
