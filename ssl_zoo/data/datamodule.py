@@ -144,7 +144,9 @@ class ImageDataModule(pl.LightningDataModule):
         val_split = self.config.val_split or spec.splits[1]
         self.train_data = spec.training(self.config, train_split, self.seed)
         if self.with_text and not self.train_data.has_captions:
-            captioned = [f"{name} {spec.captions_hint}".strip() for name, spec in DATASETS.items()
+            # Those with captions first, then those that may be given some.
+            captioned = [f"{name} {spec.captions_hint}".strip() for name, spec in
+                         sorted(DATASETS.items(), key=lambda item: item[1].retrieval_split is None)
                          if spec.retrieval_split or spec.captions_hint]
             raise RecipeError(
                 f"A method with text (CLIP) needs captions, and dataset '{self.config.name}' ({self.config.root}) has "
