@@ -271,8 +271,8 @@ class Recipe:
             )
 
     def sections(self) -> dict[str, Any]:
-        """The recipe's sections by their YAML key; the method's own under the method's name, the
-    dataset's (if it has one) under the dataset's."""
+        """The recipe's sections by their YAML key; the method's own under the method's name,
+        the dataset's (if it has one) under the dataset's."""
         dataset = {self.data.name: self.data.options} if self.data.options is not None else {}
         return {"data": self.data, "augment": self.augment, "optim": self.optim, "trainer": self.trainer,
                 "reference": self.reference, self.method: self.method_config, **dataset}
@@ -371,8 +371,10 @@ def _unknown_key_hint(message: str) -> str:
     section = re.search(r"--(\w+)\.|Group '(\w+)'|\"(\w+)\.|Parser key \"(\w+)\"", message)
     name = next((g for g in section.groups() if g), None) if section else None
     known = sections()
-    keys = [f.name for f in dataclasses.fields(known[name]) if not (known[name] is DataConfig and f.name == "options")] \
-        if name in known else [*RECIPE_KEYS, *METHODS.names(), *dataset_sections()]
+    if name in known:
+        keys = [f.name for f in dataclasses.fields(known[name]) if (known[name], f.name) != (DataConfig, "options")]
+    else:
+        keys = [*RECIPE_KEYS, *METHODS.names(), *dataset_sections()]
     given = re.findall(r"(?:--(?:\w+\.)?|[Oo]ption ')(\w+)", message)
     close = difflib.get_close_matches(given[-1], keys, n=1) if given else []
     where = f"of '{name}'" if name in known else "at the top level"
@@ -446,8 +448,8 @@ MOVED_DATA_KEYS = ("num_images", "decode")
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise RecipeError(f"Invalid recipe ({path}): not valid YAML ({' '.join(str(error).split())}).") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}  # the parser reads it next, and says what is wrong with it
     return values if isinstance(values, dict) else {}
 
 

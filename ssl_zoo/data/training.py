@@ -13,7 +13,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -75,6 +75,7 @@ class TrainingData(ABC):
     """The training split of a dataset, as the data module uses it."""
 
     config: DataConfig
+    split: Any  # the split itself: an ImageSet, or what the dataset reads its batches from
     # Where the training images were decoded ("device" or "workers"), and what it took, for
     # the run summary; None: decoded before training (in memory).
     decode_on: str | None = None
@@ -150,24 +151,24 @@ class InMemoryTraining(TrainingData):
     def __init__(self, images: ImageSet, config: DataConfig, labelled_split: Callable[[], ImageSet] | None = None):
         """``labelled_split``: where the kNN bank comes from when the training split has no
         labels but the dataset has a labelled one (STL-10 trains on its unlabelled part)."""
-        self.images = images
+        self.split = images
         self.config = config
         self.labelled_split = labelled_split
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.split)
 
     @property
     def has_labels(self) -> bool:
-        return self.images.labels is not None
+        return self.split.labels is not None
 
     @property
     def has_captions(self) -> bool:
-        return self.images.captions is not None
+        return self.split.captions is not None
 
     def labelled_bank(self, size: int, seed: int) -> ImageSet | None:
         # Images labelled -1 (STL-10's unlabelled part) train the method but never enter it.
-        train = self.images
+        train = self.split
         if train.labels is None and self.labelled_split is not None:
             train = self.labelled_split()
         if train.labels is None:
@@ -178,7 +179,7 @@ class InMemoryTraining(TrainingData):
         return ImageSet(train.images[keep], train.labels[keep], classes=train.classes, name=f"{train.name} bank")
 
     def batches(self, device: torch.device, tokenize: Tokenize | None, trainer: pl.Trainer | None) -> TrainingBatches:
-        images = self.images.images
+        images = self.split.images
         if self.config.hold_on_device and device.type == "cuda":
             # NOTE: a dataset is copied to the GPU only when it leaves most of the memory
             # free; otherwise its batches stream from pinned host memory, one line says so.
@@ -192,8 +193,8 @@ class InMemoryTraining(TrainingData):
         if tokenize is not None:
             from ssl_zoo.text import tokenize_captions
 
-            tokens = tokenize_captions(self.images.captions, tokenize)  # (N, C, L)
-        dataset = InMemoryDataset(images, self.images.labels, tokens)
+            tokens = tokenize_captions(self.split.captions, tokenize)  # (N, C, L)
+        dataset = InMemoryDataset(images, self.split.labels, tokens)
         return TrainingBatches(
             dataset, num_captions=tokens.shape[1] if tokens is not None else 0,
             # In-memory data is indexed a batch at a time: workers would only add copies.
