@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ssl_zoo.data.training import InMemoryTraining, TrainingData
+from ssl_zoo.recipe import RECIPE_KEYS
 from ssl_zoo.registry import DATASETS
 
 if TYPE_CHECKING:
@@ -52,9 +53,6 @@ class DatasetSpec:
     downloadable: bool = False  # fetched by its loader with data.download true (torchvision's)
 
     def register(self) -> DatasetSpec:
-        # NOTE: imported here, as recipe.py looks datasets up through the registry.
-        from ssl_zoo.recipe import RECIPE_KEYS
-
         if self.config is not None and self.name in RECIPE_KEYS:
             raise ValueError(f"Dataset '{self.name}' has a recipe section, and '{self.name}' is already a recipe key; "
                              "rename the dataset.")
