@@ -334,7 +334,7 @@ def recipe_parser(prog: str = "ssl_zoo fit", key_help: bool = True) -> ArgumentP
                             help=f"{name}'s settings (recipes of method {name} only; --{name}.help lists them)")
     for name, config in dataset_sections().items():
         parser.add_argument(f"--{name}", type=Optional[config], default=None,
-                            help=f"dataset {name}'s settings (recipes with data.name {name} only; --{name}.help lists them)")
+                            help=f"the settings of dataset {name} (recipes with data.name {name} only; --{name}.help lists them)")
     _add_ranges_to_help(parser)
     return parser
 
