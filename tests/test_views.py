@@ -5,11 +5,15 @@ import json
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 import ssl_zoo.methods  # noqa: F401  (registers the methods the recipes name)
 from ssl_zoo.augment import AugmentConfig, ViewAugment, ViewGroup
+from ssl_zoo.data.datamodule import ImageDataModule
 from ssl_zoo.errors import RecipeError
+from ssl_zoo.losses import nt_xent_loss
+from ssl_zoo.methods.simclr import SimCLR
 from ssl_zoo.recipe import available_recipes, parse_recipe, recipe_from_dict, recipe_to_dict
 from ssl_zoo.registry import METHODS
 
@@ -159,3 +163,55 @@ def test_recipes_saved_before_view_groups_still_load():
         loaded = recipe_from_dict(recipe)
         assert loaded.augment.views == () and loaded.augment.size == recipe["augment"]["size"]
         assert list(loaded.augment.blur_p) == recipe["augment"]["blur_p"]
+
+
+seen: dict = {}  # what MultiCropSimCLR's training step received
+
+
+class MultiCropSimCLR(SimCLR):
+    """A method with its own view layout, as DINO has: it takes whatever views its recipe's
+    augment.views lists (num_views None) and reads them by size. Not registered (no name=):
+    it trains from SimCLR's recipe section."""
+
+    num_views = None
+
+    def training_step(self, batch, batch_idx):
+        global_views, local_views = batch["views_by_size"]  # (2, B, 3, 32, 32), (2, B, 3, 16, 16)
+        seen["shapes"] = [tuple(global_views.shape), tuple(local_views.shape)]
+        seen["views_is_the_first_size"] = batch["views"] is global_views
+        anchor = self.projection_head(self.backbone(global_views[0]))  # (B, P)
+        others = [self.projection_head(self.backbone(view)) for view in (*global_views[1:], *local_views)]
+        loss = sum(nt_xent_loss(anchor, other, self.config.temperature) for other in others) / len(others)
+        return loss + self.probe_step(self.backbone(global_views[0]).detach(), batch)
+
+
+def test_a_method_with_its_own_layout_trains_on_its_recipes_view_groups(make_recipe):
+    recipe = make_recipe("simclr", **{
+        "backbone": "convnet4", "data.num_images": 32, "data.batch_size": 16, "trainer.max_steps": 2,
+        "augment.blur_p": "[0.5, 0.5]",  # the two-view form's default: view groups replace it
+        "augment.views": "[{count: 2, crop_scale: [0.4, 1.0]}, {count: 2, size: 16, crop_scale: [0.05, 0.4]}]",
+    })
+    model = MultiCropSimCLR(recipe, num_classes=0)
+    assert model.augment.num_views == 4 and model.augment.sizes == [32, 16]
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=ImageDataModule.for_recipe(recipe))
+    assert seen == {"shapes": [(2, 16, 3, 32, 32), (2, 16, 3, 16, 16)], "views_is_the_first_size": True}
+
+
+def test_the_view_grid_shows_every_view_of_every_size(monkeypatch):
+    """One row per view (local views enlarged to the global size), one column per image."""
+    from types import SimpleNamespace
+
+    import ssl_zoo.monitor as monitor
+
+    logged = []
+    monkeypatch.setattr(monitor, "log_image", lambda logger, key, grid, step: logged.append((key, grid.shape)))
+    config = AugmentConfig(size=32, views=(ViewGroup(count=2), ViewGroup(count=3, size=16)))
+    by_size = ViewAugment(config, None, seed=0).views_by_size(ramp_images(4))
+    trainer = SimpleNamespace(loggers=[object()], is_global_zero=True, global_step=0)
+    module = SimpleNamespace(recipe=SimpleNamespace(augment=config))
+    monitor.ViewGridLogger(num_images=4).on_train_batch_start(
+        trainer, module, {"views": by_size[0], "views_by_size": by_size}, batch_idx=0)
+    # make_grid: 1 px padding around 5 rows x 4 columns of 32 px views
+    assert logged == [("views", (3, 5 * 33 + 1, 4 * 33 + 1))]
