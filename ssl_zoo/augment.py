@@ -21,6 +21,8 @@ The view layout. A recipe's ``augment:`` section describes the views in one of t
 
   BYOL's two views in this form are two groups of count 1 (the two-view form above is
   exactly ``[{count: 1, blur_p: 1.0}, {count: 1, blur_p: 0.1, solarize_p: 0.2}]``).
+  The bundled recipes of two-view methods keep the two-view form: saved recipes, the
+  README's commands and the tests override its keys (``--augment.blur_p [0.0, 0.0]``).
 
 Every other key (crop ratio, flip, colour jitter, grayscale, blur sigma, normalisation)
 applies to every view. ``AugmentConfig.groups(num_views)`` resolves either form into the
