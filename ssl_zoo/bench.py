@@ -458,8 +458,10 @@ def gather_figures(runs: list[BenchRun], config: BenchConfig, eval_config: EvalC
     for run in runs:
         if run.training is not None:
             augment = run.recipe.augment
-            views = ViewAugment(augment, method_class(run.recipe).num_views, seed=0)(images)  # (V, N, 3, S, S)
-            gallery += [(f"{run.label}\nview {v + 1}", _pixels(views[v], augment.mean, augment.std)) for v in range(len(views))]
+            # Every size of a multi-crop layout, at most two views of each: [(V_s, N, 3, S_s, S_s)]
+            by_size = ViewAugment(augment, method_class(run.recipe).num_views, seed=0).views_by_size(images)
+            views = [view for views_of_size in by_size for view in views_of_size[:2]]
+            gallery += [(f"{run.label}\nview {v + 1}", _pixels(view, augment.mean, augment.std)) for v, view in enumerate(views)]
     return ReportFigures(features, splits.test.labels[sample], splits.test.classes, gallery, similarities)
 
 
