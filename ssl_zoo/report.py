@@ -22,6 +22,7 @@ import torch.nn.functional as F  # noqa: E402
 from ssl_zoo.eval.confidence import COMPARED_METRICS, RESAMPLES, intervals_overlap  # noqa: E402
 from ssl_zoo.eval.zero_shot import DEFAULT_TEMPLATES  # noqa: E402
 from ssl_zoo.recipe import METRIC_NAMES, ReferenceConfig  # noqa: E402
+from ssl_zoo.report_robustness import add_robustness  # noqa: E402
 
 
 @dataclass
@@ -435,6 +436,7 @@ def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> 
     tables["Which differences are larger than the noise"] = comparison_rows(results["groups"])
     tables["Published references"] = reference_rows(runs)
     tables["Representation diagnostics"] = diagnostic_rows(runs)
+    add_robustness(runs, tables, plots, plots_dir)  # few-shot and shift, where the runs were scored on them
     trained = [run for run in runs if run["training"] is not None]
     limits = "".join(f" --{flag} {eval_config[key]}" for flag, key in (("max-train", "max_train"), ("max-test", "max_test"))
                      if eval_config[key])

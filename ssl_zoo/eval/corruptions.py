@@ -9,12 +9,14 @@ Every corruption is deterministic: the noise is seeded, image by image.
 
 from __future__ import annotations
 
+import io
 import math
 
+import numpy as np
 import torch
 from kornia.filters import gaussian_blur2d
+from PIL import Image
 from torch import Tensor
-from torchvision.io import decode_jpeg, encode_jpeg
 
 from ssl_zoo.errors import SslZooError
 
@@ -67,5 +69,12 @@ def corrupt(images: Tensor, name: str, severity: int, first_seed: int = 0) -> Te
         mean = x.mean(dim=(1, 2, 3), keepdim=True)  # each image's mean over channels and pixels
         x = (x - mean) * level + mean
     else:  # jpeg
-        return torch.stack([decode_jpeg(encode_jpeg(image, quality=int(level))) for image in images.cpu()]).to(images.device)
+        return torch.stack([_jpeg(image, int(level)) for image in images.cpu()]).to(images.device)
     return x.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def _jpeg(image: Tensor, quality: int) -> Tensor:
+    """uint8 (3, H, W) saved as a JPEG of ``quality`` and read back, by PIL as the benchmark does."""
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, "JPEG", quality=quality)
+    return torch.from_numpy(np.asarray(Image.open(buffer).convert("RGB")).copy()).permute(2, 0, 1)

@@ -17,6 +17,8 @@ per class leave nothing to hold out (at k = 1) or a held-out choice by noise (k 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -59,7 +61,7 @@ def mean_interval(values: list[float], level: float = LEVEL) -> tuple[float, flo
         return mean, mean
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n)
-    return max(mean - half, 0.0), min(mean + half, 1.0)
+    return max(mean - float(half), 0.0), min(mean + float(half), 1.0)
 
 
 def shots_matching(mean_top1: dict[int, float], target: float) -> dict[str, float | int | None]:
@@ -87,6 +89,31 @@ def few_shot_probes(
 
     train_x (N, D), test_x (M, D) frozen features on one device; train_y (N,), test_y (M,).
     """
+    with _one_thread():
+        return _few_shot_probes(train_x, train_y, test_x, test_y, num_classes, shots, draws, seed, zero_shot_top1, weight_decay)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Torch ops single-threaded, then the thread count restored.
+
+    NOTE: a few-shot fit is hundreds of L-BFGS steps on a few hundred rows, each step a
+    handful of tiny ops; with two threads every op waits at a thread barrier, and on 2
+    shared cores the few-shot probes took 15-20x as long as on one thread (14-21 s
+    against 1 s for 8 fits), as ``ssl_zoo.data.shapes`` found for its rendering.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _few_shot_probes(
+    train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, num_classes: int, shots: tuple[int, ...],
+    draws: int, seed: int, zero_shot_top1: float | None, weight_decay: float,
+) -> dict:
     device = train_y.device  # the evaluator's; the features may lie elsewhere (a memory-mapped file)
     mean, std = train_x.float().mean(dim=0).to(device), train_x.float().std(dim=0).clamp_min(1e-6).to(device)  # no labels
     test = (test_x.to(device).float() - mean) / std  # (M, D)
