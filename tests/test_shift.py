@@ -110,3 +110,44 @@ def test_higher_severity_hurts_a_fixed_model_more():
         scores = [clean] + [accuracy(corrupt(test, name, severity)) for severity in SEVERITIES]
         assert all(a >= b for a, b in zip(scores, scores[1:])), (name, scores)
         assert scores[-1] < clean - 0.2, (name, scores)
+
+
+def test_the_report_gets_the_few_shot_and_shift_tables_and_plots(tmp_path):
+    from ssl_zoo.eval.few_shot import shots_matching
+    from ssl_zoo.report_robustness import add_robustness
+
+    def shift(top1: float, text: bool) -> dict:
+        protocols = ("linear_top1", "knn_top1") + (("zero_shot_top1",) if text else ())
+        sets = {name: {"name": name, "family": "shapes", "severity": None, **{p: top1 / 2 for p in protocols}}
+                for name in ("sketch", "texture", "scale")}
+        sets.update({f"{c}_s{s}": {"name": f"{c}_s{s}", "family": "corruption", "corruption": c, "severity": s,
+                                   **{p: top1 - 0.1 * s for p in protocols}} for c in CORRUPTIONS for s in SEVERITIES})
+        return {"in_distribution": {p: top1 for p in protocols}, "sets": sets,
+                "corruption_mean": {p: top1 - 0.2 for p in protocols}}
+
+    def few_shot(means: list[float], zero_shot: float | None) -> dict:
+        result = {"shots": [1, 4], "draws": 3, "weight_decay": 0.01,
+                  "top1": {str(k): {"mean": m, "interval": [m - 0.05, m + 0.05], "draws": [m] * 3} for k, m in zip((1, 4), means)}}
+        if zero_shot is not None:
+            result.update(zero_shot_top1=zero_shot, matches_zero_shot=shots_matching({1: means[0], 4: means[1]}, zero_shot))
+        return result
+
+    runs = [
+        {"label": "clip_shapes", "evaluation": {"metrics": {"linear_top1": 0.6, "zero_shot_top1": 0.4},
+                                                 "few_shot": few_shot([0.3, 0.5], 0.4), "shift": shift(0.6, True)}},
+        {"label": "supervised", "evaluation": {"metrics": {"linear_top1": 0.9},
+                                                "few_shot": few_shot([0.6, 0.8], None), "shift": shift(0.9, False)}},
+        {"label": "imported", "evaluation": {"metrics": {"linear_top1": 0.5}}},  # scored without either
+    ]
+    tables, plots = {}, {}
+    add_robustness(runs, tables, plots, tmp_path)
+    (few_header, few_rows), (shift_header, shift_rows), _ = tables.values()
+    assert few_header[1:3] == ["k=1", "k=4"] and few_rows[0][1] == "30.0 [25.0–35.0]"
+    assert few_rows[0][-1] == "2.0 (first k at or above: 4)" and few_rows[1][-1] == "–"
+    assert "sketch" in shift_header and "corruptions (mean)" in shift_header
+    assert [row[:2] for row in shift_rows] == [["clip_shapes", "linear"], ["clip_shapes", "kNN"], ["clip_shapes", "zero-shot"],
+                                                ["supervised", "linear"], ["supervised", "kNN"]]
+    assert all(path.is_file() and path.stat().st_size > 1000 for path, _ in plots.values())
+    nothing, none = {}, {}
+    add_robustness(runs[2:], nothing, none, tmp_path)
+    assert nothing == {} and none == {}

@@ -219,6 +219,7 @@ class Evaluator:
             metrics.update(few_shot)
             self._timed("few_shot", started)
         if cfg.shifts:
+            started = time.perf_counter()
             weight_decay = metrics.get("linear_weight_decay")
             if weight_decay is None:  # the probe protocol chose none: the features protocol chooses it
                 protocol = self.linear_protocol
@@ -226,6 +227,7 @@ class Evaluator:
                 self.linear_protocol = protocol  # linear top-1 is still the probe's
             self.shift = score_shifts(self, train_x, train_y, test, metrics, weight_decay, classifier)
             metrics.update(shift_metrics(self.shift))
+            self._timed("shift", started)
 
         started = time.perf_counter()
         metrics.update(self.diagnostics(test, test_x))

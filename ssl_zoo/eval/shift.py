@@ -15,7 +15,6 @@ others lie on is more robust than its in-distribution accuracy predicts.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -65,7 +64,6 @@ def score_shifts(
     result. train_x (N, D) features of the training split, train_y (N,); ``weight_decay``:
     the penalty the linear eval chose; ``in_distribution``: the model's metrics on ``test``."""
     cfg, device, num_classes = evaluator.config, evaluator.device, test.num_classes
-    started = time.perf_counter()
     # The linear eval's final classifier, refitted: the same inputs give the same weights.
     x_train = train_x.to(device).float()
     mean, std = x_train.mean(dim=0), x_train.std(dim=0).clamp_min(1e-6)
@@ -84,7 +82,6 @@ def score_shifts(
                 embeddings = torch.cat([evaluator.model.embed_image_features(part) for part in x.split(cfg.batch_size)])
             scores["zero_shot_top1"] = topk_accuracy(embeddings @ zero_shot_classifier.T, y, 1)
         sets[described["name"]] = {**described, **scores}
-    evaluator.seconds["shift"] = time.perf_counter() - started
     corrupted = [s for s in sets.values() if s["family"] == "corruption"]
     return {
         "in_distribution": {name: in_distribution[name] for name in PROTOCOLS if name in in_distribution},
