@@ -35,10 +35,13 @@ def test_sketches_and_textures_draw_the_shapes_of_the_training_renderer_with_the
     deep_inside = -F.max_pool2d(-inside.float().unsqueeze(1), 5, stride=1, padding=2).squeeze(1) > 0
     far_outside = -F.max_pool2d(-outside.float().unsqueeze(1), 5, stride=1, padding=2).squeeze(1) > 0
     assert dark.any() and not (dark & deep_inside).any() and not (dark & far_outside).any()
-    # Texture: every pixel fully inside a shape has one of the unseen colours.
+    # Texture: every pixel fully inside a shape is a blend of two unseen colours (on the
+    # segment between them), none of the training palette's.
     pixels = texture.images.permute(0, 2, 3, 1)[inside].float() / 255  # (P, 3)
-    nearest = torch.cdist(pixels, UNSEEN_COLOURS).min(dim=1).values
-    assert len(pixels) > 1000 and (nearest < 0.01).all()
+    a, b = UNSEEN_COLOURS[:, None], UNSEEN_COLOURS[None]  # (8, 1, 3), (1, 8, 3): every pair
+    along = ((pixels[:, None, None] - a) * (b - a)).sum(dim=-1) / (b - a).square().sum(dim=-1).clamp_min(1e-9)
+    nearest = pixels[:, None, None] - (a + along.clamp(0, 1)[..., None] * (b - a))  # (P, 8, 8, 3)
+    assert len(pixels) > 1000 and (nearest.norm(dim=-1).amin(dim=(1, 2)) < 0.01).all()
 
 
 def test_the_scale_shift_keeps_the_labels_and_leaves_the_trained_range():
