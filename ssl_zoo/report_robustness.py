@@ -116,12 +116,25 @@ def _shift_columns(shift: dict[str, Any]) -> dict[str, dict[str, float]]:
     return columns
 
 
+def chance(run: dict[str, Any]) -> float | None:
+    """Top-1 of a guess, 1 / classes, where the run's results name the classes."""
+    classes = run["evaluation"].get("data", {}).get("classes")
+    return 1 / len(classes) if classes else None
+
+
+def kept_above_chance(shifted: float, test: float, guess: float | None) -> str:
+    """The share of the test split's top-1 above chance that a shifted set keeps: 1 loses
+    nothing, 0 falls to chance. Near chance on the test split it means nothing ('–')."""
+    guess = guess or 0.0
+    return f"{(shifted - guess) / (test - guess):.2f}" if test - guess > 0.05 else "–"
+
+
 def shift_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Per run and protocol: top-1 on the test split and on each shifted set, and the share of
-    its test-split top-1 that the shifted sets keep on average."""
+    its test-split top-1 above chance that the shapes shifts and the corruptions keep."""
     scored = [run for run in runs if run["evaluation"].get("shift")]
     columns = list(_shift_columns(scored[0]["evaluation"]["shift"]))
-    header = ["run", "protocol", *columns, "kept (shifted mean / test)"]
+    header = ["run", "protocol", *columns, "kept: shapes shifts", "kept: corruptions"]
     rows = []
     for run in scored:
         shift = run["evaluation"]["shift"]
@@ -129,10 +142,13 @@ def shift_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         for protocol in PROTOCOLS:
             if protocol not in shift["in_distribution"]:
                 continue
-            shifted = [s[protocol] for s in shift["sets"].values()]
-            kept = sum(shifted) / len(shifted) / max(shift["in_distribution"][protocol], 1e-9)
+            test = shift["in_distribution"][protocol]
+            kept = []
+            for family in ("shapes", "corruption"):
+                shifted = [s[protocol] for s in shift["sets"].values() if s["family"] == family]
+                kept.append(kept_above_chance(sum(shifted) / len(shifted), test, chance(run)) if shifted else "–")
             rows.append([run["label"], PROTOCOL_NAMES[protocol], *[_percent(c.get(protocol)) for c in by_column.values()],
-                         f"{kept:.2f}"])
+                         *kept])
     return header, rows
 
 
@@ -152,6 +168,8 @@ def plot_effective_robustness(runs: list[dict[str, Any]], path: Path) -> Path:
     figure, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.4), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         ax.plot([0, 100], [0, 100], color="grey", linestyle="--", linewidth=1)  # no loss under shift
+        if chance(scored[0]) is not None:
+            ax.axhline(100 * chance(scored[0]), color="grey", linestyle=":", linewidth=1)  # a guess
         for i, run in enumerate(scored):
             shift = run["evaluation"]["shift"]
             shifted = _shift_columns(shift)[panel]
@@ -177,11 +195,12 @@ def effective_robustness_caption(runs: list[dict[str, Any]]) -> str:
         "Each point is one run's top-1 on a shifted set (y) against its top-1 on the test split (x): circles the "
         "linear classifier fitted on the training distribution, triangles the kNN vote over the training features, "
         "stars zero-shot; all three are applied to the shifted images unchanged. On the dashed line a shift costs "
-        "nothing. A model is effectively robust when it lies above the line the other models draw, that is, keeps "
+        "nothing; the dotted line is chance. A model is effectively robust when it lies above the line the other models draw, that is, keeps "
         "more accuracy than its test-split top-1 predicts (CLIP's claim for zero-shot on ImageNet's shifts). "
         "Shapes shifts: outline sketches on plain paper, hatched shapes in colours outside the training palette on "
         "concentric-ring backgrounds, shapes smaller or larger than any trained size; corruptions: Gaussian noise, "
-        "blur, contrast and JPEG at 3 severities (CIFAR-10-C's severities 1, 3 and 5), averaged."
+        "blur, contrast and JPEG at 3 severities (CIFAR-10-C's severities 1, 3 and 5), averaged. The table's "
+        "'kept' columns give (shifted top-1 - chance) / (test-split top-1 - chance), averaged over the sets."
     )
 
 

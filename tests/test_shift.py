@@ -135,10 +135,11 @@ def test_the_report_gets_the_few_shot_and_shift_tables_and_plots(tmp_path):
             result.update(zero_shot_top1=zero_shot, matches_zero_shot=shots_matching({1: means[0], 4: means[1]}, zero_shot))
         return result
 
+    data = {"classes": ["a", "b", "c", "d"]}  # chance: 25 %
     runs = [
-        {"label": "clip_shapes", "evaluation": {"metrics": {"linear_top1": 0.6, "zero_shot_top1": 0.4},
+        {"label": "clip_shapes", "evaluation": {"data": data, "metrics": {"linear_top1": 0.6, "zero_shot_top1": 0.4},
                                                  "few_shot": few_shot([0.3, 0.5], 0.4), "shift": shift(0.6, True)}},
-        {"label": "supervised", "evaluation": {"metrics": {"linear_top1": 0.9},
+        {"label": "supervised", "evaluation": {"data": data, "metrics": {"linear_top1": 0.9},
                                                 "few_shot": few_shot([0.6, 0.8], None), "shift": shift(0.9, False)}},
         {"label": "imported", "evaluation": {"metrics": {"linear_top1": 0.5}}},  # scored without either
     ]
@@ -148,6 +149,8 @@ def test_the_report_gets_the_few_shot_and_shift_tables_and_plots(tmp_path):
     assert few_header[1:3] == ["k=1", "k=4"] and few_rows[0][1] == "30.0 [25.0–35.0]"
     assert few_rows[0][-1] == "2.0 (first k at or above: 4)" and few_rows[1][-1] == "–"
     assert "sketch" in shift_header and "corruptions (mean)" in shift_header
+    # Supervised linear: test 90 %, shapes shifts 45 %, corruptions 70 % (their mean), chance 25 %.
+    assert shift_rows[3][-2:] == [f"{(0.45 - 0.25) / 0.65:.2f}", f"{(0.70 - 0.25) / 0.65:.2f}"]
     assert [row[:2] for row in shift_rows] == [["clip_shapes", "linear"], ["clip_shapes", "kNN"], ["clip_shapes", "zero-shot"],
                                                 ["supervised", "linear"], ["supervised", "kNN"]]
     assert all(path.is_file() and path.stat().st_size > 1000 for path, _ in plots.values())
