@@ -11,7 +11,10 @@ Two choices a full linear probe makes on held-out data are fixed here, because k
 per class leave nothing to hold out (at k = 1) or a held-out choice by noise (k = 2):
 - the features are standardised with the statistics of the whole training split's
   features, which need no labels;
-- the L2 penalty is ``FEW_SHOT_WEIGHT_DECAY`` for every k.
+- the L2 penalty is ``FEW_SHOT_WEIGHT_DECAY`` for every k. On the default bench's shapes
+  features (2026-12-07) any penalty from 1e-4 to 1e-1 moved the mean top-1 by at most 1.3
+  points at k <= 4 and 3.4 at k = 16 (the supervised baseline; CLIP's 0.8), within or near
+  the interval over draws.
 """
 
 from __future__ import annotations
