@@ -101,7 +101,7 @@ def test_higher_severity_hurts_a_fixed_model_more():
         return x - x.mean(dim=1, keepdim=True)
 
     train, train_labels = draw(400)
-    test, test_labels = draw(800)
+    test, test_labels = draw(400)
     centroids = torch.stack([features(train[train_labels == c]).mean(dim=0) for c in range(4)])
 
     def accuracy(images: torch.Tensor) -> float:
@@ -157,3 +157,13 @@ def test_the_report_gets_the_few_shot_and_shift_tables_and_plots(tmp_path):
     nothing, none = {}, {}
     add_robustness(runs[2:], nothing, none, tmp_path)
     assert nothing == {} and none == {}
+
+
+def test_corrupted_copies_are_made_once_per_test_split():
+    test = make_shapes(16, 32, seed=2)
+    first = {d["name"]: images.images for d, images in shifted_test_sets(test, seed=0)}
+    again = {d["name"]: images.images for d, images in shifted_test_sets(test, seed=0)}
+    assert all(again[name] is first[name] for name in first if name not in SHAPE_SHIFTS)  # the same tensors
+    other = make_shapes(16, 32, seed=3)
+    fresh = {d["name"]: images.images for d, images in shifted_test_sets(other, seed=0)}
+    assert not torch.equal(fresh["blur_s1"], first["blur_s1"])
