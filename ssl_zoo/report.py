@@ -23,6 +23,7 @@ from ssl_zoo.atomic import atomic_path, atomic_write  # noqa: E402
 from ssl_zoo.eval.confidence import COMPARED_METRICS, RESAMPLES, intervals_overlap  # noqa: E402
 from ssl_zoo.eval.zero_shot import DEFAULT_TEMPLATES  # noqa: E402
 from ssl_zoo.recipe import METRIC_NAMES, ReferenceConfig  # noqa: E402
+from ssl_zoo.report_robustness import robustness_plots, robustness_tables  # noqa: E402
 
 
 @dataclass
@@ -443,6 +444,7 @@ def report_plots(results: dict[str, Any], figures: ReportFigures, plots_dir: Pat
             plot_similarity(similarity, plots_dir / f"clip_similarity_{similarity.name}.png"),
             similarity_caption(similarity),
         )
+    plots.update(robustness_plots(runs, plots_dir))  # few-shot and shift, where the runs were scored on them
     return plots
 
 
@@ -455,6 +457,7 @@ def report_tables(results: dict[str, Any]) -> dict[str, tuple[list[str], list[li
     tables["Which differences are larger than the noise"] = comparison_rows(results["groups"])
     tables["Published references"] = reference_rows(runs)
     tables["Representation diagnostics"] = diagnostic_rows(runs)
+    tables.update(robustness_tables(runs))  # few-shot and shift, where the runs were scored on them
     return tables
 
 

@@ -358,6 +358,14 @@ def _(capsys, tmp_path, simclr_run, **_):
     assert not (simclr_run.parent / "eval").exists()
 
 
+@case("eval-few-shot-k")
+def _(capsys, tmp_path, simclr_run, **_):
+    assert_clear_error(*run(capsys, "eval", "--ckpt", simclr_run, "--few-shot", "0,4", "--no-cache"),
+                       "argument --few-shot: '0' is not a whole number of 1 or more", "1,2,4,8,16", "eval --help")
+    assert_clear_error(*run(capsys, "bench", "--few-shot", "4,4", "--out", tmp_path / "bench"), "names a k twice")
+    assert not (simclr_run.parent / "eval").exists() and not (tmp_path / "bench").exists()
+
+
 @case("classnames-count")
 def _(capsys, tmp_path, simclr_run, **_):
     names = tmp_path / "names.txt"
