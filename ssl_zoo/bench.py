@@ -129,6 +129,7 @@ def supervised_recipe(recipe: Recipe, data_name: str, data_root: str | None) -> 
     values.update(method=Supervised.method_name, name=f"supervised_{recipe.backbone}",
                   description=f"Supervised baseline for {recipe.name}")
     if values["data"]["name"] != data_name:
+        values.pop(values["data"]["name"], None)  # the dataset's own section goes with it
         values["data"].update(name=data_name, train_split=None, val_split=None)
         values["data"]["root"] = data_root or values["data"]["root"]
     return recipe_from_dict(values)
@@ -461,8 +462,10 @@ def gather_figures(runs: list[BenchRun], config: BenchConfig, eval_config: EvalC
     for run in runs:
         if run.training is not None:
             augment = run.recipe.augment
-            views = ViewAugment(augment, method_class(run.recipe).num_views, seed=0)(images)  # (V, N, 3, S, S)
-            gallery += [(f"{run.label}\nview {v + 1}", _pixels(views[v], augment.mean, augment.std)) for v in range(len(views))]
+            # Every size of a multi-crop layout, at most two views of each: [(V_s, N, 3, S_s, S_s)]
+            by_size = ViewAugment(augment, method_class(run.recipe).num_views, seed=0).views_by_size(images)
+            views = [view for views_of_size in by_size for view in views_of_size[:2]]
+            gallery += [(f"{run.label}\nview {v + 1}", _pixels(view, augment.mean, augment.std)) for v, view in enumerate(views)]
     return ReportFigures(features, splits.test.labels[sample], splits.test.classes, gallery, similarities)
 
 

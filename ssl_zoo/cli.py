@@ -158,6 +158,28 @@ def fit_command(argv: list[str]) -> int:
 DEFAULT_CACHE = Path("~/.cache/ssl_zoo/features")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1 or str(value) != text.strip():
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of 1 or more")
+    return value
+
+
+def shots_list(text: str) -> tuple[int, ...]:
+    """An argparse type: '1,2,4,8,16' -> (1, 2, 4, 8, 16), each a whole number of 1 or more, none twice."""
+    try:
+        shots = tuple(positive_int(part) for part in text.split(","))
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{error} (give k labelled images per class as a list such as 1,2,4,8,16)") from None
+    if len(set(shots)) != len(shots):
+        raise argparse.ArgumentTypeError(f"'{text}' names a k twice")
+    return tuple(sorted(shots))
+
+
 def eval_parser() -> _Parser:
     from ssl_zoo.eval.config import EvalConfig
 
@@ -199,6 +221,14 @@ def eval_parser() -> _Parser:
                              "on the masks (shapes), beside chance and a per-position linear probe")
     parser.add_argument("--dense-probe-positions", type=int, default=defaults.dense_probe_positions,
                         help="--dense: training pixels the linear probe fits on (default: %(default)s)")
+    parser.add_argument("--few-shot", metavar="K,K,...", type=shots_list, default=(),
+                        help="few-shot linear probes: logistic regression on k labelled training images per class, "
+                             "for each k (e.g. 1,2,4,8,16), scored on the whole test split")
+    parser.add_argument("--few-shot-draws", type=positive_int, default=defaults.few_shot_draws,
+                        help="seeded draws of k images per class, for the mean and its 95 %% interval (default: %(default)s)")
+    parser.add_argument("--shifts", action="store_true",
+                        help="score linear, kNN and zero-shot on shifted test sets: shapes' sketches, unseen textures and "
+                             "scales; any dataset's test split under noise, blur, contrast and JPEG at 3 severities")
     parser.add_argument("--num-workers", type=int, help="loader processes decoding shard splits (default: every core)")
     parser.add_argument("--in-memory-features-mib", type=int,
                         help="shard features larger than this are fitted in mini-batches from their file, not by "
@@ -213,6 +243,8 @@ def eval_parser() -> _Parser:
 def format_eval(result: dict) -> str:
     lines = [f"{result['label']} ({result['method']}, {result['backbone']}) on {result['device']}:"]
     for name, value in result["metrics"].items():
+        if name.startswith(("few_shot_", "shift_")):  # in their own tables below
+            continue
         is_accuracy = name.endswith(("top1", "top5", "miou", "pixel_acc")) or re.search(r"_r\d+$", name)
         shown = f"{100 * value:6.2f} %" if is_accuracy else f"{value:.4g}"
         if name in result.get("intervals", {}):
@@ -220,6 +252,10 @@ def format_eval(result: dict) -> str:
             shown += f"  (95 % CI {100 * low:.2f}-{100 * high:.2f})"
         lines.append(f"  {name:<22} {shown}")
     lines += [f"  skipped {what}: {why}" for what, why in result["skipped"].items()]
+    if result.get("few_shot"):
+        lines += few_shot_lines(result["few_shot"])
+    if result.get("shift"):
+        lines += shift_lines(result["shift"])
     linear = result.get("linear")
     if linear:
         how = linear.get("fit") or f"{linear['epochs']} of {linear['full_epochs']} epochs, batch {linear['batch_size']}, lr {linear['lr']:g}"
@@ -228,6 +264,35 @@ def format_eval(result: dict) -> str:
         lines.append(f"  zero-shot warning      {result['zero_shot']['warning']}")
     lines.append(f"  took {result['seconds']['total']:.1f} s (feature cache: {result['feature_cache']['hits']} hits)")
     return "\n".join(lines)
+
+
+def few_shot_lines(few_shot: dict) -> list[str]:
+    """Top-1 per k (mean of the draws, 95 % interval), and the k that matches zero-shot."""
+    lines = [f"  few-shot linear probe   top-1, mean of {few_shot['draws']} draws (95 % CI over draws)"]
+    for k, scored in few_shot["top1"].items():
+        low, high = scored["interval"]
+        lines.append(f"    k={k:<3} per class       {100 * scored['mean']:6.2f} %  ({100 * low:.2f}-{100 * high:.2f})")
+    if "matches_zero_shot" in few_shot:
+        matched, zero_shot = few_shot["matches_zero_shot"], 100 * few_shot["zero_shot_top1"]
+        smallest, largest = few_shot["shots"][0], few_shot["shots"][-1]
+        if matched["first_k"] is None:
+            lines.append(f"    matches zero-shot     at no k up to {largest} (zero-shot {zero_shot:.2f} %)")
+        elif matched["first_k"] == smallest:
+            lines.append(f"    matches zero-shot     at k <= {smallest} (zero-shot {zero_shot:.2f} %)")
+        else:
+            lines.append(f"    matches zero-shot     at k = {matched['interpolated_k']:.1f} (interpolated in log k; "
+                         f"first k at or above: {matched['first_k']}; zero-shot {zero_shot:.2f} %)")
+    return lines
+
+
+def shift_lines(shift: dict) -> list[str]:
+    """Top-1 per protocol on the test split and on each shifted set."""
+    protocols = [p for p in ("linear_top1", "knn_top1", "zero_shot_top1") if p in shift["in_distribution"]]
+    header = "".join(f"{p.removesuffix('_top1'):>11}" for p in protocols)
+    rows = [("test split", shift["in_distribution"]), *shift["sets"].items(), ("corruptions, mean", shift["corruption_mean"])]
+    lines = [f"  distribution shift      top-1 %{header}"]
+    lines += [f"    {name:<27}" + "".join(f"{100 * scores[p]:11.2f}" for p in protocols) for name, scores in rows]
+    return lines
 
 
 def _parse(parser: _Parser, argv: list[str]) -> tuple[argparse.Namespace, list[str]] | None:
@@ -285,6 +350,7 @@ def eval_command(argv: list[str]) -> int:
         max_train=args.max_train, max_test=args.max_test, device=args.device, data_recipe=args.data_recipe,
         cache_dir=None if args.no_cache else args.cache_dir, protocol=args.protocol, probe_epochs=args.probe_epochs,
         classnames=args.classnames, num_workers=args.num_workers, in_memory_features_mib=args.in_memory_features_mib,
+        few_shot=args.few_shot, few_shot_draws=args.few_shot_draws, shifts=args.shifts,
         dense=args.dense, dense_probe_positions=args.dense_probe_positions,
     )
     if args.templates:
@@ -348,6 +414,9 @@ def bench_parser() -> _Parser:
     parser.add_argument("--dense", action="store_true",
                         help="also score the runs with a text tower on dense zero-shot segmentation (see eval --help; "
                              "about a minute per run on shapes on 2 CPU cores)")
+    parser.add_argument("--few-shot", metavar="K,K,...", type=shots_list, default=(),
+                        help="also score few-shot linear probes at these k per class (see eval --help)")
+    parser.add_argument("--shifts", action="store_true", help="also score every run on shifted test sets (see eval --help)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the supervised baseline (random init is always scored)")
     parser.add_argument("--weights", action="append", default=[], metavar="LIBRARY:NAME=FILE",
                         help="weights made elsewhere to score beside the runs (repeatable): torchvision:resnet50=FILE, "
@@ -398,7 +467,8 @@ def bench_command(argv: list[str]) -> int:
         overrides=overrides, baselines=not args.no_baselines, seeds=args.seeds,
         weights=args.weights, weights_input_size=args.input_size,
         eval=EvalConfig(data=args.eval_data, root=args.eval_root, max_train=args.max_train,
-                        max_test=args.max_test, device=args.device, protocol=args.protocol, dense=args.dense),
+                        max_test=args.max_test, device=args.device, protocol=args.protocol,
+                        few_shot=args.few_shot, shifts=args.shifts, dense=args.dense),
         command="python -m ssl_zoo bench " + " ".join(argv),
     )
     run_bench(config)

@@ -24,6 +24,7 @@ from ssl_zoo.eval.confidence import COMPARED_METRICS, RESAMPLES, intervals_overl
 from ssl_zoo.eval.zero_shot import DEFAULT_TEMPLATES  # noqa: E402
 from ssl_zoo.recipe import METRIC_NAMES, ReferenceConfig  # noqa: E402
 from ssl_zoo.report_dense import dense_plots, dense_tables  # noqa: E402
+from ssl_zoo.report_robustness import robustness_plots, robustness_tables  # noqa: E402
 
 
 @dataclass
@@ -445,6 +446,7 @@ def report_plots(results: dict[str, Any], figures: ReportFigures, plots_dir: Pat
             similarity_caption(similarity),
         )
     plots.update(dense_plots(runs, plots_dir))  # where runs were scored with --dense
+    plots.update(robustness_plots(runs, plots_dir))  # few-shot and shift, where the runs were scored on them
     return plots
 
 
@@ -458,6 +460,7 @@ def report_tables(results: dict[str, Any]) -> dict[str, tuple[list[str], list[li
     tables["Published references"] = reference_rows(runs)
     tables["Representation diagnostics"] = diagnostic_rows(runs)
     tables.update(dense_tables(runs))  # where runs were scored with --dense
+    tables.update(robustness_tables(runs))  # few-shot and shift, where the runs were scored on them
     return tables
 
 

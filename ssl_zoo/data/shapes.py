@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ssl_zoo.data.imageset import ImageSet
 from ssl_zoo.data.spec import DatasetSpec
 from ssl_zoo.errors import RecipeError
+from ssl_zoo.ranges import ranged
 
 if TYPE_CHECKING:
     from ssl_zoo.recipe import DataConfig
@@ -315,9 +316,13 @@ def _render(
 
 
 def make_shapes_with_factors(
-    num_images: int = 4000, image_size: int = 32, seed: int = 0
+    num_images: int = 4000, image_size: int = 32, seed: int = 0, radii: tuple[float, ...] = SIZE_RADII
 ) -> tuple[ImageSet, dict[str, torch.Tensor]]:
     """The shapes dataset and the factors each image was drawn from.
+
+    ``radii``: the shape sizes drawn from (circumradii, fractions of the image side, each
+    +- RADIUS_JITTER); other than ``SIZE_RADII`` only for a test set shifted in scale
+    (``ssl_zoo.data.shapes_shift``), whose "size" then indexes ``radii``, not ``SIZES``.
 
     Factors (all of length N): int64 indices "colour" (into ``COLOURS``), "size" (into
     ``SIZES``), "background" (into ``BACKGROUNDS``), "clutter" (number of distractors,
@@ -333,8 +338,8 @@ def make_shapes_with_factors(
     n = num_images
     # Balanced classes: label i % 8, shuffled.
     labels = (torch.arange(n) % len(SHAPE_CLASSES))[torch.randperm(n, generator=g)]
-    size = torch.randint(len(SIZES), (n,), generator=g)
-    radius = torch.tensor(SIZE_RADII)[size] + RADIUS_JITTER * (2 * torch.rand(n, generator=g) - 1)
+    size = torch.randint(len(radii), (n,), generator=g)
+    radius = torch.tensor(radii)[size] + RADIUS_JITTER * (2 * torch.rand(n, generator=g) - 1)
     factors = {
         "colour": torch.randint(len(COLOURS), (n,), generator=g),
         "size": size,
@@ -388,14 +393,23 @@ def _drawn_once(num_images: int, image_size: int, seed: int) -> ImageSet:
     return make_shapes(num_images, image_size, seed)
 
 
+@dataclasses.dataclass
+class ShapesConfig:
+    """shapes: how many images are drawn (the recipe's `shapes:` section)."""
+
+    num_images: int = ranged(4000, at_least=1)
+    """Training images (validation: a quarter as many)."""
+
+
 def _load_shapes_split(config: DataConfig, split: str, seed: int) -> ImageSet:
-    """The recipe's shapes split: ``data.num_images`` for training, a quarter as many for val."""
+    """The recipe's shapes split: ``shapes.num_images`` for training, a quarter as many for val."""
     if split not in ("train", "val"):
         raise RecipeError(f"The shapes dataset has splits train and val, not '{split}'.")
-    count = config.num_images if split == "train" else max(config.num_images // 4, 1)
+    options: ShapesConfig = config.options
+    count = options.num_images if split == "train" else max(options.num_images // 4, 1)
     drawn = _drawn_once(count, config.image_size, seed if split == "train" else seed + 1)
     return dataclasses.replace(drawn)  # its own ImageSet (a caller may set its fields), the same tensors
 
 
 # Labelled (the shape) and captioned; retrieval scores on the validation images.
-DatasetSpec("shapes", load=_load_shapes_split, splits=("train", "val"), retrieval_split="val").register()
+DatasetSpec("shapes", load=_load_shapes_split, splits=("train", "val"), retrieval_split="val", config=ShapesConfig).register()

@@ -99,6 +99,11 @@ def evaluate(
             dense = evaluator.dense(splits.train, splits.test)
             result["metrics"].update(dense.metrics)
             result["dense"] = dense.describe()
+        if evaluator.few_shot is not None:  # intervals over the draws of k images per class
+            result["few_shot"] = evaluator.few_shot
+            result["intervals"].update(evaluator.few_shot_intervals)
+        if evaluator.shift is not None:
+            result["shift"] = evaluator.shift
 
     if with_text:
         pairs = load_retrieval_pairs(trained_on, config)
