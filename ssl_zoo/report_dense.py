@@ -4,6 +4,7 @@ the predicted class maps. Drawn only where a run was scored with ``--dense``."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,8 @@ def dense_plots(runs: list[dict[str, Any]], plots_dir: Path) -> dict[str, tuple[
     plots = {}
     for run in _dense_runs(runs):
         dense = run["evaluation"]["dense"]
-        path = plot_dense_grid(dense, run["label"], plots_dir / f"dense_{run['label'].replace(' ', '_').replace('/', '_')}.png")
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", run["label"]).strip("_")  # a file name from any label
+        path = plot_dense_grid(dense, run["label"], plots_dir / f"dense_{name}.png")
         caption = (
             f"The first {dense['grid']['count']} test images, their masks, and the class of each pixel as {run['label']}'s "
             f"nearest class prompt gives it (zero-shot: no mask was seen in training) and as a linear probe trained on the "
@@ -53,9 +55,9 @@ def dense_plots(runs: list[dict[str, Any]], plots_dir: Path) -> dict[str, tuple[
 
 
 def plot_dense_grid(dense: dict[str, Any], label: str, path: Path) -> Path:
-    """Rows: images, masks, zero-shot maps, probe maps; one colour per class, background grey."""
+    """Rows: images, masks, zero-shot maps, probe maps; one colour per class, background near black."""
     grid, classes = decode_grid(dense["grid"]), dense["classes"]
-    colours = [plt.get_cmap("tab10")(i) for i in range(len(classes) - 1)] + [(0.85, 0.85, 0.85, 1.0)]
+    colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(classes) - 1)] + [(0.1, 0.1, 0.1, 1.0)]
     cmap = ListedColormap(colours)
     count = dense["grid"]["count"]
     figure, axes = plt.subplots(len(ROWS), count, figsize=(1.2 * count + 1.8, 1.25 * len(ROWS)), squeeze=False)
