@@ -16,7 +16,7 @@ def tiny_recipe(method: str, tmp_path, **sections) -> Recipe:
     argv = [
         "--method", method, "--name", f"tiny_{method}", "--backbone", "resnet18",
         "--data.num_images", "128", "--data.image_size", "32", "--data.batch_size", "32",
-        "--data.knn_bank_size", "128", "--data.context_length", "16",
+        "--data.knn_bank_size", "128",
         "--augment.size", "32", "--augment.blur_p", "[0.0, 0.0]",
         "--optim.warmup_epochs", "0", "--optim.lr", "0.1",
         "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
@@ -24,7 +24,7 @@ def tiny_recipe(method: str, tmp_path, **sections) -> Recipe:
     ]
     # Small heads and towers for any method whose section has these keys.
     section = {f.name for f in dataclasses.fields(METHODS[method].Config)}
-    tiny = {"hidden_dim": 128, "output_dim": 64, "text_backbone": "text_transformer_tiny", "embed_dim": 64}
+    tiny = {"hidden_dim": 128, "output_dim": 64, "text_backbone": "text_transformer_tiny", "embed_dim": 64, "context_length": 16}
     argv += [arg for key, value in tiny.items() if key in section for arg in (f"--{method}.{key}", str(value))]
     for key, value in sections.items():
         argv += [f"--{key}", str(value)]

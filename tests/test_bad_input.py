@@ -280,6 +280,13 @@ def _(capsys, tmp_path, **_):
     assert_clear_error(code, output, r"augment sets both views \(view groups\) and augment\.crop_scale, augment\.blur_p", "set them in each group")
 
 
+@case("dataset-section-mismatch")
+def _(capsys, tmp_path, **_):
+    code, output = run(capsys, "fit", "--recipe", "quickstart", "--shards.decode", "worker", "--trainer.output_dir", tmp_path / "runs")
+    assert_clear_error(code, output, r"trains on dataset 'shapes' but sets the 'shards:' section", "set data.name: shards")
+    assert not (tmp_path / "runs").exists()
+
+
 @case("view-groups-wrong-count")
 def _(capsys, tmp_path, **_):
     two_view_keys_at_defaults = ["--augment.crop_scale", "[0.08, 1.0]", "--augment.blur_p", "[0.5, 0.5]"]
