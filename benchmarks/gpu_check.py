@@ -111,9 +111,9 @@ from ssl_zoo.environment import versions
 from ssl_zoo.eval.config import EvalConfig
 from ssl_zoo.eval.evaluator import Evaluator
 from ssl_zoo.methods import build_method, method_class
-from ssl_zoo.monitor import StepTimer
+from ssl_zoo.training.monitor import StepTimer
 from ssl_zoo.recipe import Recipe, parse_recipe
-from ssl_zoo.train import fit
+from ssl_zoo.training.train import fit
 
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent

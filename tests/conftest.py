@@ -1,4 +1,5 @@
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,14 @@ import torch
 from ssl_zoo.recipe import Recipe, parse_recipe
 from ssl_zoo.registry import METHODS
 
-torch.set_num_threads(2)
+# The suite's cores are shared between pytest-xdist's workers (README: `pytest -n auto`):
+# each takes its share, and the CLI runs it starts inherit it (OMP_NUM_THREADS), so two
+# workers on 2 cores do not run four busy-waiting threads.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, len(os.sched_getaffinity(0)) // _WORKERS))
+torch.set_num_threads(_THREADS)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 
 def tiny_recipe(method: str, tmp_path, **sections) -> Recipe:

@@ -21,7 +21,7 @@ from PIL import Image
 from ssl_zoo.cli import main
 from ssl_zoo.data.sources import load_image_folder
 from ssl_zoo.recipe import recipe_to_dict
-from ssl_zoo.train import fit
+from ssl_zoo.training.train import fit
 
 DOC = Path(__file__).parent.parent / "docs" / "bad_input.md"
 CASES: dict[str, Callable] = {}

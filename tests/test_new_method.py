@@ -131,7 +131,7 @@ def test_a_second_text_method_trains_and_scores_on_its_own_tokens(make_recipe):
     from ssl_zoo.data.datamodule import ImageDataModule
     from ssl_zoo.eval.config import EvalConfig
     from ssl_zoo.eval.stage import evaluate
-    from ssl_zoo.train import fit
+    from ssl_zoo.training.train import fit
 
     recipe = make_recipe("char_clip", **{"backbone": "convnet4", "trainer.max_steps": 2, "char_clip.context_length": 48})
     datamodule = ImageDataModule.for_recipe(recipe)
