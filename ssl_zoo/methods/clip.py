@@ -91,7 +91,7 @@ class CLIP(SSLMethod, name="clip", config=CLIPConfig):
         projects_itself = not isinstance(self.image_projection, nn.Linear)  # CLIP's RN: its attention pool
         if not projects_itself:
             projections["image_projection.weight"] = self.image_projection.weight
-        context_length = self.recipe.data.context_length
+        context_length = self.config.context_length
         config = {
             "embed_dim": self.config.embed_dim,
             "text_tower": {"file": TEXT_TOWER, **text_tower},
