@@ -478,6 +478,7 @@ def reproduce_commands(results: dict[str, Any]) -> list[str]:
         f"python -m ssl_zoo fit --recipe {run['training']['run_dir']}/recipe.yaml" for run in trained
     ] + [
         f"python -m ssl_zoo eval --ckpt {run['training']['checkpoint']} --data {data['name']} --root {data['root']}{limits}"
+        + (" --dense" if "dense_miou" in run["evaluation"]["metrics"] else "")
         for run in trained
     ] + [
         f"python -m ssl_zoo eval --weights {run['evaluation']['weights']['source']}={run['evaluation']['weights']['path']} "
