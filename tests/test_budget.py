@@ -61,3 +61,21 @@ def test_the_keeper_ends_training_at_the_budget_and_sizes_the_schedules_to_it(tm
     assert lr[-1] < 0.05 * max(lr)
     if first_guess > summary.steps:
         assert all(b <= a + 1e-12 for a, b in zip(lr, lr[1:]))
+
+
+def test_a_run_cut_below_its_warm_up_warms_up_throughout(tmp_path):
+    """A first guess of 400 steps with a 300-step warm-up, on a budget that holds far fewer:
+    the keeper shortens the warm-up with the run (lightly's scheduler refuses a longer one)."""
+    recipe = tiny_recipe("byol", tmp_path, **{
+        "backbone": "convnet4", "data.num_images": 96, "data.batch_size": 8, "trainer.max_epochs": -1,
+        "trainer.max_steps": 400, "optim.warmup_epochs": 25,  # 12 steps an epoch
+    })
+
+    class Warmup(pl.Callback):
+        def on_train_end(self, trainer, pl_module) -> None:
+            scheduler = trainer.lr_scheduler_configs[0].scheduler
+            self.steps, self.total = scheduler.warmup_epochs, scheduler.max_epochs
+
+    warmup = Warmup()
+    summary = fit(recipe, enable_progress_bar=False, callbacks=[SlowSteps(), warmup, BudgetKeeper(3.0, validations=0)])
+    assert summary.steps < 300 and warmup.total == summary.steps and warmup.steps == summary.steps

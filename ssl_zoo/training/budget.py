@@ -85,6 +85,7 @@ class BudgetKeeper(pl.Callback):
         self._next_refit = every  # as a fraction of the budget
         self._steps: int | None = None  # the step count of the last refit
         self._meter: ThroughputMeter | None = None
+        self._warmups: dict[int, int] = {}  # each scheduler's warm-up steps as configured
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
         elapsed, step = self._meter.elapsed, trainer.global_step
@@ -98,8 +99,13 @@ class BudgetKeeper(pl.Callback):
         if self.validations and trainer.check_val_every_n_epoch is None:  # validation every N steps
             trainer.val_check_interval = trainer.val_check_batch = max(steps // self.validations, 1)
         for config in trainer.lr_scheduler_configs:
-            if hasattr(config.scheduler, "max_epochs"):  # lightly's cosine schedulers: their length in steps
-                config.scheduler.max_epochs = steps
+            scheduler = config.scheduler
+            if hasattr(scheduler, "max_epochs"):  # lightly's cosine schedulers: their length in steps
+                # NOTE: lightly's scheduler refuses a warm-up longer than the run: a run cut
+                # short (a slow machine) warms up throughout, as configure_optimizers does a
+                # short one; a later refit that lengthens it gets the recipe's warm-up back.
+                warmup = self._warmups.setdefault(id(scheduler), scheduler.warmup_epochs)
+                scheduler.max_epochs, scheduler.warmup_epochs = steps, min(warmup, steps)
         self.refits += 1
 
     # A run resumed from a checkpoint (bench --resume) goes on with the step count it had
