@@ -9,13 +9,39 @@ from typing import Any
 import torch
 from lightly.models.modules import DINOProjectionHead
 from lightly.models.modules.center import Center
+from lightly.models.utils import deactivate_requires_grad
 from lightly.utils.scheduler import cosine_schedule, linear_warmup_schedule
 from torch import Tensor, nn
 
+from ssl_zoo.errors import RecipeError
 from ssl_zoo.losses import dino_loss
 from ssl_zoo.methods.momentum import MomentumMethod, frozen_copy
 from ssl_zoo.ranges import ranged
 from ssl_zoo.recipe import Recipe
+
+
+def accept_any_size(backbone: nn.Module) -> None:
+    """Let a timm ViT take the local crops' size as well as the global crops' it was built
+    for, as timm's ``dynamic_img_size=True`` builds it: the position embeddings are
+    resampled to each input's grid of patches.
+
+    NOTE: the paper's ViT does the same (vision_transformer.py, interpolate_pos_encoding).
+    Convolutional backbones take any size as they are; a ViT that cannot (torchvision's)
+    is refused.
+    """
+    if hasattr(backbone, "dynamic_img_size") and hasattr(backbone, "patch_embed"):  # timm's VisionTransformer
+        from timm.layers import Format
+
+        backbone.dynamic_img_size = True
+        backbone.patch_embed.strict_img_size = False
+        backbone.patch_embed.flatten = False
+        backbone.patch_embed.output_fmt = Format.NHWC
+    elif any(isinstance(module, nn.MultiheadAttention) for module in backbone.modules()):
+        raise RecipeError(
+            "dino: the view groups have several sizes (global and local crops), but this transformer backbone "
+            "takes images of one size only. Use a timm ViT (backbone: timm:vit_small_patch16_224), a convolutional "
+            "backbone, or views of one size."
+        )
 
 
 @dataclass
@@ -62,16 +88,28 @@ class DINO(MomentumMethod, name="dino", config=DINOConfig):
     def __init__(self, recipe: Recipe | dict[str, Any], num_classes: int = 0) -> None:
         super().__init__(recipe, num_classes)
         cfg: DINOConfig = self.config
-        self.projection_head = DINOProjectionHead(
-            self.feature_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.output_dim, batch_norm=cfg.batch_norm,
-            freeze_last_layer=cfg.freeze_last_layer, norm_last_layer=cfg.norm_last_layer,
-        )
+        if len(self.augment.sizes) > 1:  # local crops of another size than the global ones
+            accept_any_size(self.backbone)
+        self.projection_head = self._head()
         # The teacher: an EMA of the student's backbone and head, never trained by gradients.
         self.target_backbone = frozen_copy(self.backbone)
-        self.target_projection_head = frozen_copy(self.projection_head)
+        # NOTE: lightly's head weight-normalises its last layer with torch.nn.utils.weight_norm,
+        # whose computed weight deepcopy refuses: the teacher's head is built anew and takes
+        # the student's weights.
+        self.target_projection_head = self._head()
+        self.target_projection_head.load_state_dict(self.projection_head.state_dict())
+        deactivate_requires_grad(self.target_projection_head)
         # The teacher's centre: (1, 1, K), an EMA of its mean output over the global views and
         # the global batch. A buffer, so checkpoints carry it.
         self.center = Center((1, 1, cfg.output_dim), momentum=cfg.center_momentum)
+
+    def _head(self) -> DINOProjectionHead:
+        """backbone features (N, D) -> (N, K): MLP, L2-normalised bottleneck, weight-normalised last layer."""
+        cfg: DINOConfig = self.config
+        return DINOProjectionHead(
+            self.feature_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.output_dim, batch_norm=cfg.batch_norm,
+            freeze_last_layer=cfg.freeze_last_layer, norm_last_layer=cfg.norm_last_layer,
+        )
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.target_backbone), (self.projection_head, self.target_projection_head)]
