@@ -24,6 +24,7 @@ import pytorch_lightning as pl
 import torch
 from kornia.enhance import denormalize
 
+from ssl_zoo.atomic import atomic_write
 from ssl_zoo.augment import ViewAugment
 from ssl_zoo.bench_progress import BenchProgress
 from ssl_zoo.budget import BudgetKeeper, measure_steps_per_second, measurement_seconds
@@ -186,9 +187,8 @@ class BenchState:
         return self.runs.setdefault(run.label, {})
 
     def save(self) -> None:
-        partial = self.path.with_name(f".{self.path.name}.partial")  # never a half-written state
-        partial.write_text(json.dumps({"config": self.config, "runs": self.runs, "fitted_steps": self.fitted_steps}, indent=1))
-        partial.replace(self.path)
+        # Never a half-written state, whenever the bench is killed.
+        atomic_write(self.path, json.dumps({"config": self.config, "runs": self.runs, "fitted_steps": self.fitted_steps}, indent=1))
 
 
 def config_to_dict(config: BenchConfig) -> dict[str, Any]:
@@ -398,7 +398,7 @@ def _evaluate_and_report(
     figures = gather_figures(runs, config, eval_config, splits)
     results = gather_results(runs, config, eval_config, splits, seconds=seconds_so_far + time.perf_counter() - started)
     results = ReportPaths.for_report(config.out).portable(results)  # no folder of this machine in the report
-    (config.out / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write(config.out / "results.json", json.dumps(results, indent=2))
     write_report(results, figures, config.out)
     progress.end()
     progress.say(f"report: {config.out / 'report.html'} (also report.md, results.json)")
@@ -458,8 +458,10 @@ def gather_figures(runs: list[BenchRun], config: BenchConfig, eval_config: EvalC
     for run in runs:
         if run.training is not None:
             augment = run.recipe.augment
-            views = ViewAugment(augment, method_class(run.recipe).num_views, seed=0)(images)  # (V, N, 3, S, S)
-            gallery += [(f"{run.label}\nview {v + 1}", _pixels(views[v], augment.mean, augment.std)) for v in range(len(views))]
+            # Every size of a multi-crop layout, at most two views of each: [(V_s, N, 3, S_s, S_s)]
+            by_size = ViewAugment(augment, method_class(run.recipe).num_views, seed=0).views_by_size(images)
+            views = [view for views_of_size in by_size for view in views_of_size[:2]]
+            gallery += [(f"{run.label}\nview {v + 1}", _pixels(view, augment.mean, augment.std)) for v, view in enumerate(views)]
     return ReportFigures(features, splits.test.labels[sample], splits.test.classes, gallery, similarities)
 
 

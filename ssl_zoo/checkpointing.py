@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from ssl_zoo.atomic import atomic_path
 from ssl_zoo.errors import CheckpointError, TrainingError
 
 
@@ -28,26 +28,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, made atomic: temporary file, fsync, rename."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Same folder, so the rename stays on one file system (a rename across file
-        # systems is a copy, which a kill can tear).
-        partial = path.with_name(f".{path.name}.partial")
-        try:
-            with open(partial, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(partial, path)  # atomic on POSIX and Windows
-        except BaseException:
-            partial.unlink(missing_ok=True)  # a full disk keeps the old checkpoint and no debris
-            raise
-        if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
-            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+        with atomic_path(path) as partial:
+            torch.save(checkpoint, partial)
 
 
 class LastCheckpoint(ModelCheckpoint):

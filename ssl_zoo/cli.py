@@ -6,10 +6,13 @@ import argparse
 import json
 import re
 import sys
+import time
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
+from ssl_zoo.atomic import atomic_write
 from ssl_zoo.errors import SslZooError
 
 USAGE = """\
@@ -44,6 +47,14 @@ examples:
 A run writes runs/<recipe>/version_N/: checkpoints/last.ckpt, TensorBoard logs
 (tensorboard --logdir runs) and recipe.yaml, the resolved recipe.
 """
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but bad input takes the command line's one error path (exit 2, one
+    paragraph, no usage dump): every error, a missing required option too, raises."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SslZooError(f"{self.prog}: {message}. See `python -m {self.prog} --help`.")
 
 
 def list_recipes() -> str:
@@ -147,12 +158,34 @@ def fit_command(argv: list[str]) -> int:
 DEFAULT_CACHE = Path("~/.cache/ssl_zoo/features")
 
 
-def eval_parser() -> argparse.ArgumentParser:
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1 or str(value) != text.strip():
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of 1 or more")
+    return value
+
+
+def shots_list(text: str) -> tuple[int, ...]:
+    """An argparse type: '1,2,4,8,16' -> (1, 2, 4, 8, 16), each a whole number of 1 or more, none twice."""
+    try:
+        shots = tuple(positive_int(part) for part in text.split(","))
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{error} (give k labelled images per class as a list such as 1,2,4,8,16)") from None
+    if len(set(shots)) != len(shots):
+        raise argparse.ArgumentTypeError(f"'{text}' names a k twice")
+    return tuple(sorted(shots))
+
+
+def eval_parser() -> _Parser:
     from ssl_zoo.eval.config import EvalConfig
 
     defaults = EvalConfig()
-    parser = argparse.ArgumentParser(
-        prog="ssl_zoo eval", exit_on_error=False,
+    parser = _Parser(
+        prog="ssl_zoo eval",
         description="Score a checkpoint, or weights made elsewhere, with the common evaluation stage: linear "
         "eval and kNN on frozen features (cached), zero-shot and retrieval for models with text, "
         "representation diagnostics.",
@@ -182,6 +215,14 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--templates", help="zero-shot prompt templates: a text file, one per line, with {}")
     parser.add_argument("--classnames", help="zero-shot class names: a text file, one a line, in label order "
                                              "(default: the dataset's; ImageNet WordNet ids get CLIP's names)")
+    parser.add_argument("--few-shot", metavar="K,K,...", type=shots_list, default=(),
+                        help="few-shot linear probes: logistic regression on k labelled training images per class, "
+                             "for each k (e.g. 1,2,4,8,16), scored on the whole test split")
+    parser.add_argument("--few-shot-draws", type=positive_int, default=defaults.few_shot_draws,
+                        help="seeded draws of k images per class, for the mean and its 95 %% interval (default: %(default)s)")
+    parser.add_argument("--shifts", action="store_true",
+                        help="score linear, kNN and zero-shot on shifted test sets: shapes' sketches, unseen textures and "
+                             "scales; any dataset's test split under noise, blur, contrast and JPEG at 3 severities")
     parser.add_argument("--num-workers", type=int, help="loader processes decoding shard splits (default: every core)")
     parser.add_argument("--in-memory-features-mib", type=int,
                         help="shard features larger than this are fitted in mini-batches from their file, not by "
@@ -196,6 +237,8 @@ def eval_parser() -> argparse.ArgumentParser:
 def format_eval(result: dict) -> str:
     lines = [f"{result['label']} ({result['method']}, {result['backbone']}) on {result['device']}:"]
     for name, value in result["metrics"].items():
+        if name.startswith(("few_shot_", "shift_")):  # in their own tables below
+            continue
         is_accuracy = name.endswith(("top1", "top5")) or re.search(r"_r\d+$", name)
         shown = f"{100 * value:6.2f} %" if is_accuracy else f"{value:.4g}"
         if name in result.get("intervals", {}):
@@ -203,6 +246,10 @@ def format_eval(result: dict) -> str:
             shown += f"  (95 % CI {100 * low:.2f}-{100 * high:.2f})"
         lines.append(f"  {name:<22} {shown}")
     lines += [f"  skipped {what}: {why}" for what, why in result["skipped"].items()]
+    if result.get("few_shot"):
+        lines += few_shot_lines(result["few_shot"])
+    if result.get("shift"):
+        lines += shift_lines(result["shift"])
     linear = result.get("linear")
     if linear:
         how = linear.get("fit") or f"{linear['epochs']} of {linear['full_epochs']} epochs, batch {linear['batch_size']}, lr {linear['lr']:g}"
@@ -213,19 +260,47 @@ def format_eval(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]] | None:
-    """Known options and the rest; None when help was asked for (and printed)."""
+def few_shot_lines(few_shot: dict) -> list[str]:
+    """Top-1 per k (mean of the draws, 95 % interval), and the k that matches zero-shot."""
+    lines = [f"  few-shot linear probe   top-1, mean of {few_shot['draws']} draws (95 % CI over draws)"]
+    for k, scored in few_shot["top1"].items():
+        low, high = scored["interval"]
+        lines.append(f"    k={k:<3} per class       {100 * scored['mean']:6.2f} %  ({100 * low:.2f}-{100 * high:.2f})")
+    if "matches_zero_shot" in few_shot:
+        matched, zero_shot = few_shot["matches_zero_shot"], 100 * few_shot["zero_shot_top1"]
+        smallest, largest = few_shot["shots"][0], few_shot["shots"][-1]
+        if matched["first_k"] is None:
+            lines.append(f"    matches zero-shot     at no k up to {largest} (zero-shot {zero_shot:.2f} %)")
+        elif matched["first_k"] == smallest:
+            lines.append(f"    matches zero-shot     at k <= {smallest} (zero-shot {zero_shot:.2f} %)")
+        else:
+            lines.append(f"    matches zero-shot     at k = {matched['interpolated_k']:.1f} (interpolated in log k; "
+                         f"first k at or above: {matched['first_k']}; zero-shot {zero_shot:.2f} %)")
+    return lines
+
+
+def shift_lines(shift: dict) -> list[str]:
+    """Top-1 per protocol on the test split and on each shifted set."""
+    protocols = [p for p in ("linear_top1", "knn_top1", "zero_shot_top1") if p in shift["in_distribution"]]
+    header = "".join(f"{p.removesuffix('_top1'):>11}" for p in protocols)
+    rows = [("test split", shift["in_distribution"]), *shift["sets"].items(), ("corruptions, mean", shift["corruption_mean"])]
+    lines = [f"  distribution shift      top-1 %{header}"]
+    lines += [f"    {name:<27}" + "".join(f"{100 * scores[p]:11.2f}" for p in protocols) for name, scores in rows]
+    return lines
+
+
+def _parse(parser: _Parser, argv: list[str]) -> tuple[argparse.Namespace, list[str]] | None:
+    """Known options and the rest; None when help was asked for (and printed). Bad values
+    raise SslZooError (``_Parser.error``)."""
     if "-h" in argv or "--help" in argv:
         parser.print_help()
         return None
-    try:
-        return parser.parse_known_args(argv)
-    except argparse.ArgumentError as error:
-        raise SslZooError(f"{parser.prog}: {error}. See `python -m {parser.prog} --help`.") from None
+    return parser.parse_known_args(argv)
 
 
-def _unknown_option(parser: argparse.ArgumentParser, option: str) -> SslZooError:
-    return SslZooError(f"{parser.prog}: unknown option {option}. See `python -m {parser.prog} --help`.")
+def _unknown_option(parser: _Parser, option: str) -> SslZooError:
+    what = f"unknown option {option}" if option.startswith("-") else f"unexpected argument '{option}'"
+    return SslZooError(f"{parser.prog}: {what}. See `python -m {parser.prog} --help`.")
 
 
 def join_processes(config) -> bool:
@@ -267,6 +342,7 @@ def eval_command(argv: list[str]) -> int:
         max_train=args.max_train, max_test=args.max_test, device=args.device, data_recipe=args.data_recipe,
         cache_dir=None if args.no_cache else args.cache_dir, protocol=args.protocol, probe_epochs=args.probe_epochs,
         classnames=args.classnames, num_workers=args.num_workers, in_memory_features_mib=args.in_memory_features_mib,
+        few_shot=args.few_shot, few_shot_draws=args.few_shot_draws, shifts=args.shifts,
     )
     if args.templates:
         config.templates = load_templates(args.templates)
@@ -291,8 +367,7 @@ def eval_command(argv: list[str]) -> int:
         return 0
     data_name = result.get("data", result.get("pairs", {})).get("name", "eval")
     out = Path(args.out) if args.out else run_dir / "eval" / f"{data_name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    atomic_write(out, json.dumps(result, indent=2))
     if in_run_folder:  # beside the run's own logs; never into a folder that is not a run's
         write_tensorboard(result, run_dir)
     print(format_eval(result))
@@ -306,9 +381,9 @@ BENCH_DEFAULT_RECIPES = ["simclr_shapes", "byol_shapes", "clip_shapes"]
 BENCH_DEFAULT_BUDGET = "90s"
 
 
-def bench_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ssl_zoo bench", exit_on_error=False,
+def bench_parser() -> _Parser:
+    parser = _Parser(
+        prog="ssl_zoo bench",
         description="Train several recipes under one budget, evaluate them (and a supervised and a "
         "random-init baseline) with the same stage, and write report.md, report.html and results.json. "
         "Any other --section.key VALUE is a recipe override applied to every recipe.",
@@ -327,6 +402,9 @@ def bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-test", type=int, help="score on a seeded subset of its test split")
     parser.add_argument("--protocol", choices=("features", "probe"), default="features",
                         help="linear top-1 by 'features' (default) or 'probe' (the papers' protocol; see eval --help)")
+    parser.add_argument("--few-shot", metavar="K,K,...", type=shots_list, default=(),
+                        help="also score few-shot linear probes at these k per class (see eval --help)")
+    parser.add_argument("--shifts", action="store_true", help="also score every run on shifted test sets (see eval --help)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the supervised baseline (random init is always scored)")
     parser.add_argument("--weights", action="append", default=[], metavar="LIBRARY:NAME=FILE",
                         help="weights made elsewhere to score beside the runs (repeatable): torchvision:resnet50=FILE, "
@@ -377,10 +455,101 @@ def bench_command(argv: list[str]) -> int:
         overrides=overrides, baselines=not args.no_baselines, seeds=args.seeds,
         weights=args.weights, weights_input_size=args.input_size,
         eval=EvalConfig(data=args.eval_data, root=args.eval_root, max_train=args.max_train,
-                        max_test=args.max_test, device=args.device, protocol=args.protocol),
+                        max_test=args.max_test, device=args.device, protocol=args.protocol,
+                        few_shot=args.few_shot, shifts=args.shifts),
         command="python -m ssl_zoo bench " + " ".join(argv),
     )
     run_bench(config)
+    return 0
+
+
+def export_parser() -> _Parser:
+    parser = _Parser(
+        prog="ssl_zoo export",
+        description="Write a fit checkpoint's weights as safetensors, loadable by torchvision, timm or "
+        "open_clip without ssl_zoo, with a config.json that says how.",
+    )
+    parser.add_argument("checkpoint", metavar="CKPT", type=Path, help="a .ckpt file that `fit` wrote")
+    parser.add_argument("--out", metavar="DIR", type=Path, required=True, help="folder to write (new, empty, or an earlier export)")
+    return parser
+
+
+def export_command(argv: list[str]) -> int:
+    """``export CKPT --out DIR``; prints what was written."""
+    from ssl_zoo.export import CONFIG, export_checkpoint
+
+    parser = export_parser()
+    parsed = _parse(parser, argv)
+    if parsed is None:
+        return 0
+    args, rest = parsed
+    if rest:
+        raise _unknown_option(parser, rest[0])
+    started = time.perf_counter()
+    config = export_checkpoint(args.checkpoint, args.out)
+    sizes = ", ".join(f"{name} ({entry['bytes'] / 1e6:.1f} MB)" for name, entry in config["files"].items())
+    print(
+        f"exported {args.checkpoint} ({config['method']}, {config['backbone']}, step {config['checkpoint']['global_step']}, "
+        f"{config['feature_dim']}-d features) to {args.out} in {time.perf_counter() - started:.1f} s: {sizes}, {CONFIG}.\n"
+        f"load it with the snippet in {args.out / CONFIG} under \"how_to_load\" ({config['architecture']['constructor']})."
+    )
+    return 0
+
+
+def shards_parser() -> _Parser:
+    parser = _Parser(
+        prog="ssl_zoo shards",
+        description="Make indexed WebDataset shards for training on data larger than memory.",
+    )
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument(
+        "--from", dest="source", nargs=2, metavar=("KIND", "SOURCE"),
+        help="'folder DIR' (DIR/<class>/<image>, or DIR/<image>: unlabelled) or 'pairs FILE' (CSV path,caption or JSONL)",
+    )
+    action.add_argument(
+        "--index", metavar="PATH",
+        help="index existing shards: a .tar, a folder of .tar files or a brace pattern",
+    )
+    parser.add_argument("--out", type=Path, help="folder for the shards (with --from)")
+    parser.add_argument(
+        "--size", type=int, help="image side in pixels: shorter side resized, then centre crop (with --from)"
+    )
+    parser.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default 10000)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes: decoding with --from, indexing with --index (default 1)"
+    )
+    parser.add_argument("--classes", help="only these class folders: imagenet100 (ships with ssl_zoo) or a text file, one a line")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def shards_command(argv: list[str]) -> int:
+    """``shards --from KIND SOURCE ...``: convert to shards; ``shards --index PATH``: index existing ones."""
+    from ssl_zoo.data.shards.convert import convert, index_shards, read_class_list
+
+    parser = shards_parser()
+    parsed = _parse(parser, argv)
+    if parsed is None:
+        return 0
+    args, rest = parsed
+    if rest:
+        raise _unknown_option(parser, rest[0])
+    if args.index is not None:
+        built = index_shards(args.index, workers=args.workers, progress=not args.quiet)
+        print(f"Indexed {len(built)} shard(s); the others' indexes were current.")
+        for path in built[:10]:  # not 40,000 lines
+            print(f"  {path}")
+        if len(built) > 10:
+            print(f"  ... and {len(built) - 10} more")
+        return 0
+    if args.out is None or args.size is None:
+        parser.error("--from needs --out and --size")
+    kind, source = args.source
+    summary = convert(
+        kind, source, args.out, args.size, shard_size=args.shard_size, workers=args.workers, progress=not args.quiet,
+        classes=read_class_list(args.classes) if args.classes else None,
+    )
+    print(summary)
     return 0
 
 
@@ -401,13 +570,9 @@ def main(argv: list[str] | None = None) -> int:
         if command == "bench":
             return bench_command(rest)
         if command == "shards":
-            from ssl_zoo.data.shards.convert import shards_command
-
             return shards_command(rest)
         if command == "export":
-            from ssl_zoo.export import export_main
-
-            return export_main(rest)
+            return export_command(rest)
         print(f"ssl_zoo: unknown command '{command}'. Commands: fit, eval, bench, export, shards, recipes.\n\n{USAGE}", file=sys.stderr)
         return 2
     except SslZooError as error:

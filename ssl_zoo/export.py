@@ -1,4 +1,4 @@
-"""``ssl_zoo export CKPT --out DIR``: a ``fit`` checkpoint's weights for the plain libraries.
+"""A ``fit`` checkpoint's weights for the plain libraries (``python -m ssl_zoo export CKPT --out DIR``).
 
 DIR gets safetensors files whose keys are exactly those of the plain architecture
 (torchvision, timm, open_clip or torch), so ``load_state_dict(strict=True)`` works with no
@@ -15,12 +15,10 @@ loads them:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ssl_zoo.atomic import atomic_path, atomic_write, flush_folder
 from ssl_zoo.augment import AugmentConfig, EvalTransform
 from ssl_zoo.backbones import build_image_backbone
 from ssl_zoo.errors import SslZooError
@@ -128,9 +127,10 @@ def _write(out: Path, tensors: dict[str, dict[str, torch.Tensor]], config: dict[
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         for name, state in tensors.items():
-            save_file(state, str(staging / name))
+            with atomic_path(staging / name) as partial:  # on disk before the folder is renamed into place
+                save_file(state, str(partial))
         config["files"] = {name: {"bytes": (staging / name).stat().st_size, "sha256": hash_file(staging / name)} for name in tensors}
-        (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n")  # last: its presence means whole
+        atomic_write(staging / CONFIG, json.dumps(config, indent=2) + "\n")  # last: its presence means whole
         # NOTE: a folder cannot be renamed over a non-empty one, so an earlier export is first
         # moved aside. A crash between the two renames leaves no folder at `out` (and the old
         # export under a hidden name beside it), never a mix of old and new files.
@@ -138,6 +138,7 @@ def _write(out: Path, tensors: dict[str, dict[str, torch.Tensor]], config: dict[
         if retired is not None:
             os.replace(out, retired)
         os.replace(staging, out)
+        flush_folder(out.parent)
         if retired is not None:
             shutil.rmtree(retired)
     except BaseException:
@@ -172,24 +173,3 @@ def _eval_transform(transform: EvalTransform, augment: AugmentConfig) -> dict[st
         ),
         "input": "float (B, 3, size, size), RGB",
     }
-
-
-def export_main(argv: list[str]) -> int:
-    """``ssl_zoo export CKPT --out DIR``; prints what was written. Errors raise SslZooError."""
-    parser = argparse.ArgumentParser(
-        prog="ssl_zoo export",
-        description="Write a fit checkpoint's weights as safetensors, loadable by torchvision, timm or "
-        "open_clip without ssl_zoo, with a config.json that says how.",
-    )
-    parser.add_argument("checkpoint", metavar="CKPT", type=Path, help="a .ckpt file that `fit` wrote")
-    parser.add_argument("--out", metavar="DIR", type=Path, required=True, help="folder to write (new, empty, or an earlier export)")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    config = export_checkpoint(args.checkpoint, args.out)
-    sizes = ", ".join(f"{name} ({entry['bytes'] / 1e6:.1f} MB)" for name, entry in config["files"].items())
-    print(
-        f"exported {args.checkpoint} ({config['method']}, {config['backbone']}, step {config['checkpoint']['global_step']}, "
-        f"{config['feature_dim']}-d features) to {args.out} in {time.perf_counter() - started:.1f} s: {sizes}, {CONFIG}.\n"
-        f"load it with the snippet in {args.out / CONFIG} under \"how_to_load\" ({config['architecture']['constructor']})."
-    )
-    return 0

@@ -6,6 +6,7 @@ import time
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from kornia.enhance import denormalize
 from pytorch_lightning.callbacks import TQDMProgressBar
 from torch import Tensor
@@ -104,12 +105,19 @@ class ViewGridLogger(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         if batch_idx != 0 or not trainer.loggers or not trainer.is_global_zero:
             return
-        views = batch["views"][:, : self.num_images].float().flatten(0, 1)  # (V * n, 3, S, S)
+        by_size = batch.get("views_by_size", [batch["views"]])  # [(V_s, B, 3, S_s, S_s) per size]
+        largest = max(views.shape[-1] for views in by_size)
+        # Smaller views (multi-crop's local ones) are shown enlarged to the largest size,
+        # pixel for pixel (nearest), so that every view fits one grid.
+        views = torch.cat([
+            F.interpolate(v[:, : self.num_images].float().flatten(0, 1), size=largest, mode="nearest")
+            for v in by_size
+        ])  # (V * n, 3, S, S)
         augment = pl_module.recipe.augment
         mean, std = torch.tensor(augment.mean, device=views.device), torch.tensor(augment.std, device=views.device)
         images = denormalize(views, mean, std).clamp(0, 1)
         # One row per view, one column per image: a column shows what the method pairs.
-        grid = make_grid(images, nrow=len(images) // batch["views"].shape[0], padding=1)
+        grid = make_grid(images, nrow=min(self.num_images, by_size[0].shape[1]), padding=1)
         for logger in trainer.loggers:
             log_image(logger, "views", grid, trainer.global_step)
 

@@ -19,9 +19,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from ssl_zoo.atomic import atomic_path, atomic_write  # noqa: E402
 from ssl_zoo.eval.confidence import COMPARED_METRICS, RESAMPLES, intervals_overlap  # noqa: E402
 from ssl_zoo.eval.zero_shot import DEFAULT_TEMPLATES  # noqa: E402
 from ssl_zoo.recipe import METRIC_NAMES, ReferenceConfig  # noqa: E402
+from ssl_zoo.report_robustness import robustness_plots, robustness_tables  # noqa: E402
 
 
 @dataclass
@@ -50,7 +52,8 @@ class ReportFigures:
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
-    figure.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_path(path) as partial:  # the format from the final name: the temporary one has no suffix
+        figure.savefig(partial, format=path.suffix.lstrip("."), dpi=110, bbox_inches="tight")
     plt.close(figure)
     return path
 
@@ -408,11 +411,25 @@ def html_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> None:
-    """report.md, report.html and their plots (``out/plots``) from a bench's results."""
-    plots_dir = out / "plots"
+    """report.md, report.html and their plots (``out/plots``) from a bench's results.
+
+    Both show the same sections, in this order: the setup list, the tables (the notes after
+    the first), the plots, and the commands that reproduce the report.
+    """
+    plots = report_plots(results, figures, out / "plots")
+    setup = report_setup(results)
+    tables = report_tables(results)
+    notes = report_notes(results)
+    reproduce = reproduce_commands(results)
+    heading = title(results["runs"])
+    atomic_write(out / "report.md", _markdown(heading, setup, tables, notes, plots, out, reproduce))
+    atomic_write(out / "report.html", _html(heading, setup, tables, notes, plots, reproduce))
+
+
+def report_plots(results: dict[str, Any], figures: ReportFigures, plots_dir: Path) -> dict[str, tuple[Path, str]]:
+    """Draws the plots into ``plots_dir``: title -> (PNG, caption: what the plot shows, leaves out, and why)."""
     plots_dir.mkdir(parents=True, exist_ok=True)
     runs = results["runs"]
-    # Title -> (PNG, caption: what the plot shows, leaves out, and why).
     plots = {
         "Training loss": (plot_losses(runs, plots_dir / "loss_curves.png"), loss_caption(runs)),
         "Time to accuracy (kNN top-1 against wall time)": (
@@ -427,19 +444,31 @@ def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> 
             plot_similarity(similarity, plots_dir / f"clip_similarity_{similarity.name}.png"),
             similarity_caption(similarity),
         )
+    plots.update(robustness_plots(runs, plots_dir))  # few-shot and shift, where the runs were scored on them
+    return plots
 
-    data, eval_config, seeds = results["eval_data"], results["eval_config"], results["seeds"]
+
+def report_tables(results: dict[str, Any]) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Title -> (header, rows), in the order the report shows them."""
+    runs, seeds = results["runs"], results["seeds"]
     tables = {"Results": headline_rows(runs)}
     if seeds > 1:
         tables[f"Across {seeds} seeds"] = seed_rows(results["groups"])
     tables["Which differences are larger than the noise"] = comparison_rows(results["groups"])
     tables["Published references"] = reference_rows(runs)
     tables["Representation diagnostics"] = diagnostic_rows(runs)
+    tables.update(robustness_tables(runs))  # few-shot and shift, where the runs were scored on them
+    return tables
+
+
+def reproduce_commands(results: dict[str, Any]) -> list[str]:
+    """The commands that train and score every run again. Paths are relative to the folder
+    these run from (ssl_zoo.report_paths)."""
+    runs, data, eval_config = results["runs"], results["eval_data"], results["eval_config"]
     trained = [run for run in runs if run["training"] is not None]
     limits = "".join(f" --{flag} {eval_config[key]}" for flag, key in (("max-train", "max_train"), ("max-test", "max_test"))
                      if eval_config[key])
-    # Paths are relative to the folder these run from (ssl_zoo.report_paths).
-    reproduce = [f"# run from {results['paths_relative_to']}", results["command"]] + [
+    return [f"# run from {results['paths_relative_to']}", results["command"]] + [
         f"python -m ssl_zoo fit --recipe {run['training']['run_dir']}/recipe.yaml" for run in trained
     ] + [
         f"python -m ssl_zoo eval --ckpt {run['training']['checkpoint']} --data {data['name']} --root {data['root']}{limits}"
@@ -451,6 +480,27 @@ def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> 
         + (f" --input-size {results['weights_input_size']}" if results.get("weights_input_size") else "")
         for run in runs if run["kind"] == "imported"
     ]
+
+
+def report_setup(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, value): how the runs were trained and scored, and on what."""
+    runs, data = results["runs"], results["eval_data"]
+    return [
+        ("Device", results["device"]),
+        ("Budget", budget_text(results["budget"], runs)),
+        ("Evaluated on", f"{data['name']}: {data['num_train']} training images ({data['train_split']}) for the "
+                         f"linear classifier and kNN bank, {data['num_test']} test images ({data['test_split']})"),
+        ("Protocol", protocol_text(runs, results["eval_config"])),
+        ("Source", source_text(results["versions"])),
+        ("Machine", machine_text(results["machine"])),
+        ("Peak memory", memory_text(results["machine"])),
+        ("Versions", ", ".join(f"{k} {v}" for k, v in results["versions"].items() if not k.startswith("ssl_zoo_"))),
+        ("Created", f"{results['created']} in {results['bench_seconds'] / 60:.1f} min"),
+    ]
+
+
+def protocol_text(runs: list[dict[str, Any]], eval_config: dict[str, Any]) -> str:
+    """How each score was measured: linear, kNN, zero-shot and retrieval."""
     retrieval = "; ".join(
         f"{run['label']} on {p['name']} '{p['split']}' ({p['num_images']} images, {p['num_captions']} captions"
         + (", the training data itself: in-sample)" if p["split"] == "all" else ")")
@@ -459,21 +509,15 @@ def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> 
     zero_shot = next((run["evaluation"]["zero_shot"] for run in runs if run["evaluation"].get("zero_shot")), None)
     zero_shot_text = (f"{zero_shot['templates']} prompt templates averaged ({zero_shot['class_names']})" if zero_shot
                       else f"{len(eval_config['templates'] or DEFAULT_TEMPLATES)} prompt templates averaged")
-    setup = [
-        ("Device", results["device"]),
-        ("Budget", budget_text(results["budget"], runs)),
-        ("Evaluated on", f"{data['name']}: {data['num_train']} training images ({data['train_split']}) for the "
-                         f"linear classifier and kNN bank, {data['num_test']} test images ({data['test_split']})"),
-        ("Protocol", f"frozen backbone; linear top-1: {linear_protocols(runs)}; "
-                     f"kNN: k={eval_config['knn_k']}, T={eval_config['knn_temperature']}, cosine-weighted, on features; "
-                     f"zero-shot: {zero_shot_text}; retrieval: {retrieval}"),
-        ("Source", source_text(results["versions"])),
-        ("Machine", machine_text(results["machine"])),
-        ("Peak memory", memory_text(results["machine"])),
-        ("Versions", ", ".join(f"{k} {v}" for k, v in results["versions"].items() if not k.startswith("ssl_zoo_"))),
-        ("Created", f"{results['created']} in {results['bench_seconds'] / 60:.1f} min"),
-    ]
-    notes = [
+    return (f"frozen backbone; linear top-1: {linear_protocols(runs)}; "
+            f"kNN: k={eval_config['knn_k']}, T={eval_config['knn_temperature']}, cosine-weighted, on features; "
+            f"zero-shot: {zero_shot_text}; retrieval: {retrieval}")
+
+
+def report_notes(results: dict[str, Any]) -> list[str]:
+    """The paragraphs after the first table: baselines, timing, intervals, seeds."""
+    runs, data, seeds = results["runs"], results["eval_data"], results["seeds"]
+    return [
         "Baselines: *supervised* is the same backbone, augmentation and budget trained with labels "
         f"(cross-entropy); *random init* is the untrained backbone; *imported* runs are weights made elsewhere, "
         f"scored by the same protocol. Accuracies are percentages on the '{data['test_split']}' split of {data['name']}.",
@@ -490,8 +534,6 @@ def write_report(results: dict[str, Any], figures: ReportFigures, out: Path) -> 
          "One seed per run (the default, so that the bench stays within its time): the spread across seeds is "
          "not measured here. `bench --seeds N` trains each recipe N times and reports mean ± std."),
     ]
-    (out / "report.md").write_text(_markdown(title(runs), setup, tables, notes, plots, out, reproduce))
-    (out / "report.html").write_text(_html(title(runs), setup, tables, notes, plots, reproduce))
 
 
 def source_text(versions: dict[str, Any]) -> str:

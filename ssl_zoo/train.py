@@ -13,7 +13,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.loggers import Logger, TensorBoardLogger
 
 from ssl_zoo.checkpointing import AtomicCheckpointIO, FiniteLossGuard, LastCheckpoint, read_checkpoint
 from ssl_zoo.data.datamodule import ImageDataModule
@@ -22,7 +22,7 @@ from ssl_zoo.errors import CheckpointError
 from ssl_zoo.loggers import check_logger_packages, extra_loggers
 from ssl_zoo.methods import SSLMethod, build_method, method_class
 from ssl_zoo.monitor import KNNMonitor, SparseProgressBar, ThroughputMeter, ViewGridLogger
-from ssl_zoo.recipe import Recipe, recipe_from_dict, save_recipe
+from ssl_zoo.recipe import Recipe, TrainerConfig, recipe_from_dict, save_recipe
 from ssl_zoo.weights import load_backbone_weights
 
 
@@ -85,31 +85,76 @@ def fit(
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     datamodule = datamodule or ImageDataModule.for_recipe(recipe)
+    loggers = _loggers(recipe, resume)
+    run_dir = Path(loggers[0].log_dir)
+    monitors = _Monitors.for_run(datamodule, run_dir, recipe.trainer)
+    on_gpu = _uses_gpu(recipe.trainer.accelerator)
+    sync_batchnorm, sync_batchnorm_reason = resolve_sync_batchnorm(recipe, method_class(recipe), on_gpu=on_gpu)
+    trainer = _trainer(
+        recipe.trainer, loggers, [*monitors.callbacks(recipe.trainer, enable_progress_bar), *callbacks],
+        sync_batchnorm=sync_batchnorm, on_gpu=on_gpu, enable_progress_bar=enable_progress_bar,
+    )
+    if resume is not None:  # before any data is loaded; the number of processes is known now
+        check_resumable(resume, recipe, trainer.world_size)
+    model = _model(recipe, trainer, datamodule, resume)
+
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, run_dir / "recipe.yaml")
+    if trainer.world_size > 1 and trainer.is_global_zero:
+        state = "on" if sync_batchnorm else "off"
+        print(f"ssl_zoo: sync batch norm {state} over {trainer.world_size} processes ({sync_batchnorm_reason}).", flush=True)
+    # weights_only: a checkpoint is data; resuming never runs code from the file.
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    return _summary(recipe, trainer, datamodule, monitors, started)
+
+
+def _loggers(recipe: Recipe, resume: Path | None) -> list[Logger]:
+    """TensorBoard first (its folder is the run folder), then the recipe's ``trainer.loggers``."""
     version = _run_version(resume, recipe) if resume is not None else None
     # Every process names the run folder, but only global rank 0 creates and fills it: the
     # others may pick another free version_N while it does (Lightning starts them later, or
     # a launcher starts them all at once). The checkpoint callback takes rank 0's folder
     # when the processes connect (ModelCheckpoint.setup broadcasts it), and so does the
-    # summary below; TensorBoard and the other loggers write on rank 0 only.
+    # summary; TensorBoard and the other loggers write on rank 0 only.
     logger = TensorBoardLogger(save_dir=recipe.trainer.output_dir, name=recipe.name, version=version, default_hp_metric=False)
     run_dir = Path(logger.log_dir)
     # Lightning sends self.log, the learning rate and the hyper-parameters (the recipe) to each.
-    loggers = [logger, *extra_loggers(recipe.trainer.loggers, recipe.name, run_dir)]
+    return [logger, *extra_loggers(recipe.trainer.loggers, recipe.name, run_dir)]
 
-    cfg = recipe.trainer
-    checkpoint = LastCheckpoint(run_dir / "checkpoints", every_n_steps=cfg.checkpoint_every_n_steps)
-    throughput = ThroughputMeter()
-    knn = KNNMonitor(datamodule)  # measures only where the data has labelled monitor sets
-    run_callbacks = [
-        FiniteLossGuard(check_every=cfg.log_every_n_steps), checkpoint, throughput, ViewGridLogger(),
-        LearningRateMonitor(logging_interval="step"), knn,
-    ]
-    if enable_progress_bar:
-        run_callbacks.append(SparseProgressBar(metrics_every=cfg.log_every_n_steps))
 
-    on_gpu = _uses_gpu(cfg.accelerator)
-    sync_batchnorm, sync_batchnorm_reason = resolve_sync_batchnorm(recipe, method_class(recipe), on_gpu=on_gpu)
-    trainer = pl.Trainer(
+@dataclass
+class _Monitors:
+    """The run's own callbacks that the summary reads back."""
+
+    checkpoint: LastCheckpoint
+    throughput: ThroughputMeter
+    knn: KNNMonitor
+
+    @classmethod
+    def for_run(cls, datamodule: ImageDataModule, run_dir: Path, cfg: TrainerConfig) -> _Monitors:
+        return cls(
+            checkpoint=LastCheckpoint(run_dir / "checkpoints", every_n_steps=cfg.checkpoint_every_n_steps),
+            throughput=ThroughputMeter(),
+            knn=KNNMonitor(datamodule),  # measures only where the data has labelled monitor sets
+        )
+
+    def callbacks(self, cfg: TrainerConfig, enable_progress_bar: bool) -> list[pl.Callback]:
+        """All the run's own callbacks, in the order they run."""
+        run_callbacks = [
+            FiniteLossGuard(check_every=cfg.log_every_n_steps), self.checkpoint, self.throughput, ViewGridLogger(),
+            LearningRateMonitor(logging_interval="step"), self.knn,
+        ]
+        if enable_progress_bar:
+            run_callbacks.append(SparseProgressBar(metrics_every=cfg.log_every_n_steps))
+        return run_callbacks
+
+
+def _trainer(
+    cfg: TrainerConfig, loggers: list[Logger], callbacks: list[pl.Callback],
+    sync_batchnorm: bool, on_gpu: bool, enable_progress_bar: bool,
+) -> pl.Trainer:
+    return pl.Trainer(
         max_epochs=cfg.max_epochs,
         max_steps=cfg.max_steps,
         max_time=cfg.max_time,
@@ -131,13 +176,14 @@ def fit(
         val_check_interval=cfg.val_every_n_steps,
         num_sanity_val_steps=0,
         logger=loggers,
-        callbacks=[*run_callbacks, *callbacks],
+        callbacks=callbacks,
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
     )
-    if resume is not None:  # before any data is loaded; the number of processes is known now
-        check_resumable(resume, recipe, trainer.world_size)
 
+
+def _model(recipe: Recipe, trainer: pl.Trainer, datamodule: ImageDataModule, resume: Path | None) -> SSLMethod:
+    """The recipe's method, its data set up for fitting, its backbone from ``init_weights``."""
     # Only rank 0 decodes the monitors' sets (it alone runs the kNN monitor; the others get
     # the validation set from it in trainer.fit). The online probe needs their number of
     # classes on every process: rank 0 hands it to the processes Lightning starts for it.
@@ -155,15 +201,13 @@ def fit(
             print(f"ssl_zoo: the backbone starts from {recipe.init_weights} ({loaded['tensors']} tensors"
                   + (f"; {loaded['head_tensors_left_out']} of a classifier head left out)." if loaded["head_tensors_left_out"] else ")."),
                   flush=True)
+    return model
 
-    if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, run_dir / "recipe.yaml")
-    if trainer.world_size > 1 and trainer.is_global_zero:
-        state = "on" if sync_batchnorm else "off"
-        print(f"ssl_zoo: sync batch norm {state} over {trainer.world_size} processes ({sync_batchnorm_reason}).", flush=True)
-    # weights_only: a checkpoint is data; resuming never runs code from the file.
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+
+def _summary(
+    recipe: Recipe, trainer: pl.Trainer, datamodule: ImageDataModule, monitors: _Monitors, started: float,
+) -> RunSummary:
+    checkpoint, knn = monitors.checkpoint, monitors.knn
     run_dir = Path(checkpoint.dirpath).parent  # rank 0's folder, on every process
 
     def metric(name: str) -> float | None:
@@ -177,8 +221,8 @@ def fit(
         epochs=trainer.current_epoch,
         steps=trainer.global_step,
         device=str(trainer.strategy.root_device),
-        images_per_second=throughput.images_per_second,
-        train_seconds=throughput.train_seconds,
+        images_per_second=monitors.throughput.images_per_second,
+        train_seconds=monitors.throughput.train_seconds,
         monitor_seconds=knn.seconds,
         final_loss=_mean_over_processes(trainer, metric("train/loss")),
         knn_top1=knn.last_top1,

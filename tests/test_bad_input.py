@@ -159,6 +159,28 @@ def _(capsys, tmp_path, **_):
     assert sorted(p.name for p in shard.parent.iterdir()) == ["a.tar"]  # no index written
 
 
+@case("bad-command-option")
+def _(capsys, tmp_path, simclr_run, **_):
+    # Every command parses in ssl_zoo.cli and answers bad options the same way, before any work.
+    images = tmp_path / "images"
+    save_image(images / "a.png", colour_image())
+    out = tmp_path / "out"
+    for command, fragments in [
+        (["shards", "--from", "folder", images, "--out", out, "--size", "16", "--bogus", "1"],
+         ["ssl_zoo shards: unknown option --bogus", "python -m ssl_zoo shards --help"]),
+        (["shards", "--from", "folder", images, "--out", out], ["--from needs --out and --size"]),
+        (["shards", "--from", "folder", images, "--out", out, "--size", "big"], ["argument --size: invalid int value: 'big'"]),
+        (["shards", "--out", out], ["one of the arguments --from --index is required"]),
+        (["export", simclr_run], ["ssl_zoo export: the following arguments are required: --out", "export --help"]),
+        (["export", simclr_run, "--out", out, "--bogus"], ["ssl_zoo export: unknown option --bogus"]),
+        (["export", simclr_run, simclr_run, "--out", out], ["unexpected argument"]),
+    ]:
+        code, output = run(capsys, *command)
+        assert_clear_error(code, output, *fragments)
+        assert "usage:" not in output and len(output.strip().splitlines()) == 1  # one paragraph, no usage dump
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # nothing written
+
+
 @case("clip-on-captionless-shards")
 def _(capsys, tmp_path, **_):
     shards = label_shards(tmp_path / "shards")
@@ -246,6 +268,27 @@ def _(capsys, tmp_path, **_):
         assert_clear_error(code, output, "out of range", shown, "Set it within its range")
 
 
+@case("bad-view-group")
+def _(capsys, tmp_path, **_):
+    code, output = run(capsys, "fit", "--recipe", "quickstart", "--augment.views", "[{count: 0, size: 4}]", "--trainer.output_dir", tmp_path / "runs")
+    assert_clear_error(code, output, r"augment\.views\[0\]\.count = 0 \(valid: >= 1\)", r"augment\.views\[0\]\.size = 4 \(valid: >= 8\)")
+
+
+@case("view-groups-and-pairs")
+def _(capsys, tmp_path, **_):
+    code, output = run(capsys, "fit", "--recipe", "quickstart", "--augment.views", "[{count: 2}]", "--trainer.output_dir", tmp_path / "runs")
+    assert_clear_error(code, output, r"augment sets both views \(view groups\) and augment\.crop_scale, augment\.blur_p", "set them in each group")
+
+
+@case("view-groups-wrong-count")
+def _(capsys, tmp_path, **_):
+    two_view_keys_at_defaults = ["--augment.crop_scale", "[0.08, 1.0]", "--augment.blur_p", "[0.5, 0.5]"]
+    code, output = run(capsys, "fit", "--recipe", "quickstart", "--augment.views", "[{count: 2}, {count: 4, size: 16}]",
+                       *two_view_keys_at_defaults, "--data.num_images", "64", "--data.batch_size", "16",
+                       "--trainer.output_dir", tmp_path / "runs")
+    assert_clear_error(code, output, "augment.views makes 6 views of every image, but the method trains on 2")
+
+
 @case("batch-larger-than-dataset")
 def _(capsys, tmp_path, **_):
     code, output = run(capsys, "fit", "--recipe", "quickstart", "--data.num_images", "100", "--data.batch_size", "256")
@@ -313,6 +356,14 @@ def _(capsys, tmp_path, simclr_run, **_):
     assert_clear_error(*run(capsys, "eval", "--ckpt", simclr_run, "--protocol", "linear", "--no-cache"),
                        "argument --protocol: invalid choice: 'linear'", "features", "probe", "eval --help")
     assert not (simclr_run.parent / "eval").exists()
+
+
+@case("eval-few-shot-k")
+def _(capsys, tmp_path, simclr_run, **_):
+    assert_clear_error(*run(capsys, "eval", "--ckpt", simclr_run, "--few-shot", "0,4", "--no-cache"),
+                       "argument --few-shot: '0' is not a whole number of 1 or more", "1,2,4,8,16", "eval --help")
+    assert_clear_error(*run(capsys, "bench", "--few-shot", "4,4", "--out", tmp_path / "bench"), "names a k twice")
+    assert not (simclr_run.parent / "eval").exists() and not (tmp_path / "bench").exists()
 
 
 @case("classnames-count")

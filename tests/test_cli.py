@@ -27,6 +27,18 @@ def test_help_and_recipes_list():
     assert result.returncode == 0 and "--data.batch_size" in result.stdout and "--trainer.max_epochs" in result.stdout
 
 
+def test_every_command_answers_help_itself_and_bad_input_in_one_paragraph(capsys):
+    from ssl_zoo.cli import main
+
+    for command in ("eval", "bench", "export", "shards"):
+        assert main([command, "--help"]) == 0
+        assert capsys.readouterr().out.startswith(f"usage: ssl_zoo {command}")
+        assert main([command, "--no-such-option"]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"ssl_zoo: error: ssl_zoo {command}: ") and error.count("\n") == 1, error
+        assert f"python -m ssl_zoo {command} --help" in error and "usage:" not in error
+
+
 def test_fit_runs_end_to_end_on_shapes(tmp_path):
     result = run_cli(
         "fit", "--recipe", "quickstart", "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",

@@ -17,9 +17,10 @@ import torchvision
 from safetensors.torch import load_file
 
 from conftest import tiny_recipe
+from ssl_zoo.cli import export_command
 from ssl_zoo.errors import CheckpointError, SslZooError
 from ssl_zoo.methods import load_method
-from ssl_zoo.export import export_checkpoint, export_main
+from ssl_zoo.export import export_checkpoint
 from ssl_zoo.train import fit
 
 
@@ -151,10 +152,10 @@ def test_clip_export_gives_the_same_image_and_text_embeddings(checkpoints, tmp_p
 def test_export_replaces_an_earlier_export_and_refuses_any_other_folder(checkpoints, tmp_path, capsys):
     checkpoint = checkpoints("torchvision_resnet18")
     out = tmp_path / "out"
-    assert export_main([str(checkpoint), "--out", str(out)]) == 0
+    assert export_command([str(checkpoint), "--out", str(out)]) == 0
     assert "backbone.safetensors" in capsys.readouterr().out
     first = (out / "config.json").read_text()
-    assert export_main([str(checkpoint), "--out", str(out)]) == 0  # an earlier export is replaced whole
+    assert export_command([str(checkpoint), "--out", str(out)]) == 0  # an earlier export is replaced whole
     assert (out / "config.json").read_text() == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or retired folder left behind
 

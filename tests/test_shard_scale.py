@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ssl_zoo.cli import shards_command
 from ssl_zoo.data.shards import ShardSet, expand_shard_paths, index_path, reader
-from ssl_zoo.data.shards.convert import Sample, index_shards, shards_command, write_shard
+from ssl_zoo.data.shards.convert import Sample, index_shards, write_shard
 from ssl_zoo.errors import DataFormatError, RecipeError
 
 SHARDS = 200

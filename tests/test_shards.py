@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from ssl_zoo.cli import shards_command
 from ssl_zoo.data.shards import convert as convert_module
-from ssl_zoo.data.shards.convert import Sample, convert, index_shards, shards_command, write_shards
+from ssl_zoo.data.shards.convert import Sample, convert, index_shards, write_shards
 from ssl_zoo.data.datamodule import EpochBatchSampler, _already_batched
 from ssl_zoo.data.decode import DecodeCounts, decode_images
 from ssl_zoo.data.decode_ahead import DecodeAhead

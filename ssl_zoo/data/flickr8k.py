@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from ssl_zoo.atomic import atomic_path
 from ssl_zoo.data.sources import _load_image, load_shared_flickr8k
 from ssl_zoo.data.spec import DatasetSpec
 from ssl_zoo.errors import DataFormatError, DataNotFoundError, SslZooError
@@ -180,9 +181,8 @@ def build_flickr8k_archive(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    partial = out / f"{ARCHIVE}.partial.npz"  # renamed when whole: a killed build leaves no archive to trust
-    np.savez_compressed(partial, **arrays)
-    partial.replace(out / ARCHIVE)
+    with atomic_path(out / ARCHIVE) as partial, open(partial, "wb") as file:  # a killed build leaves no archive to trust
+        np.savez_compressed(file, **arrays)
     return out / ARCHIVE
 
 

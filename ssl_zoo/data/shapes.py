@@ -315,9 +315,13 @@ def _render(
 
 
 def make_shapes_with_factors(
-    num_images: int = 4000, image_size: int = 32, seed: int = 0
+    num_images: int = 4000, image_size: int = 32, seed: int = 0, radii: tuple[float, ...] = SIZE_RADII
 ) -> tuple[ImageSet, dict[str, torch.Tensor]]:
     """The shapes dataset and the factors each image was drawn from.
+
+    ``radii``: the shape sizes drawn from (circumradii, fractions of the image side, each
+    +- RADIUS_JITTER); other than ``SIZE_RADII`` only for a test set shifted in scale
+    (``ssl_zoo.data.shapes_shift``), whose "size" then indexes ``radii``, not ``SIZES``.
 
     Factors (all of length N): int64 indices "colour" (into ``COLOURS``), "size" (into
     ``SIZES``), "background" (into ``BACKGROUNDS``), "clutter" (number of distractors,
@@ -333,8 +337,8 @@ def make_shapes_with_factors(
     n = num_images
     # Balanced classes: label i % 8, shuffled.
     labels = (torch.arange(n) % len(SHAPE_CLASSES))[torch.randperm(n, generator=g)]
-    size = torch.randint(len(SIZES), (n,), generator=g)
-    radius = torch.tensor(SIZE_RADII)[size] + RADIUS_JITTER * (2 * torch.rand(n, generator=g) - 1)
+    size = torch.randint(len(radii), (n,), generator=g)
+    radius = torch.tensor(radii)[size] + RADIUS_JITTER * (2 * torch.rand(n, generator=g) - 1)
     factors = {
         "colour": torch.randint(len(COLOURS), (n,), generator=g),
         "size": size,

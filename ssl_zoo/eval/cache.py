@@ -13,6 +13,7 @@ dataset gets a new entry and is never served stale features. Two forms:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,6 +25,8 @@ from typing import IO, Any, Callable
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from ssl_zoo.atomic import atomic_path
 
 
 def hash_tensor(tensor: Tensor, digest: "hashlib._Hash | None" = None) -> str:
@@ -83,15 +86,9 @@ class FeatureCache:
                 return entry["tensors"]
         self.misses += 1
         tensors = compute()
-        self.folder.mkdir(parents=True, exist_ok=True)
         # Written beside its final name, then renamed: a reader never sees half a file.
-        with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".tmp", delete=False) as tmp:
-            try:
-                torch.save({"parts": parts, "tensors": {k: v.cpu() for k, v in tensors.items()}}, tmp)
-            except BaseException:
-                Path(tmp.name).unlink(missing_ok=True)
-                raise
-        os.replace(tmp.name, path)
+        with atomic_path(path) as tmp:
+            torch.save({"parts": parts, "tensors": {k: v.cpu() for k, v in tensors.items()}}, tmp)
         return tensors
 
     def memory_mapped(
@@ -115,31 +112,36 @@ class FeatureCache:
                 return torch.from_numpy(features)
         self.misses += 1
         # Process 0 lays the file out beside its final name; every process fills its slice of
-        # it; then it is renamed into place: a reader never sees half a file.
-        folder = self.folder if self.folder is not None else Path(tempfile.gettempdir())
+        # it; then process 0 renames it into place (as the block of atomic_path ends): a reader
+        # never sees half a file. Without a cache folder it is a temporary file, never renamed.
         tmp = None
-        if rank == 0:
-            folder.mkdir(parents=True, exist_ok=True)
-            handle, tmp = tempfile.mkstemp(dir=folder, suffix=".features.tmp")
-            with os.fdopen(handle, "wb") as file:
-                _lay_out(file, parts, rows, dim)
-        tmp = Path(_gather(tmp)[0])
         try:
-            features = _map(tmp, rows, dim, "r+")
-            mine = range(rows)[rank * rows // world : (rank + 1) * rows // world]
-            fill(features, slice(mine.start, mine.stop))
-            features.flush()
-            del features
-            _gather(None)  # every slice is written
-            if rank == 0 and path is not None:
-                os.replace(tmp, path)
-            _gather(None)
+            with atomic_path(path) if rank == 0 and path is not None else contextlib.nullcontext() as staged:
+                if rank == 0:
+                    tmp = staged or _temporary_file()
+                    with open(tmp, "wb") as file:
+                        _lay_out(file, parts, rows, dim)
+                tmp = Path(_gather(tmp)[0])
+                features = _map(tmp, rows, dim, "r+")
+                mine = range(rows)[rank * rows // world : (rank + 1) * rows // world]
+                fill(features, slice(mine.start, mine.stop))
+                features.flush()
+                del features
+                _gather(None)  # every slice is written
+            _gather(None)  # and renamed into place
             features = _map(path, rows, dim, "c") if path is not None else _map(tmp, rows, dim, "c")
             _gather(None)  # every process has mapped it
         finally:
-            if rank == 0:
+            if rank == 0 and tmp is not None:
                 tmp.unlink(missing_ok=True)  # mapped, a temporary file lives on until unmapped
         return torch.from_numpy(features)
+
+
+def _temporary_file() -> Path:
+    """An empty file of this node's temporary folder, for features no cache keeps."""
+    handle, name = tempfile.mkstemp(suffix=".features.tmp")
+    os.close(handle)
+    return Path(name)
 
 
 def _rank_and_world() -> tuple[int, int]:

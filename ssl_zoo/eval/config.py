@@ -28,6 +28,12 @@ class EvalConfig:
     # (SGD on augmented crops through the frozen backbone: the papers' protocol).
     protocol: Literal["features", "probe"] = "features"
     probe_epochs: int | None = None  # the probe's epochs; None: its source's (fewer: not compared with papers)
+    # Few-shot linear probes: k labelled training images per class for each k here (empty: none),
+    # several seeded draws each (``ssl_zoo.eval.few_shot``).
+    few_shot: tuple[int, ...] = ()
+    few_shot_draws: int = 5
+    # Distribution shift: the classifiers scored on shifted and corrupted test sets (``ssl_zoo.eval.shift``).
+    shifts: bool = False
     diagnostics_size: int = 2000  # test images used for the diagnostics
     cache_dir: str | None = None  # where features are cached (None: no cache)
     device: str = "auto"

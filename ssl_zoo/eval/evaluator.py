@@ -25,10 +25,12 @@ from ssl_zoo.eval.cache import FeatureCache, hash_module, hash_tensor
 from ssl_zoo.eval.config import EvalConfig
 from ssl_zoo.eval.diagnostics import alignment, embedding_std, rankme, uniformity
 from ssl_zoo.eval.features import image_features, write_image_features
+from ssl_zoo.eval.few_shot import few_shot_metrics, few_shot_probes
 from ssl_zoo.eval.knn import knn_accuracy, knn_predictions
 from ssl_zoo.eval.linear import LinearEvalResult, linear_eval, linear_eval_in_batches
 from ssl_zoo.eval.probe import DEFAULT_PROBE, ProbeResult, linear_probe
 from ssl_zoo.eval.retrieval import retrieval_recall
+from ssl_zoo.eval.shift import score_shifts, shift_metrics
 from ssl_zoo.eval.class_names import ZeroShotClasses, zero_shot_classes
 from ssl_zoo.eval.zero_shot import DEFAULT_TEMPLATES, zero_shot_accuracy, zero_shot_classifier, zero_shot_hits
 
@@ -55,6 +57,9 @@ class Evaluator:
         self.seconds: dict[str, float] = {}
         self.linear_protocol: dict | None = None  # how linear top-1 was measured, for the results
         self.zero_shot_classes: ZeroShotClasses | None = None  # the names and templates zero-shot prompted with
+        self.few_shot: dict | None = None  # few-shot probes' result, when configured
+        self.few_shot_intervals: dict[str, list[float]] = {}  # their 95 % intervals over draws
+        self.shift: dict | None = None  # distribution shift's result, when configured
 
     def _timed(self, name: str, started: float) -> None:
         if self.device.type == "cuda":
@@ -190,6 +195,7 @@ class Evaluator:
         metrics["knn_top1"] = knn_accuracy(predicted, test_y, train.num_classes)
         self._timed("knn", started)
 
+        classifier = None
         if with_text:
             started = time.perf_counter()
             classes = zero_shot_classes(train.classes, cfg.templates or DEFAULT_TEMPLATES, cfg.classnames)
@@ -204,6 +210,24 @@ class Evaluator:
             metrics.update(zero_shot_accuracy(embeddings, test_y, classifier))
             correct["zero_shot_top1"] = top1
             self._timed("zero_shot", started)
+
+        if cfg.few_shot:
+            started = time.perf_counter()
+            self.few_shot = few_shot_probes(train_x, train_y, test_x, test_y, train.num_classes, tuple(cfg.few_shot),
+                                            cfg.few_shot_draws, cfg.seed, metrics.get("zero_shot_top1"))
+            few_shot, self.few_shot_intervals = few_shot_metrics(self.few_shot)
+            metrics.update(few_shot)
+            self._timed("few_shot", started)
+        if cfg.shifts:
+            started = time.perf_counter()
+            weight_decay = metrics.get("linear_weight_decay")
+            if weight_decay is None:  # the probe protocol chose none: the features protocol chooses it
+                protocol = self.linear_protocol
+                weight_decay = self.linear(train_x, train_y, test_x, test_y, train.num_classes).weight_decay
+                self.linear_protocol = protocol  # linear top-1 is still the probe's
+            self.shift = score_shifts(self, train_x, train_y, test, metrics, weight_decay, classifier)
+            metrics.update(shift_metrics(self.shift))
+            self._timed("shift", started)
 
         started = time.perf_counter()
         metrics.update(self.diagnostics(test, test_x))

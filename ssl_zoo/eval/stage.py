@@ -83,6 +83,11 @@ def evaluate(
         # from ('1' right, '0' wrong, in test-split order), so runs can be compared later.
         result["intervals"] = {name: list(bootstrap_interval(c, seed=config.seed)) for name, c in correct.items()}
         result["per_image_correct"] = {name: correct_to_text(c) for name, c in correct.items()}
+        if evaluator.few_shot is not None:  # intervals over the draws of k images per class
+            result["few_shot"] = evaluator.few_shot
+            result["intervals"].update(evaluator.few_shot_intervals)
+        if evaluator.shift is not None:
+            result["shift"] = evaluator.shift
 
     if with_text:
         pairs = load_retrieval_pairs(trained_on, config)

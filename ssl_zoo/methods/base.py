@@ -11,6 +11,10 @@ that names itself and that section, which registers it::
         def __init__(self, recipe, num_classes=0): ...        # heads; self.config is a MyConfig
         def training_step(self, batch, batch_idx): ...        # batch["views"]: (V, B, 3, S, S)
 
+A method with views of several sizes (multi-crop) sets ``num_views = None`` and reads
+``batch["views_by_size"]``: one (V_s, B, 3, S_s, S_s) tensor per size, as its recipe's
+``augment.views`` lists them (``ssl_zoo.augment``).
+
 Recipes then say ``method: my_method`` and ``my_method: {temperature: 0.2}``. Everything
 else a run needs (kNN monitor, view grids, checkpoints) lives in callbacks, not here.
 """
@@ -57,7 +61,9 @@ class SSLMethod(pl.LightningModule):
     # What the rest of ssl_zoo asks a method, rather than its name:
     method_name: ClassVar[str]  # the recipe's `method:`
     Config: ClassVar[type]  # the dataclass of its recipe section (`<method_name>:`)
-    num_views: ClassVar[int] = 2  # views the augmentation makes of every image
+    # Views the augmentation makes of every image; None: as many as the recipe's augment.views
+    # lists (multi-crop methods, which read batch["views_by_size"]).
+    num_views: ClassVar[int | None] = 2
     # Trains on captions: the data module hands it tokens (``caption_tokenizer``), and it has
     # a text tower (``encode_text``, ``embed_image_features``) for zero-shot and retrieval.
     uses_text: ClassVar[bool] = False
@@ -140,10 +146,12 @@ class SSLMethod(pl.LightningModule):
         config.json's "text" section (with a "how_to_load" list of Python lines)."""
         raise NotImplementedError(f"{type(self).__name__} has no text tower (uses_text is False).")
 
-    def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         # The data path's last step, on the device: uint8 images -> float views.
         if self._trainer is not None and self.trainer.training:
-            batch["views"] = self.augment(batch.pop("image"))  # (V, B, 3, S, S)
+            views = self.augment.views_by_size(batch.pop("image"))  # [(V_s, B, 3, S_s, S_s) per size]
+            batch["views_by_size"] = views
+            batch["views"] = views[0]  # (V, B, 3, S, S): every view, for single-size layouts
         else:
             batch["image"] = self.eval_transform(batch["image"])  # (B, 3, S, S)
         return batch

@@ -29,7 +29,6 @@ byte-identical to an uninterrupted run. A rerun with other settings is refused.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -45,6 +44,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from ssl_zoo.atomic import atomic_path, atomic_write
 from ssl_zoo.data.decode import PIL_ERRORS
 from ssl_zoo.data.shards.index import build_index, index_path, load_index
 from ssl_zoo.data.shards.paths import expand_shard_paths
@@ -125,8 +125,7 @@ def write_shard(samples: Sequence[Sample], path: Path, first_key: int) -> Path:
     The tar is written under a temporary name and renamed when complete, so ``path`` is
     either absent or whole.
     """
-    temp = path.with_name(path.name + ".tmp")
-    with tarfile.open(temp, "w", format=tarfile.PAX_FORMAT) as tar:
+    with atomic_path(path) as temp, tarfile.open(temp, "w", format=tarfile.PAX_FORMAT) as tar:
         for key, sample in enumerate(samples, start=first_key):
             _add_member(tar, f"{key:09d}.{sample.ext}", sample.image)
             if sample.label is not None:
@@ -134,7 +133,6 @@ def write_shard(samples: Sequence[Sample], path: Path, first_key: int) -> Path:
             if sample.captions is not None:
                 text = "".join(c.replace("\n", " ").replace("\r", " ") + "\n" for c in sample.captions)
                 _add_member(tar, f"{key:09d}.txt", text.encode("utf-8"))
-    os.replace(temp, path)
     build_index(path)
     return path
 
@@ -230,9 +228,7 @@ def _prepared(jobs: Sequence[_Job], size: int, workers: int) -> Iterator[tuple[b
 
 
 def _write_json(path: Path, value: dict) -> None:
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(json.dumps(value, indent=1))
-    os.replace(temp, path)
+    atomic_write(path, json.dumps(value, indent=1))
 
 
 def _listing_digest(jobs: Sequence[_Job], source: Path) -> str:
@@ -400,52 +396,3 @@ def index_shards(root: str | Path, workers: int = 1, progress: bool = False) -> 
     shards = expand_shard_paths(root)
     bar = tqdm(_indexed(shards, workers), total=len(shards), unit="shard", disable=not progress, file=sys.stderr)
     return [path for path in bar if path is not None]
-
-
-# ----------------------------------------------------------------------------------------
-# Command line.
-
-
-def shards_command(argv: list[str]) -> int:
-    """``python -m ssl_zoo shards ...``: convert to shards, or index existing ones."""
-    parser = argparse.ArgumentParser(
-        prog="python -m ssl_zoo shards",
-        description="Make indexed WebDataset shards for training on data larger than memory.",
-    )
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument(
-        "--from", dest="source", nargs=2, metavar=("KIND", "SOURCE"),
-        help="'folder DIR' (DIR/<class>/<image>, or DIR/<image>: unlabelled) or 'pairs FILE' (CSV path,caption or JSONL)",
-    )
-    action.add_argument(
-        "--index", metavar="PATH",
-        help="index existing shards: a .tar, a folder of .tar files or a brace pattern",
-    )
-    parser.add_argument("--out", type=Path, help="folder for the shards (with --from)")
-    parser.add_argument(
-        "--size", type=int, help="image side in pixels: shorter side resized, then centre crop (with --from)"
-    )
-    parser.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default 10000)")
-    parser.add_argument(
-        "--workers", type=int, default=1, help="processes: decoding with --from, indexing with --index (default 1)"
-    )
-    parser.add_argument("--classes", help="only these class folders: imagenet100 (ships with ssl_zoo) or a text file, one a line")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    if args.index is not None:
-        built = index_shards(args.index, workers=args.workers, progress=not args.quiet)
-        print(f"Indexed {len(built)} shard(s); the others' indexes were current.")
-        for path in built[:10]:  # not 40,000 lines
-            print(f"  {path}")
-        if len(built) > 10:
-            print(f"  ... and {len(built) - 10} more")
-        return 0
-    if args.out is None or args.size is None:
-        parser.error("--from needs --out and --size")
-    kind, source = args.source
-    summary = convert(
-        kind, source, args.out, args.size, shard_size=args.shard_size, workers=args.workers, progress=not args.quiet,
-        classes=read_class_list(args.classes) if args.classes else None,
-    )
-    print(summary)
-    return 0

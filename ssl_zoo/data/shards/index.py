@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssl_zoo.atomic import atomic_path
 from ssl_zoo.data.shards.paths import MAKE_SHARDS
 from ssl_zoo.errors import DataFormatError, DataNotFoundError
 
@@ -228,10 +229,8 @@ def build_index(shard: Path) -> Path:
     rows, num_captions = _scan_shard(shard)
     table = np.array([_header_row(size, rows, num_captions), *rows], dtype=INDEX_DTYPE)
     target = index_path(shard)
-    temp = target.with_name(target.name + f".tmp{os.getpid()}")
-    with open(temp, "wb") as f:  # a file object: np.save would append .npy to a name
+    with atomic_path(target) as temp, open(temp, "wb") as f:  # a file object: np.save would append .npy to a name
         np.save(f, table)
-    os.replace(temp, target)
     return target
 
 
