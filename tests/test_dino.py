@@ -2,8 +2,11 @@
 schedules follow the paper's code; a ViT takes the local crops' size too."""
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from lightly.utils.scheduler import cosine_schedule
+
+from ssl_zoo.data.datamodule import ImageDataModule
 
 from ssl_zoo.errors import RecipeError
 from ssl_zoo.losses import dino_loss
@@ -130,3 +133,27 @@ def test_a_timm_vit_takes_the_local_crops_size(make_recipe):
 def test_a_vit_that_takes_one_size_is_refused_with_local_crops(make_recipe):
     with pytest.raises(RecipeError, match="takes images of one size only"):
         DINO(make_recipe("dino", **{**MULTI_CROP, "backbone": "vit_tiny_p4"}))
+
+
+def test_the_student_fits_a_fixed_teacher(make_recipe):
+    # What tests/test_methods.py's loss-drop test checks of the other methods, with the
+    # teacher and its centre held still (momenta 1): training lowers the loss. With both
+    # moving, DINO's loss first rises toward ln K (see LOSS_FALLS_IN_40_STEPS there).
+    recipe = make_recipe("dino", **{**MULTI_CROP, "data.num_images": 32, "trainer.max_epochs": 20,
+                                    "dino.base_momentum": 1.0, "dino.center_momentum": 1.0})
+    torch.manual_seed(0)
+    datamodule = ImageDataModule.for_recipe(recipe)
+    model = DINO(recipe, num_classes=datamodule.num_classes)
+    teacher = [p.clone() for p in model.target_projection_head.parameters()]
+    losses = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(trainer.callback_metrics["train/loss"]))
+
+    pl.Trainer(max_steps=20, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+               callbacks=[Record()]).fit(model, datamodule=datamodule)
+    assert all(torch.equal(a, b) for a, b in zip(teacher, model.target_projection_head.parameters()))
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert len(losses) == 20 and last < 0.9 * first, f"loss {first:.3f} -> {last:.3f}"

@@ -30,7 +30,15 @@ def train(model, datamodule, steps, callbacks=()):
     return trainer
 
 
-@pytest.mark.parametrize("method", METHODS.names())
+# NOTE: a centred teacher's loss (DINO) does not fall in 40 steps: the centre catches up with
+# the teacher's mean output within ~20 steps, which flattens its targets toward uniform (the
+# loss rises to ln K, measured 4.2 for K = 64 with SGD or AdamW, with or without batch norm in
+# the head), until the features tell images apart, hundreds of steps later. tests/test_dino.py
+# checks instead that DINO's student fits a fixed teacher.
+LOSS_FALLS_IN_40_STEPS = [name for name in METHODS.names() if not hasattr(METHODS[name].Config, "center_momentum")]
+
+
+@pytest.mark.parametrize("method", LOSS_FALLS_IN_40_STEPS)
 def test_loss_drops_on_shapes(method, make_recipe):
     # One fixed batch of 32 images seen again and again (with fresh views each step):
     # every method must fit it.
