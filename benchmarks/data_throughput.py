@@ -48,7 +48,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ssl_zoo.data.shards.convert import convert
-from ssl_zoo.data.datamodule import EpochBatchSampler, _already_batched
+from ssl_zoo.data.datamodule import EpochBatchSampler
+from ssl_zoo.data.training import already_batched as _already_batched
 from ssl_zoo.data.decode import decode_images
 from ssl_zoo.data.shards import ShardDataset, ShardSet, expand_shard_paths
 from ssl_zoo.environment import versions

@@ -129,6 +129,7 @@ def supervised_recipe(recipe: Recipe, data_name: str, data_root: str | None) -> 
     values.update(method=Supervised.method_name, name=f"supervised_{recipe.backbone}",
                   description=f"Supervised baseline for {recipe.name}")
     if values["data"]["name"] != data_name:
+        values.pop(values["data"]["name"], None)  # the dataset's own section goes with it
         values["data"].update(name=data_name, train_split=None, val_split=None)
         values["data"]["root"] = data_root or values["data"]["root"]
     return recipe_from_dict(values)

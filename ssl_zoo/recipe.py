@@ -46,18 +46,17 @@ class DataConfig:
     """The validation split the monitors score; null: the dataset's usual test split."""
     image_size: int = ranged(32, at_least=8)
     """Side of the stored images in pixels (shapes are drawn at it, folder images resized to it)."""
-    num_images: int = ranged(4000, at_least=1)
-    """shapes only: training images (validation: a quarter as many)."""
     batch_size: int = ranged(256, at_least=1)
     """Images per process and step; the global batch (x processes) scales optim.lr."""
     # In-memory data is indexed a batch at a time, so workers would only add copies; shards
     # decode in them, so they get every core of this process's share.
     num_workers: int | None = ranged(None, at_least=0)
     """DataLoader worker processes; null: 0 for in-memory data, every core for shards."""
+    # Here, not in the shards' own section: the evaluation stage takes it too (eval --val-root),
+    # for any dataset read from shards.
     val_root: str | None = None
-    """shards only: validation shards for the monitors; null: hold out data.val_size training samples."""
-    decode: Literal["auto", "worker", "device"] = "auto"
-    """shards only: where JPEGs are decoded; auto: on the GPU (nvJPEG) when training on one, else in the workers."""
+    """Datasets read from shards (shards, imagenet100): validation shards for the monitors; null:
+    hold out data.val_size training samples."""
     hold_on_device: bool = True
     """Keep the uint8 dataset in GPU memory when training on a GPU."""
     knn_bank_size: int = ranged(10_000, at_least=1)
@@ -67,8 +66,18 @@ class DataConfig:
     context_length: int = ranged(77, at_least=2)
     """Methods with text (CLIP) only: tokens per caption, <start> and <end> included."""
 
+    # The dataset's own section (``shapes: {num_images: 20000}``): an instance of its spec's
+    # ``config`` dataclass, None for a dataset without one. Not a ``data.`` key: the parser
+    # reads it as the top-level section named after the dataset (``recipe_parser``).
+    options: Any = None
+
     def __post_init__(self) -> None:
-        DATASETS[self.name]  # an unknown name is an error that lists the valid ones
+        spec = DATASETS[self.name]  # an unknown name is an error that lists the valid ones
+        if self.options is None:
+            self.options = spec.default_options()
+        elif spec.config is None or not isinstance(self.options, spec.config):
+            wanted = f"a {spec.config.__name__}" if spec.config is not None else "none (it has no options)"
+            raise RecipeError(f"data.options of dataset '{self.name}' must be {wanted}, not {type(self.options).__name__}.")
 
 
 @dataclass
@@ -262,9 +271,11 @@ class Recipe:
             )
 
     def sections(self) -> dict[str, Any]:
-        """The recipe's sections by their YAML key; the method's own under the method's name."""
+        """The recipe's sections by their YAML key; the method's own under the method's name,
+        the dataset's (if it has one) under the dataset's."""
+        dataset = {self.data.name: self.data.options} if self.data.options is not None else {}
         return {"data": self.data, "augment": self.augment, "optim": self.optim, "trainer": self.trainer,
-                "reference": self.reference, self.method: self.method_config}
+                "reference": self.reference, self.method: self.method_config, **dataset}
 
 
 def recipes_dir() -> Path:
@@ -312,11 +323,18 @@ def recipe_parser(prog: str = "ssl_zoo fit", key_help: bool = True) -> ArgumentP
     parser.add_argument(
         "--recipe", action=ActionConfigFile, help="a recipe name (see `ssl_zoo recipes`) or a YAML file"
     )
-    parser.add_class_arguments(Recipe, None, fail_untyped=True, skip={"method_config"})
-    # One optional section per registered method; the recipe sets only its own.
+    # NOTE: data is added on its own: jsonargparse's skip does not reach a nested dataclass's
+    # fields, and data.options is read from the dataset's own section instead.
+    parser.add_class_arguments(Recipe, None, fail_untyped=True, skip={"method_config", "data"})
+    parser.add_class_arguments(DataConfig, "data", fail_untyped=True, skip={"options"})
+    # One optional section per registered method and per dataset with options; the recipe
+    # sets only its own.
     for name, method in METHODS.items():
         parser.add_argument(f"--{name}", type=Optional[method.Config], default=None,
                             help=f"{name}'s settings (recipes of method {name} only; --{name}.help lists them)")
+    for name, config in dataset_sections().items():
+        parser.add_argument(f"--{name}", type=Optional[config], default=None,
+                            help=f"the settings of dataset {name} (recipes with data.name {name} only; --{name}.help lists them)")
     _add_ranges_to_help(parser)
     return parser
 
@@ -329,11 +347,21 @@ def _add_ranges_to_help(parser: ArgumentParser) -> None:
             action.help = f"{action.help} Valid: {ranges[action.dest]}."
 
 
+def dataset_sections() -> dict[str, type]:
+    """The dataclass of each dataset's own section, by the dataset's name (datasets with options)."""
+    found = {name: spec.config for name, spec in DATASETS.items() if spec.config is not None}
+    clash = sorted(set(found) & set(METHODS.names()))
+    if clash:  # (recipe keys are refused when the dataset registers)
+        raise RecipeError(f"Dataset section(s) {', '.join(clash)} share their name with a method's section; rename the dataset.")
+    return found
+
+
 def sections() -> dict[str, type]:
-    """Every recipe section's dataclass, by key: the fixed ones and one per method."""
+    """Every recipe section's dataclass, by key: the fixed ones, one per method and one per
+    dataset with options."""
     fixed = {"data": DataConfig, "augment": AugmentConfig, "optim": OptimConfig, "trainer": TrainerConfig,
              "reference": ReferenceConfig}
-    return {**fixed, **{name: method.Config for name, method in METHODS.items()}}
+    return {**fixed, **{name: method.Config for name, method in METHODS.items()}, **dataset_sections()}
 
 
 def _unknown_key_hint(message: str) -> str:
@@ -343,12 +371,15 @@ def _unknown_key_hint(message: str) -> str:
     section = re.search(r"--(\w+)\.|Group '(\w+)'|\"(\w+)\.|Parser key \"(\w+)\"", message)
     name = next((g for g in section.groups() if g), None) if section else None
     known = sections()
-    keys = [f.name for f in dataclasses.fields(known[name])] if name in known else [*RECIPE_KEYS, *METHODS.names()]
+    if name in known:
+        keys = [f.name for f in dataclasses.fields(known[name]) if (known[name], f.name) != (DataConfig, "options")]
+    else:
+        keys = [*RECIPE_KEYS, *METHODS.names(), *dataset_sections()]
     given = re.findall(r"(?:--(?:\w+\.)?|[Oo]ption ')(\w+)", message)
     close = difflib.get_close_matches(given[-1], keys, n=1) if given else []
     where = f"of '{name}'" if name in known else "at the top level"
     suggestion = f" Did you mean '{close[0]}'?" if close else ""
-    if given and "Union subtypes" in message:  # a method's section: jsonargparse's message is about types
+    if given and "Union subtypes" in message:  # a method's or dataset's section: jsonargparse's message is about types
         message = f"the '{name}:' section has no key '{given[-1]}'"
     return f"{message}.{suggestion} Valid keys {where}: {', '.join(keys)}"
 
@@ -356,6 +387,7 @@ def _unknown_key_hint(message: str) -> str:
 def parse_recipe(argv: list[str], parser: ArgumentParser | None = None) -> Recipe:
     """Parse ``--recipe NAME_OR_PATH`` followed by overrides into a validated Recipe."""
     argv = list(argv)
+    source, file_values = "", {}
     if "--recipe" in argv:
         # The recipe file is read first, so overrides given before it still win.
         at = argv.index("--recipe")
@@ -363,8 +395,11 @@ def parse_recipe(argv: list[str], parser: ArgumentParser | None = None) -> Recip
             raise RecipeError("--recipe needs a value: a recipe name or a YAML file.")
         path = resolve_recipe_path(argv[at + 1])
         del argv[at : at + 2]
-        argv = ["--recipe", str(path), *argv]
-    source = f" ({argv[1]})" if argv[:1] == ["--recipe"] else ""
+        source, file_values = f" ({path})", _read_yaml(path)
+        values = _for_dataset(_migrate_moved_keys(file_values), _dataset_named(argv, file_values))
+        # The file as it is, unless it needed changing (handed over as YAML text then).
+        argv = ["--recipe", str(path) if values == file_values else yaml.safe_dump(values, sort_keys=False), *argv]
+    argv = _moved_key_args(argv, _dataset_named(argv, file_values))
     parser = parser or recipe_parser(key_help=any(a.endswith(".help") for a in argv))  # --simclr.help
     try:
         namespace = parser.parse_args(argv)
@@ -391,11 +426,98 @@ def _as_recipe(values: dict[str, Any]) -> Recipe:
                 f"Recipe '{values.get('name', 'custom')}' is for method '{method}' but sets the "
                 f"'{name}:' section. Remove it, or set method: {name}."
             )
-    return Recipe(**values, method_config=given.get(method))
+    data: DataConfig = values.pop("data", None) or DataConfig()
+    for name in dataset_sections():
+        section = values.pop(name, None)
+        if section is not None and name != data.name:
+            raise RecipeError(
+                f"Recipe '{values.get('name', 'custom')}' trains on dataset '{data.name}' but sets the "
+                f"'{name}:' section. Remove it, or set data.name: {name}."
+            )
+        if section is not None:
+            data = dataclasses.replace(data, options=section)
+    return Recipe(**values, data=data, method_config=given.get(method))
+
+
+# Keys that left ``data:`` for the dataset's own section (shapes' num_images, the shards'
+# decode). Recipes written before still load: each moves to the section of its dataset,
+# or is dropped where that dataset has no such option (it never had an effect there).
+MOVED_DATA_KEYS = ("num_images", "decode")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}  # the parser reads it next, and says what is wrong with it
+    return values if isinstance(values, dict) else {}
+
+
+def _moved_data_keys(data: Any) -> list[str]:
+    return [key for key in MOVED_DATA_KEYS if key in data] if isinstance(data, dict) else []
+
+
+def _dataset_keys(name: str) -> set[str]:
+    config = DATASETS[name].config
+    return {f.name for f in dataclasses.fields(config)} if config is not None else set()
+
+
+def _migrate_moved_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """A saved recipe's moved ``data:`` keys, put in the section of its dataset."""
+    data = values.get("data")
+    moved = _moved_data_keys(data)
+    if not moved:
+        return values
+    name = data.get("name", DataConfig.name)
+    kept = {key: data[key] for key in moved if key in _dataset_keys(name)}
+    values = {**values, "data": {k: v for k, v in data.items() if k not in moved}}
+    if kept:
+        values[name] = {**kept, **(values.get(name) or {})}  # the section's own values win
+    return values
+
+
+def _file_dataset(values: dict[str, Any]) -> str:
+    return (values.get("data") or {}).get("name", DataConfig.name)
+
+
+def _dataset_named(argv: list[str], file_values: dict[str, Any]) -> str:
+    """The dataset a recipe trains on: the last ``--data.name`` given, else its file's."""
+    names = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--data.name"]
+    names += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--data.name=")]
+    return names[-1] if names else _file_dataset(file_values)
+
+
+def _for_dataset(values: dict[str, Any], name: str) -> dict[str, Any]:
+    """A recipe file pointed at another dataset (``--recipe quickstart --data.name folder``):
+    its own dataset's section goes with its dataset."""
+    own = _file_dataset(values)
+    if own == name or own not in values or own not in dataset_sections():
+        return values
+    return {k: v for k, v in values.items() if k != own}
+
+
+def _moved_key_args(argv: list[str], name: str) -> list[str]:
+    """``--data.num_images 64`` (or ``=64``) -> ``--shapes.num_images 64``, for the dataset
+    ``name``; dropped for a dataset without that option."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        key, equals, value = arg.partition("=")
+        moved = key[len("--data."):] if key.startswith("--data.") else None
+        if moved not in MOVED_DATA_KEYS:
+            out.append(arg)
+            i += 1
+            continue
+        given = [f"--{name}.{moved}", value] if equals else [f"--{name}.{moved}", *argv[i + 1 : i + 2]]
+        if moved in _dataset_keys(name):
+            out += given
+        i += 1 if equals else 2
+    return out
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
-    """Plain YAML-safe dict (tuples become lists); the method's settings under its name."""
+    """Plain YAML-safe dict (tuples become lists); the method's settings under its name, the
+    dataset's under the dataset's."""
 
     def plain(value: Any) -> Any:
         if isinstance(value, (list, tuple)):
@@ -406,6 +528,9 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
 
     values = plain(dataclasses.asdict(recipe))
     values[recipe.method] = values.pop("method_config")
+    options = values["data"].pop("options")
+    if options is not None:
+        values[recipe.data.name] = options
     return values
 
 
@@ -416,6 +541,7 @@ def recipe_from_dict(values: dict[str, Any]) -> Recipe:
     reference = values.get("reference") or {}
     if reference.get("metric") == "linear_top1" and reference.get("protocol") is None:
         values = {**values, "reference": {**reference, "protocol": "probe"}}
+    values = _migrate_moved_keys(values)
     parser = recipe_parser(key_help=False)
     try:
         namespace = parser.parse_object(values)

@@ -65,7 +65,7 @@ def test_fit_runs_end_to_end_on_shapes(tmp_path):
     assert grid.width > 2 * grid.height  # 2 rows (views) of 16 images
     # The resolved recipe is in the run folder and in the checkpoint, with the overrides.
     saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
-    assert saved["trainer"]["max_epochs"] == 2 and saved["data"]["num_images"] == 256
+    assert saved["trainer"]["max_epochs"] == 2 and saved["shapes"]["num_images"] == 256
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     assert state["hyper_parameters"]["recipe"] == saved
     assert state["global_step"] == 2 * 256 // 64

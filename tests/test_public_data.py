@@ -15,7 +15,8 @@ from PIL import Image
 
 from ssl_zoo.cli import main as cli_main
 from ssl_zoo.data.flickr8k import PUBLISHED_MD5, build_flickr8k_archive, main
-from ssl_zoo.data.sources import _load_image, load_shared_flickr8k
+from ssl_zoo.data.decode import load_image_file
+from ssl_zoo.data.sources import load_shared_flickr8k
 from ssl_zoo.errors import DataFormatError
 from ssl_zoo.recipe import available_recipes, parse_recipe
 
@@ -92,7 +93,7 @@ def test_builds_the_archive_the_loader_reads(tmp_path):
     # Pixels: the shorter side resized to 64 and centre-cropped (as pairs and folders load),
     # then one JPEG round trip at quality 90.
     with zipfile.ZipFile(images) as z:
-        expected = _load_image(io.BytesIO(z.read("Flicker8k_Dataset/test1_0a.jpg")), 64)  # (64, 64, 3)
+        expected = load_image_file(io.BytesIO(z.read("Flicker8k_Dataset/test1_0a.jpg")), 64)  # (64, 64, 3)
     got = load_shared_flickr8k(archive.parent, "test").images[1].permute(1, 2, 0).numpy()
     assert np.abs(got.astype(int) - expected.astype(int)).mean() < 2
     # A portrait 80 x 110 image becomes 64 x 88 and keeps its middle 64 rows: green runs

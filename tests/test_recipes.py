@@ -103,3 +103,63 @@ def test_a_recipe_saved_before_reference_protocol_existed_still_loads():
     saved = recipe_to_dict(parse_recipe(["--recipe", "byol_resnet50"]))
     del saved["reference"]["protocol"]
     assert recipe_from_dict(saved).reference.protocol == "probe"
+
+
+# A dataset's own options live in the section named after it, as a method's do.
+
+
+def test_a_datasets_section_is_parsed_checked_and_saved_like_a_methods(tmp_path):
+    recipe = parse_recipe(["--recipe", "quickstart", "--shapes.num_images", "640"])
+    assert recipe.data.options.num_images == 640 and recipe.sections()["shapes"] is recipe.data.options
+    saved = recipe_to_dict(recipe)
+    assert saved["shapes"] == {"num_images": 640} and "num_images" not in saved["data"] and "options" not in saved["data"]
+    assert recipe_from_dict(saved) == recipe
+    with pytest.raises(RecipeError) as error:
+        parse_recipe(["--recipe", "quickstart", "--shapes.num_image", "64"])
+    assert "num_image" in str(error.value) and "Did you mean 'num_images'?" in str(error.value)
+    with pytest.raises(RecipeError, match=r"shapes.num_images = 0 \(valid: >= 1\)"):
+        parse_recipe(["--recipe", "quickstart", "--shapes.num_images", "0"])
+    with pytest.raises(RecipeError, match="trains on dataset 'shapes' but sets the 'shards:' section"):
+        parse_recipe(["--recipe", "quickstart", "--shards.decode", "worker"])
+    path = tmp_path / "mine.yaml"
+    path.write_text("method: simclr\ndata: {name: cifar10}\nshapes: {num_images: 64}\n")
+    with pytest.raises(RecipeError, match="trains on dataset 'cifar10' but sets the 'shapes:' section"):
+        parse_recipe(["--recipe", str(path)])
+
+
+def test_a_recipe_pointed_at_another_dataset_leaves_its_own_datasets_section_behind():
+    recipe = parse_recipe(["--recipe", "quickstart", "--data.name", "shards", "--data.root", "x", "--shards.decode", "worker"])
+    assert recipe.data.name == "shards" and recipe.data.options.decode == "worker" and "shapes" not in recipe.sections()
+    assert parse_recipe(["--recipe", "quickstart", "--data.name=folder"]).data.options is None  # folder has no options
+
+
+def test_keys_that_left_data_still_load_where_they_were_given(tmp_path):
+    """data.num_images and data.decode moved to the shapes: and shards: sections. The old
+    spelling, on the command line or in a recipe written before, goes to the section of the
+    recipe's dataset, and is dropped where the dataset never read it."""
+    assert parse_recipe(["--recipe", "quickstart", "--data.num_images", "96"]).data.options.num_images == 96
+    assert parse_recipe(["--recipe", "quickstart", "--data.num_images=96"]).data.options.num_images == 96
+    on_shards = parse_recipe(["--recipe", "simclr_resnet50", "--data.decode", "device", "--data.num_images", "96"])
+    assert on_shards.data.options.decode == "device" and "shapes" not in on_shards.sections()
+    run_folder = tmp_path / "recipe.yaml"  # what a run folder kept (resume reads it with --recipe)
+    run_folder.write_text("method: simclr\ndata: {name: shapes, num_images: 80, decode: auto, batch_size: 16}\n")
+    recipe = parse_recipe(["--recipe", str(run_folder), "--data.batch_size", "8"])
+    assert recipe.data.options.num_images == 80 and recipe.data.batch_size == 8
+
+
+def test_results_committed_before_the_move_still_load():
+    """The committed default bench saved data.num_images (20,000) and data.decode in data:."""
+    import json
+    from pathlib import Path
+
+    results = Path(__file__).parent.parent / "benchmarks" / "results" / "2026-12-06_cpu_default_bench" / "results.json"
+    runs = json.loads(results.read_text())["runs"]
+    saved = [run["recipe"] for run in runs if run.get("recipe")]
+    assert saved and all("num_images" in recipe["data"] and "decode" in recipe["data"] for recipe in saved)
+    for values in saved:
+        recipe = recipe_from_dict(values)
+        assert recipe.data.name == "shapes" and recipe.data.options.num_images == values["data"]["num_images"] == 20000
+        assert "decode" not in recipe_to_dict(recipe)["data"]  # shapes never decoded anything: dropped
+    old_file = recipe_to_dict(parse_recipe(["--recipe", "quickstart"]))
+    old_file["data"]["num_images"] = old_file.pop("shapes")["num_images"] // 2
+    assert recipe_from_dict(old_file).data.options.num_images == 10000

@@ -45,6 +45,24 @@ def test_two_entries_cannot_share_a_name():
     assert dataset_spec("shapes").load.__module__ == "ssl_zoo.data.shapes"  # the built-in stays
 
 
+def test_a_datasets_section_cannot_take_a_recipe_keys_or_a_methods_name(monkeypatch):
+    from dataclasses import dataclass
+
+    from ssl_zoo.recipe import dataset_sections
+
+    @dataclass
+    class Options:
+        size: int = 1
+
+    with pytest.raises(ValueError, match="Dataset 'optim' has a recipe section, and 'optim' is already a recipe key"):
+        DatasetSpec("optim", load=lambda config, split, seed: None, splits=("train", None), config=Options).register()
+    assert "optim" not in DATASETS
+    clash = DatasetSpec("simclr", load=lambda config, split, seed: None, splits=("train", None), config=Options)
+    monkeypatch.setattr(DATASETS, "_entries", {**DATASETS._entries, "simclr": clash})
+    with pytest.raises(RecipeError, match="Dataset section\\(s\\) simclr share their name with a method's section"):
+        dataset_sections()
+
+
 def test_a_broken_plugin_is_not_forgotten(monkeypatch):
     registry = Registry("method", package="ssl_zoo.methods", entry_point_group="ssl_zoo.methods")
 

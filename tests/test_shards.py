@@ -18,10 +18,11 @@ from torch.utils.data import DataLoader
 from ssl_zoo.cli import shards_command
 from ssl_zoo.data.shards import convert as convert_module
 from ssl_zoo.data.shards.convert import Sample, convert, index_shards, write_shards
-from ssl_zoo.data.datamodule import EpochBatchSampler, _already_batched
+from ssl_zoo.data.datamodule import EpochBatchSampler
 from ssl_zoo.data.decode import DecodeCounts, decode_images
 from ssl_zoo.data.decode_ahead import DecodeAhead
-from ssl_zoo.data.shards.dataset import unpack_encoded
+from ssl_zoo.data.decode_ahead import unpack_encoded
+from ssl_zoo.data.training import already_batched
 from ssl_zoo.data.shards import ShardDataset, ShardSet, build_index, expand_shard_paths, index_path
 from ssl_zoo.data.sources import load_shared_cifar10, load_shared_flickr8k
 from ssl_zoo.errors import DataFormatError, DataNotFoundError, RecipeError
@@ -420,7 +421,7 @@ def test_worker_processes_give_the_same_batches(labelled_shards):
 
     def batches(workers: int) -> list[dict]:
         sampler = EpochBatchSampler(len(dataset), 16, seed=1, num_captions=labelled_shards.num_captions)
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=_already_batched, num_workers=workers)
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=already_batched, num_workers=workers)
         return list(loader)
 
     inline, workers = batches(0), batches(2)
@@ -509,7 +510,7 @@ def test_decoding_ahead_gives_the_workers_batches_in_order_decoded_in_a_backgrou
 
     sampler = lambda: EpochBatchSampler(len(labelled_shards), 16, seed=2)  # noqa: E731
     loader = lambda decode: DataLoader(  # noqa: E731
-        ShardDataset(labelled_shards, 16, decode=decode), batch_sampler=sampler(), collate_fn=_already_batched, num_workers=2
+        ShardDataset(labelled_shards, 16, decode=decode), batch_sampler=sampler(), collate_fn=already_batched, num_workers=2
     )
     events, threads = [], set()
     real = decode_ahead.decode_images
@@ -544,7 +545,7 @@ def test_loader_workers_take_a_slurm_tasks_own_cpus_and_share_a_nodes_otherwise(
 
     from pytorch_lightning.plugins.environments import LightningEnvironment, SLURMEnvironment
 
-    from ssl_zoo.data.datamodule import loader_workers
+    from ssl_zoo.data.training import loader_workers
 
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
     trainer = lambda environment: SimpleNamespace(  # noqa: E731  8 processes on 2 nodes: 4 a node
@@ -560,25 +561,28 @@ def test_loader_workers_take_a_slurm_tasks_own_cpus_and_share_a_nodes_otherwise(
     assert loader_workers(SimpleNamespace(strategy=SimpleNamespace(), world_size=1, num_nodes=1)) == 16  # one device
 
 
-def test_a_run_ends_with_one_warning_each_for_replaced_images_and_for_slow_device_decoding():
+def test_a_run_ends_with_one_warning_each_for_replaced_images_and_for_slow_device_decoding(labelled_shards):
     from ssl_zoo.data.datamodule import ImageDataModule
+    from ssl_zoo.data.shards.dataset import ShardTraining
     from ssl_zoo.recipe import DataConfig
 
-    data = ImageDataModule(DataConfig(name="shards", root="shards/train"))
-    data.decode_on = "device"
-    data.decode_counts = DecodeCounts(images=1000, one_by_one=10, replaced=0)  # 1 %: the limit, no warning
+    config = DataConfig(name="shards", root="shards/train")
+    data = ImageDataModule(config)
+    data.train_data = train = ShardTraining(labelled_shards, config, seed=0)
+    train.decode_on = "device"
+    train.decode_counts = DecodeCounts(images=1000, one_by_one=10, replaced=0)  # 1 %: the limit, no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         data.teardown("fit")
-    data.decode_counts = DecodeCounts(images=1000, one_by_one=11, replaced=2)
+    train.decode_counts = DecodeCounts(images=1000, one_by_one=11, replaced=2)
     with pytest.warns(UserWarning) as caught:
         data.teardown("fit")
     messages = [str(w.message) for w in caught]
     assert len(messages) == 2
     assert "2 training image(s) in shards/train could not be decoded" in messages[0]
-    assert "11 of 1000 training images (1.1 %)" in messages[1] and "--data.decode worker" in messages[1]
-    data.decode_on = "workers"  # on the CPU workers, one at a time is the only way: nothing to say
-    data.decode_counts = DecodeCounts(images=1000, one_by_one=500)
+    assert "11 of 1000 training images (1.1 %)" in messages[1] and "--shards.decode worker" in messages[1]
+    train.decode_on = "workers"  # on the CPU workers, one at a time is the only way: nothing to say
+    train.decode_counts = DecodeCounts(images=1000, one_by_one=500)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         data.teardown("fit")

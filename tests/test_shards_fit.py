@@ -48,7 +48,7 @@ def test_decoding_on_the_device_trains_exactly_as_decoding_in_workers(make_recip
     # On a GPU the encoded batch is decoded there (nvJPEG); here the same path runs on the CPU.
     states = []
     for decode in ("worker", "device"):
-        keys = shard_keys(shard_root, **{"trainer.max_epochs": 1, "data.decode": decode, "data.num_workers": 0,
+        keys = shard_keys(shard_root, **{"trainer.max_epochs": 1, "shards.decode": decode, "data.num_workers": 0,
                                          "trainer.output_dir": tmp_path / decode})
         states.append(final_state(fit(make_recipe("simclr", **keys), enable_progress_bar=False).checkpoint))
     assert_same_state(*states)
@@ -89,7 +89,7 @@ def test_decoding_on_the_device_with_workers_and_large_batches_keeps_within_1024
     )
     args = [
         "fit", "--recipe", "quickstart", "--data.name", "shards", "--data.root", str(tmp_path / "train"),
-        "--data.decode", "device", "--data.num_workers", "2", "--data.batch_size", "512", "--data.image_size", "16",
+        "--shards.decode", "device", "--data.num_workers", "2", "--data.batch_size", "512", "--data.image_size", "16",
         "--augment.size", "16", "--backbone", "convnet4", "--trainer.max_steps", "2", "--data.val_size", "32",
         "--data.knn_bank_size", "32", "--trainer.output_dir", str(tmp_path / "runs"), "--trainer.accelerator", "cpu",
     ]

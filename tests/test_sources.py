@@ -103,7 +103,7 @@ def test_shared_archives_bad_split_and_missing_file(shared_root, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name, split", [("cifar10", "test"), ("cifar100", "train"), ("stl10", "unlabeled")]
+    "name, split", [("cifar10", "test"), ("cifar100", "train"), ("stl10", "unlabeled"), ("svhn", "test")]
 )
 def test_torchvision_missing_data_says_where_and_how(tmp_path, name, split):
     with pytest.raises(DataNotFoundError) as err:
@@ -126,7 +126,7 @@ def test_torchvision_failed_download_is_data_not_found(tmp_path, monkeypatch):
 
 
 def test_torchvision_bad_name_or_split(tmp_path):
-    with pytest.raises(DataFormatError, match="cifar10, cifar100, stl10"):
+    with pytest.raises(DataFormatError, match="cifar10, cifar100, stl10, svhn"):
         load_torchvision("mnist", tmp_path, "train", download=False)
     with pytest.raises(DataFormatError, match="unlabeled"):
         load_torchvision("stl10", tmp_path, "val", download=False)
@@ -172,6 +172,25 @@ def test_torchvision_stl10_unlabeled_has_no_labels(tmp_path, monkeypatch):
     ds = load_torchvision("stl10", tmp_path, "unlabeled", download=False, image_size=64)
     assert ds.images.shape == (3, 3, 64, 64) and int(ds.images.min()) == int(ds.images.max()) == 77
     assert ds.labels is None and ds.classes is None
+
+
+def test_svhn_is_one_file_registering_a_torchvision_dataset(tmp_path, monkeypatch):
+    """SVHN's .mat file as torchvision reads it (checksum bypassed): label 10 is the digit 0."""
+    import scipy.io
+    import torchvision.datasets.svhn as svhn
+
+    from ssl_zoo.data.spec import dataset_spec
+    from ssl_zoo.recipe import DataConfig
+
+    monkeypatch.setattr(svhn, "check_integrity", lambda *args, **kwargs: True)
+    pixels = np.zeros((32, 32, 3, 3), dtype=np.uint8)  # (H, W, C, N), as the .mat files hold them
+    pixels[:, :, 0, 1] = 255  # image 1: red
+    scipy.io.savemat(tmp_path / "test_32x32.mat", {"X": pixels, "y": np.array([[10], [3], [7]], dtype=np.uint8)})
+    spec = dataset_spec("svhn")
+    assert spec.origin == "ssl_zoo.data.svhn.svhn" and spec.downloadable and spec.splits == ("train", "test")
+    ds = spec.load(DataConfig(name="svhn", root=str(tmp_path), image_size=32), "test", 0)
+    assert ds.images.shape == (3, 3, 32, 32) and ds.labels.tolist() == [0, 3, 7] and ds.classes[0] == "0"
+    assert ds.images[1, 0].min() == 255 and ds.images[1, 1:].max() == 0 and ds.images[0].max() == 0
 
 
 # ----------------------------------------------------------------------------------------

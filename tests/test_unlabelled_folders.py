@@ -144,5 +144,5 @@ def test_unlabelled_shards_train_on_every_sample(tmp_path):
     convert("folder", tmp_path / "photos", tmp_path / "shards", size=16, progress=False)
     datamodule = ImageDataModule(DataConfig(name="shards", root=str(tmp_path / "shards"), image_size=16, batch_size=4))
     datamodule.setup("fit")
-    assert datamodule.train_samples is None and datamodule.val_set is None and datamodule.bank_set is None
+    assert datamodule.train_data.samples is None and datamodule.val_set is None and datamodule.bank_set is None
     assert datamodule.unmonitored == f"the training images of shards ({tmp_path / 'shards'}) have no labels"

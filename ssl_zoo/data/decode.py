@@ -6,6 +6,8 @@ import io
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -61,21 +63,49 @@ def decode_one(data: bytes | Tensor) -> Tensor | None:
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
 
+# ----------------------------------------------------------------------------------------
+# The one resize rule: the shorter side to the size (bicubic, antialiased), then the centre
+# crop. Its geometry is here once; PIL applies it to a file's image (the in-memory loaders,
+# the shard converter), torch to decoded batches (shards at training time, torchvision's
+# arrays), and they agree within one grey level.
+
+
+def resize_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(resized height, resized width, top, left) of the size x size centre crop."""
+    scale = size / min(height, width)
+    h2, w2 = max(size, round(height * scale)), max(size, round(width * scale))
+    return h2, w2, (h2 - size) // 2, (w2 - size) // 2
+
+
 def resize_crop(images: Tensor, size: int) -> Tensor:
-    """uint8 (N, 3, H, W) -> (N, 3, size, size): shorter side to ``size`` (bicubic,
-    antialiased), then the centre crop, as the in-memory loaders and the shard converter do."""
+    """uint8 (N, 3, H, W) -> (N, 3, size, size) by the resize rule."""
     h, w = images.shape[-2:]
     if (h, w) == (size, size):
         return images
-    scale = size / min(h, w)
-    h2, w2 = max(size, round(h * scale)), max(size, round(w * scale))
+    h2, w2, top, left = resize_geometry(h, w, size)
     # uint8 antialiased bicubic has CPU kernels only (they match PIL within one grey level).
     x = images if images.device.type == "cpu" else images.float()
     x = F.interpolate(x, size=(h2, w2), mode="bicubic", antialias=True)
     if x.is_floating_point():
         x = x.round_().clamp_(0, 255).to(torch.uint8)
-    top, left = (h2 - size) // 2, (w2 - size) // 2
     return x[:, :, top : top + size, left : left + size]
+
+
+def resize_crop_pil(img: Image.Image, size: int) -> Image.Image:
+    """A PIL image -> size x size by the resize rule."""
+    if img.size == (size, size):
+        return img
+    h2, w2, top, left = resize_geometry(img.height, img.width, size)
+    img = img.resize((w2, h2), Image.Resampling.BICUBIC)
+    return img.crop((left, top, left + size, top + size))
+
+
+def load_image_file(file: str | Path | IO[bytes], size: int) -> np.ndarray:
+    """An image file (a path or an open binary file) -> RGB uint8 (size, size, 3) by the
+    resize rule. Raises one of PIL_ERRORS if it is unreadable."""
+    with Image.open(file) as img:
+        img = to_rgb(img)  # decodes fully, so a truncated file fails here
+    return np.asarray(resize_crop_pil(img, size))
 
 
 def _resize_crop_by_shape(images: list[Tensor], size: int) -> Tensor:

@@ -9,12 +9,32 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ssl_zoo.data.decode import decode_images
-from ssl_zoo.data.shards.dataset import unpack_encoded
+
+
+def pack_encoded(encoded: list[bytes]) -> tuple[Tensor, Tensor]:
+    """B encoded images -> one uint8 buffer (total bytes,) and int64 offsets (B + 1,):
+    image i is ``buffer[offsets[i]:offsets[i + 1]]``.
+
+    NOTE: one tensor, not B. A tensor that leaves a loader worker costs the receiving
+    process an open file under torch's ``file_descriptor`` sharing strategy; at B = 512 and
+    two batches in flight per worker, B tensors a batch passed the common limit of 1,024
+    open files and the run hung at step 0.
+    """
+    offsets = torch.from_numpy(np.cumsum([0, *map(len, encoded)], dtype=np.int64))
+    buffer = torch.frombuffer(bytearray(b"".join(encoded)), dtype=torch.uint8) if offsets[-1] else torch.empty(0, dtype=torch.uint8)
+    return buffer, offsets
+
+
+def unpack_encoded(buffer: Tensor, offsets: Tensor) -> list[Tensor]:
+    """The B images of ``pack_encoded``'s buffer, as views (no copy)."""
+    bounds = offsets.tolist()
+    return [buffer[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
 
 
 class DecodeAhead:

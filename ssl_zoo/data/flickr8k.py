@@ -32,7 +32,8 @@ import numpy as np
 from PIL import Image
 
 from ssl_zoo.atomic import atomic_path
-from ssl_zoo.data.sources import _load_image, load_shared_flickr8k
+from ssl_zoo.data.decode import load_image_file
+from ssl_zoo.data.sources import load_shared_flickr8k
 from ssl_zoo.data.spec import DatasetSpec
 from ssl_zoo.errors import DataFormatError, DataNotFoundError, SslZooError
 
@@ -156,7 +157,7 @@ def build_flickr8k_archive(
                     raise DataFormatError(
                         f"{CAPTIONS_FILE}: {name} has {len(captions.get(name, []))} captions, expected 5."
                     )
-                pixels = _load_image(io.BytesIO(images.read(members[name])), SIZE)  # (64, 64, 3) uint8
+                pixels = load_image_file(io.BytesIO(images.read(members[name])), SIZE)  # (64, 64, 3) uint8
                 encoded = io.BytesIO()
                 Image.fromarray(pixels).save(encoded, "JPEG", quality=90)
                 head, body = _jpeg_parts(encoded.getvalue())

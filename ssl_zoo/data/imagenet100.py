@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ssl_zoo.data.imageset import ImageSet
 from ssl_zoo.data.shards.convert import read_class_list
-from ssl_zoo.data.shards.dataset import open_shards
+from ssl_zoo.data.shards.dataset import ShardsConfig, ShardTraining, open_shards
 from ssl_zoo.data.shards.reader import ShardSet
 from ssl_zoo.data.spec import DatasetSpec, dataset_spec
 from ssl_zoo.errors import DataFormatError, DataNotFoundError
@@ -68,6 +68,12 @@ def load_imagenet100(config: DataConfig, split: str, seed: int) -> ImageSet:
     return dataset_spec("shards").load(config, split, seed)
 
 
+def _train_on_imagenet100(config: DataConfig, split: str, seed: int) -> ShardTraining:
+    return ShardTraining(open_imagenet100(config, "train"), config, seed)
+
+
+# Its section is the shards' (`imagenet100: {decode: device}`).
 DatasetSpec(
-    "imagenet100", load=load_imagenet100, splits=("train", "val"), labelled=True, open=open_imagenet100
+    "imagenet100", load=load_imagenet100, splits=("train", "val"), labelled=True, config=ShardsConfig,
+    train=_train_on_imagenet100, open=open_imagenet100,
 ).register()

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ssl_zoo.data.imageset import ImageSet
 from ssl_zoo.data.spec import DatasetSpec
 from ssl_zoo.errors import RecipeError
+from ssl_zoo.ranges import ranged
 
 if TYPE_CHECKING:
     from ssl_zoo.recipe import DataConfig
@@ -392,14 +393,23 @@ def _drawn_once(num_images: int, image_size: int, seed: int) -> ImageSet:
     return make_shapes(num_images, image_size, seed)
 
 
+@dataclasses.dataclass
+class ShapesConfig:
+    """shapes: how many images are drawn (the recipe's `shapes:` section)."""
+
+    num_images: int = ranged(4000, at_least=1)
+    """Training images (validation: a quarter as many)."""
+
+
 def _load_shapes_split(config: DataConfig, split: str, seed: int) -> ImageSet:
-    """The recipe's shapes split: ``data.num_images`` for training, a quarter as many for val."""
+    """The recipe's shapes split: ``shapes.num_images`` for training, a quarter as many for val."""
     if split not in ("train", "val"):
         raise RecipeError(f"The shapes dataset has splits train and val, not '{split}'.")
-    count = config.num_images if split == "train" else max(config.num_images // 4, 1)
+    options: ShapesConfig = config.options
+    count = options.num_images if split == "train" else max(options.num_images // 4, 1)
     drawn = _drawn_once(count, config.image_size, seed if split == "train" else seed + 1)
     return dataclasses.replace(drawn)  # its own ImageSet (a caller may set its fields), the same tensors
 
 
 # Labelled (the shape) and captioned; retrieval scores on the validation images.
-DatasetSpec("shapes", load=_load_shapes_split, splits=("train", "val"), retrieval_split="val").register()
+DatasetSpec("shapes", load=_load_shapes_split, splits=("train", "val"), retrieval_split="val", config=ShapesConfig).register()

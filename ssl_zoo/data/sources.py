@@ -2,7 +2,8 @@
 
 - ``load_shared_cifar10`` / ``load_shared_flickr8k``: the offline numpy archives in the
   repository's ``../shared/data`` folder (JPEGs sharing one header, see its README).
-- ``load_torchvision``: CIFAR-10, CIFAR-100 and STL-10 through ``torchvision.datasets``.
+- ``load_torchvision``: ``torchvision.datasets`` registered with ``register_torchvision``
+  (CIFAR-10, CIFAR-100 and STL-10 here; a new one is a few lines in its own file, as svhn.py).
 - ``load_image_folder``: a torchvision-ImageFolder tree, ``root/<class>/<image>``, or a
   flat folder of unlabelled images, ``root/<image>``.
 - ``load_image_text_pairs``: a CSV or JSONL file of ``path,caption`` rows.
@@ -18,20 +19,20 @@ import csv
 import io
 import json
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from ssl_zoo.data.decode import PIL_ERRORS, to_rgb
+from ssl_zoo.data.decode import PIL_ERRORS, load_image_file, resize_crop
 from ssl_zoo.data.imageset import ImageSet
 from ssl_zoo.data.spec import DatasetSpec
 from ssl_zoo.errors import DataFormatError, DataNotFoundError
+from ssl_zoo.registry import DATASETS
 
 if TYPE_CHECKING:
     from ssl_zoo.recipe import DataConfig
@@ -128,96 +129,97 @@ def load_shared_flickr8k(root: str | Path, split: str) -> ImageSet:
 # ----------------------------------------------------------------------------------------
 # torchvision datasets.
 
-_TORCHVISION_SPLITS = {
-    "cifar10": ("train", "test"),
-    "cifar100": ("train", "test"),
-    "stl10": ("train", "test", "unlabeled", "train+unlabeled"),
-}
+@dataclass(frozen=True)
+class TorchvisionSource:
+    """How one ``torchvision.datasets`` class is opened and read into an ``ImageSet``."""
+
+    dataset_class: str  # its name in torchvision.datasets ("CIFAR10")
+    splits: tuple[str, ...]
+    # (torchvision's class, root, split, download) -> its dataset object; default: the
+    # train=True/False constructor of CIFAR's kind.
+    open: Callable[[type, str, str, bool], Any] | None = None
+    # its dataset object -> (uint8 (N, 3, H, W) images, int64 (N,) labels, class names);
+    # default: CIFAR's (N, H, W, 3) ``data``, ``targets`` and ``classes``.
+    arrays: Callable[[Any], tuple[torch.Tensor, torch.Tensor, list[str]]] | None = None
+    # (root, split) -> where to download its files by hand; default: from CIFAR's ``url``
+    # and ``base_folder``.
+    by_hand: Callable[[Path, str], str] | None = None
 
 
-def _resize_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
-    """Square uint8 (N, 3, s, s) to (N, 3, image_size, image_size).
+TORCHVISION: dict[str, TorchvisionSource] = {}  # name -> source, filled by register_torchvision
 
-    torch's antialiased bicubic on uint8 matches PIL's bicubic within one grey level and
-    works on the whole array at once (no per-image PIL round trip).
-    """
-    if images.shape[-1] == image_size:
-        return images
-    return F.interpolate(images, size=(image_size, image_size), mode="bicubic", antialias=True)
+
+def _cifar_arrays(ds: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # (N, 32, 32, 3) -> NCHW
+    return images, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes)
 
 
 def load_torchvision(
     name: str, root: str | Path, split: str, download: bool, image_size: int | None = None
 ) -> ImageSet:
-    """CIFAR-10, CIFAR-100 or STL-10 via torchvision, optionally resized to ``image_size``."""
+    """A dataset of ``register_torchvision`` via torchvision, optionally resized to ``image_size``."""
     from torchvision import datasets  # imported here: only this loader needs it
 
-    if name not in _TORCHVISION_SPLITS:
-        raise DataFormatError(
-            f"Unknown torchvision dataset '{name}'; valid names: "
-            f"{', '.join(_TORCHVISION_SPLITS)}."
-        )
-    if split not in _TORCHVISION_SPLITS[name]:
-        raise DataFormatError(
-            f"Unknown split '{split}' for {name}; valid splits: "
-            f"{', '.join(_TORCHVISION_SPLITS[name])}."
-        )
-    cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100, "stl10": datasets.STL10}[name]
+    if name not in TORCHVISION:
+        DATASETS.names()  # every dataset module imported: those in files of their own register there
+    if name not in TORCHVISION:
+        raise DataFormatError(f"Unknown torchvision dataset '{name}'; valid names: {', '.join(TORCHVISION)}.")
+    source = TORCHVISION[name]
+    if split not in source.splits:
+        raise DataFormatError(f"Unknown split '{split}' for {name}; valid splits: {', '.join(source.splits)}.")
+    cls = getattr(datasets, source.dataset_class)
     try:
-        if name == "stl10":
-            ds = cls(str(root), split=split, download=download)
+        if source.open is not None:
+            ds = source.open(cls, str(root), split, download)
         else:
             ds = cls(str(root), train=split == "train", download=download)
     except (RuntimeError, OSError) as e:  # "Dataset not found or corrupted", URLError, ...
         where = Path(root).absolute()
-        by_hand = f"or download {cls.url} yourself and unpack it there (it makes {where / cls.base_folder})"
+        by_hand = (source.by_hand(where, split) if source.by_hand is not None
+                   else f"download {cls.url} yourself and unpack it there (it makes {where / cls.base_folder})")
         if download:
             raise DataNotFoundError(
                 f"{name} not found under {where} and the download failed (torchvision: {e}; no "
                 f"internet?). Run once where there is internet (`download: true` saves it there), "
-                f"{by_hand}."
+                f"or {by_hand}."
             ) from None
         raise DataNotFoundError(
             f"{name} not found under {where} (torchvision: {e}). To get it, run once with internet "
-            f"and `download: true` (--data.download true), {by_hand}."
+            f"and `download: true` (--data.download true), or {by_hand}."
         ) from None
 
-    if name == "stl10":
-        images = torch.from_numpy(ds.data)  # uint8 (N, 3, 96, 96)
-        labels = torch.from_numpy(np.asarray(ds.labels, dtype=np.int64))
-        if bool((labels == -1).all()):  # the unlabeled split
-            labels = None
-    else:
-        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # (N, 32, 32, 3) -> NCHW
-        labels = torch.tensor(ds.targets, dtype=torch.int64)
+    images, labels, classes = (source.arrays or _cifar_arrays)(ds)
+    if bool((labels == -1).all()):  # an unlabelled split (STL-10's)
+        labels = None
     if image_size is not None:
-        images = _resize_batch(images, image_size)
+        images = resize_crop(images, image_size)
     return ImageSet(
         images=images.contiguous(),
         labels=labels,
-        classes=list(ds.classes) if labels is not None else None,
+        classes=classes if labels is not None else None,
         name=name,
     )
+
+
+def register_torchvision(
+    name: str, source: TorchvisionSource, splits: tuple[str, str | None] = ("train", "test"),
+    eval_splits: tuple[str, str | None] | None = None,
+) -> DatasetSpec:
+    """Register a torchvision dataset under ``name`` (``data.root``: its download folder;
+    ``data.download``: fetch it when missing); ``splits`` and ``eval_splits`` as ``DatasetSpec``'s."""
+    TORCHVISION[name] = source
+
+    def load(config: DataConfig, split: str, seed: int) -> ImageSet:
+        return load_torchvision(name, _root(config), split, download=config.download, image_size=config.image_size)
+
+    # Where the dataset was defined, for DatasetSpec.origin: the file of its own functions.
+    load.__module__ = next((f.__module__ for f in (source.open, source.arrays, source.by_hand) if f is not None), __name__)
+    return DatasetSpec(name, load=load, splits=splits, eval_splits=eval_splits, downloadable=True).register()
 
 
 # ----------------------------------------------------------------------------------------
 # Image files: ImageFolder trees and image-text pair files.
 
-
-
-def _load_image(path: Path, image_size: int) -> np.ndarray:
-    """Decode an image file to RGB uint8 (image_size, image_size, 3): shorter side resized to
-    ``image_size`` (bicubic), then centre-cropped. Raises one of PIL_ERRORS if unreadable."""
-    with Image.open(path) as img:
-        img = to_rgb(img)  # decodes fully, so a truncated file fails here
-    w, h = img.size
-    if (w, h) != (image_size, image_size):
-        scale = image_size / min(w, h)
-        w, h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
-        img = img.resize((w, h), Image.Resampling.BICUBIC)
-        left, top = (w - image_size) // 2, (h - image_size) // 2
-        img = img.crop((left, top, left + image_size, top + image_size))
-    return np.asarray(img)
 
 
 def _stack(images: list[np.ndarray]) -> torch.Tensor:
@@ -298,7 +300,7 @@ def load_image_folder(root: str | Path, image_size: int, not_classes: tuple[str,
     for label, files in enumerate(listing.files):
         for path in files:
             try:
-                images.append(_load_image(path, image_size))
+                images.append(load_image_file(path, image_size))
             except PIL_ERRORS as e:
                 skipped.append(f"{path} ({e})")
                 continue
@@ -413,7 +415,7 @@ def load_image_text_pairs(path: str | Path, image_size: int) -> ImageSet:
     images = []
     for image_path in captions:
         try:
-            images.append(_load_image(image_path, image_size))
+            images.append(load_image_file(image_path, image_size))
         except PIL_ERRORS as e:
             raise DataFormatError(
                 f"{path}: cannot read image {image_path} ({e}); re-save or remove it."
@@ -436,15 +438,26 @@ DatasetSpec("shared_flickr8k", load=lambda config, split, seed: load_shared_flic
             splits=("train", "test"), labelled=False, retrieval_split="test").register()
 
 
-def _load_torchvision_split(config: DataConfig, split: str, seed: int) -> ImageSet:
-    return load_torchvision(config.name, _root(config), split, download=config.download, image_size=config.image_size)
+register_torchvision("cifar10", TorchvisionSource("CIFAR10", ("train", "test")))
+register_torchvision("cifar100", TorchvisionSource("CIFAR100", ("train", "test")))
 
 
-DatasetSpec("cifar10", load=_load_torchvision_split, splits=("train", "test"), downloadable=True).register()
-DatasetSpec("cifar100", load=_load_torchvision_split, splits=("train", "test"), downloadable=True).register()
+def _open_stl10(cls: type, root: str, split: str, download: bool) -> Any:
+    return cls(root, split=split, download=download)
+
+
+def _stl10_arrays(ds: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    # uint8 (N, 3, 96, 96) already; label -1: unlabelled (the unlabeled split has no class names read)
+    return torch.from_numpy(ds.data), torch.from_numpy(np.asarray(ds.labels, dtype=np.int64)), list(getattr(ds, "classes", []))
+
+
 # NOTE: STL-10 trains on its 100k unlabelled images too; its labelled 5k train the evaluation.
-DatasetSpec("stl10", load=_load_torchvision_split, splits=("train+unlabeled", "test"), eval_splits=("train", "test"),
-            downloadable=True).register()
+register_torchvision(
+    "stl10", TorchvisionSource("STL10", ("train", "test", "unlabeled", "train+unlabeled"), open=_open_stl10, arrays=_stl10_arrays),
+    splits=("train+unlabeled", "test"), eval_splits=("train", "test"),
+)
+
+
 def _load_folder_split(config: DataConfig, split: str, seed: int) -> ImageSet:
     """``root/<split>``; without a ``root/train`` folder, the root itself holds the training
     images (a flat folder of unlabelled images, most often), and its ``val`` is still validation."""
@@ -460,4 +473,4 @@ DatasetSpec("folder", load=_load_folder_split, splits=("train", "val")).register
 # One CSV/JSONL file of path,caption: no test split and no labels; retrieval scores on
 # all of it (in-sample, and reports say so).
 DatasetSpec("pairs", load=lambda config, split, seed: load_image_text_pairs(_root(config), config.image_size),
-            splits=("all", None), labelled=False, retrieval_split="all").register()
+            splits=("all", None), labelled=False, retrieval_split="all", captions_hint="(a CSV/JSONL of path,caption)").register()

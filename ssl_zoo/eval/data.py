@@ -27,7 +27,7 @@ def data_config(data: DataConfig, name: str | None, root: str | None, val_root: 
     shards, validation shards in ``val_root``) when given."""
     if name is None or name == data.name:
         return replace(data, root=root or data.root, val_root=val_root or data.val_root)
-    return replace(data, name=name, root=root or data.root, val_root=val_root, train_split=None, val_split=None)
+    return replace(data, name=name, root=root or data.root, val_root=val_root, train_split=None, val_split=None, options=None)
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ssl_zoo.augment import AugmentConfig, EvalTransform, ViewAugment
-from ssl_zoo.data.datamodule import loader_workers
+from ssl_zoo.data.training import loader_workers
 from ssl_zoo.data.imageset import ImageSet
 from ssl_zoo.data.shards.split import ShardSplit
 from ssl_zoo.environment import pick_device

@@ -18,20 +18,23 @@ format most web-scale datasets already ship in, and decodes each batch when it i
   inside the usual limit of 1,024 open files, and the same object works in DataLoader
   worker processes.
 - ``dataset``: ``ShardDataset``, the training ``Dataset`` (a whole batch per
-  ``__getitems__``, decoded in the worker or handed over encoded for the GPU), and the
-  ``shards`` dataset's registration.
+  ``__getitems__``, decoded in the worker or handed over encoded for the GPU);
+  ``ShardTraining``, what the data module asks of a training split on shards; and the
+  ``shards`` dataset's registration, with its recipe section (``ShardsConfig``: ``decode``).
 - ``convert``: the ``shards`` command (``--from folder|pairs``, ``--index``).
 
 Decoding itself (TorchCodec, nvJPEG on a GPU, PIL for the rest) is ``ssl_zoo.data.decode``,
 shared with every other path.
 """
 
-from ssl_zoo.data.shards.dataset import ShardDataset, held_out_samples, load_shard_images, open_shards
+from ssl_zoo.data.shards.dataset import (
+    ShardDataset, ShardsConfig, ShardTraining, held_out_samples, load_shard_images, open_shards,
+)
 from ssl_zoo.data.shards.index import INDEX_DTYPE, build_index, index_path, load_index
 from ssl_zoo.data.shards.paths import MAKE_SHARDS, expand_shard_paths
 from ssl_zoo.data.shards.reader import ShardSet
 
 __all__ = [
-    "INDEX_DTYPE", "MAKE_SHARDS", "ShardDataset", "ShardSet", "build_index", "expand_shard_paths", "held_out_samples",
-    "index_path", "load_index", "load_shard_images", "open_shards",
+    "INDEX_DTYPE", "MAKE_SHARDS", "ShardDataset", "ShardSet", "ShardTraining", "ShardsConfig", "build_index",
+    "expand_shard_paths", "held_out_samples", "index_path", "load_index", "load_shard_images", "open_shards",
 ]

@@ -45,10 +45,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from ssl_zoo.atomic import atomic_path, atomic_write
-from ssl_zoo.data.decode import PIL_ERRORS
+from ssl_zoo.data.decode import PIL_ERRORS, load_image_file
 from ssl_zoo.data.shards.index import build_index, index_path, load_index
 from ssl_zoo.data.shards.paths import expand_shard_paths
-from ssl_zoo.data.sources import IMAGE_EXTENSIONS, _load_image, list_image_folder, read_pairs_file
+from ssl_zoo.data.sources import IMAGE_EXTENSIONS, list_image_folder, read_pairs_file
 from ssl_zoo.errors import DataFormatError, DataNotFoundError, RecipeError
 
 JPEG_QUALITY = 95
@@ -207,7 +207,7 @@ def _prepare(job: tuple[Path, int]) -> tuple[bytes | None, str]:
     """(JPEG bytes of the resized, centre-cropped image, "") or (None, why it was skipped)."""
     path, size = job
     try:
-        pixels = _load_image(path, size)  # RGB uint8 (size, size, 3)
+        pixels = load_image_file(path, size)  # RGB uint8 (size, size, 3)
     except FileNotFoundError:
         return None, "file not found"
     except PIL_ERRORS as e:
@@ -271,6 +271,65 @@ def _finished_shards(out: Path, settings: dict) -> list[dict]:
     return shards
 
 
+def _check_arguments(source_kind: str, out: Path, size: int, shard_size: int, workers: int) -> None:
+    if source_kind not in ("folder", "pairs"):
+        raise RecipeError(
+            f"Unknown source kind '{source_kind}'; use 'folder' (an image folder) or 'pairs' (a CSV/JSONL file)."
+        )
+    if size < 8:
+        raise RecipeError(f"--size {size} is too small; give the image side in pixels, at least 8 (e.g. 64 or 224).")
+    if shard_size < 1 or workers < 1:
+        raise RecipeError(f"--shard-size ({shard_size}) and --workers ({workers}) must be at least 1.")
+    if out.exists() and not out.is_dir():
+        raise RecipeError(f"--out {out} is a file; give a folder for the shards (it is created if missing).")
+
+
+class _ShardWriter:
+    """Fills shards of ``shard_size`` samples in ``out``, recording each finished one in the
+    manifest, so that an interrupted conversion resumes after the last shard it finished."""
+
+    def __init__(self, out: Path, settings: dict, finished: list[dict], shard_size: int) -> None:
+        self.out, self.settings, self.shard_size = out, settings, shard_size
+        self.shards = list(finished)
+        self.written = sum(s["samples"] for s in self.shards)  # samples in the finished shards
+        self.pending: list[Sample] = []
+        self.skipped: list[list[str]] = []  # [path, why] of the files skipped since the last shard
+
+    @property
+    def first_file(self) -> int:
+        """The first source file no finished shard covers."""
+        return self.shards[-1]["files_end"] if self.shards else 0
+
+    def add(self, job: _Job, data: bytes | None, reason: str, position: int) -> None:
+        """The prepared file ``position`` of the listing: a sample, or a skipped file."""
+        if data is None:
+            self.skipped.append([str(job.path), reason])
+        else:
+            captions = list(job.captions) if job.captions is not None else None
+            self.pending.append(Sample(data, label=job.label, captions=captions))
+        if len(self.pending) == self.shard_size:
+            self._finish_shard(position + 1)
+
+    def close(self, files: int) -> None:
+        """After the last of the listing's ``files``: the last, partial shard."""
+        if self.pending:
+            self._finish_shard(files)
+        elif self.skipped and self.shards:  # unreadable files after the last full shard: recorded with it
+            self.shards[-1]["skipped"] += self.skipped
+            self.shards[-1]["files_end"] = files
+            self.write_manifest()
+
+    def _finish_shard(self, files_end: int) -> None:
+        name = f"shard-{len(self.shards):06d}.tar"
+        write_shard(self.pending, self.out / name, self.written)
+        self.shards.append({"name": name, "samples": len(self.pending), "files_end": files_end, "skipped": self.skipped})
+        self.write_manifest()
+        self.written, self.pending, self.skipped = self.written + len(self.pending), [], []
+
+    def write_manifest(self) -> None:
+        _write_json(self.out / MANIFEST, {"settings": self.settings, "shards": self.shards})
+
+
 def convert(
     source_kind: str,
     source: str | Path,
@@ -291,16 +350,7 @@ def convert(
     """
     started = time.perf_counter()
     source, out = Path(source).expanduser(), Path(out).expanduser()
-    if source_kind not in ("folder", "pairs"):
-        raise RecipeError(
-            f"Unknown source kind '{source_kind}'; use 'folder' (an image folder) or 'pairs' (a CSV/JSONL file)."
-        )
-    if size < 8:
-        raise RecipeError(f"--size {size} is too small; give the image side in pixels, at least 8 (e.g. 64 or 224).")
-    if shard_size < 1 or workers < 1:
-        raise RecipeError(f"--shard-size ({shard_size}) and --workers ({workers}) must be at least 1.")
-    if out.exists() and not out.is_dir():
-        raise RecipeError(f"--out {out} is a file; give a folder for the shards (it is created if missing).")
+    _check_arguments(source_kind, out, size, shard_size, workers)
     if source_kind == "folder":
         jobs, classes, empty = _folder_jobs(source, classes)
     else:
@@ -309,52 +359,31 @@ def convert(
         "version": _MANIFEST_VERSION, "source_kind": source_kind, "source": str(source.resolve()),
         "size": size, "shard_size": shard_size, "files": len(jobs), "listing": _listing_digest(jobs, source),
     }
-    finished = _finished_shards(out, settings)
+    writer = _ShardWriter(out, settings, _finished_shards(out, settings), shard_size)
+    resumed, first_file = len(writer.shards), writer.first_file
     out.mkdir(parents=True, exist_ok=True)
     if classes is not None:
         (out / "classes.txt").write_text("".join(f"{name}\n" for name in classes), encoding="utf-8")
-    _write_json(out / MANIFEST, {"settings": settings, "shards": finished})
+    writer.write_manifest()
 
-    resumed = len(finished)
-    shards = list(finished)
-    first_file = shards[-1]["files_end"] if shards else 0
-    written = sum(s["samples"] for s in shards)
-    pending: list[Sample] = []
-    skipped: list[list[str]] = []
-
-    def finish_shard(files_end: int) -> None:
-        nonlocal written, pending, skipped
-        name = f"shard-{len(shards):06d}.tar"
-        write_shard(pending, out / name, written)
-        shards.append({"name": name, "samples": len(pending), "files_end": files_end, "skipped": skipped})
-        _write_json(out / MANIFEST, {"settings": settings, "shards": shards})
-        written, pending, skipped = written + len(pending), [], []
-
-    bar = tqdm(total=len(jobs), initial=first_file, unit="img", disable=not progress, file=sys.stderr)
-    with bar:
+    with tqdm(total=len(jobs), initial=first_file, unit="img", disable=not progress, file=sys.stderr) as bar:
         for position, (data, reason) in enumerate(_prepared(jobs[first_file:], size, workers), start=first_file):
-            job = jobs[position]
-            if data is None:
-                skipped.append([str(job.path), reason])
-            else:
-                captions = list(job.captions) if job.captions is not None else None
-                pending.append(Sample(data, label=job.label, captions=captions))
-            if len(pending) == shard_size:
-                finish_shard(position + 1)
+            writer.add(jobs[position], data, reason, position)
             bar.update()
-    if pending:
-        finish_shard(len(jobs))
-    elif skipped and shards:  # unreadable files after the last full shard: recorded with it
-        shards[-1]["skipped"] += skipped
-        shards[-1]["files_end"] = len(jobs)
-        _write_json(out / MANIFEST, {"settings": settings, "shards": shards})
-    if not shards:
-        reasons = "; ".join(f"{path}: {reason}" for path, reason in skipped[:5])
+    writer.close(len(jobs))
+    return _summary(writer, source, len(jobs), classes, empty, source_kind, resumed, started)
+
+
+def _summary(writer: _ShardWriter, source: Path, files: int, classes: list[str] | None, empty: list[str],
+             source_kind: str, resumed: int, started: float) -> ConvertSummary:
+    shards = writer.shards
+    if not shards:  # every file was skipped
+        reasons = "; ".join(f"{path}: {reason}" for path, reason in writer.skipped[:5])
         raise DataFormatError(
-            f"None of the {len(jobs)} images of {source} could be read ({reasons}); no shard was written."
+            f"None of the {files} images of {source} could be read ({reasons}); no shard was written."
         )
     return ConvertSummary(
-        out=out,
+        out=writer.out,
         samples=sum(s["samples"] for s in shards),
         shards=len(shards),
         resumed_shards=resumed,

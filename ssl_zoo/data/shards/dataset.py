@@ -1,10 +1,13 @@
-"""Training batches from shards, and the monitors' bounded sets decoded from them."""
+"""The ``shards`` dataset: training batches read from shards, and the monitors' bounded
+sets decoded from them."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -12,33 +15,26 @@ import yaml
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ssl_zoo.data.decode import decode_images
+from ssl_zoo.data.decode import DecodeCounts, decode_images
+from ssl_zoo.data.decode_ahead import DecodeAhead, pack_encoded
 from ssl_zoo.data.imageset import ImageSet
 from ssl_zoo.data.shards.paths import expand_shard_paths
 from ssl_zoo.data.shards.reader import ShardSet
 from ssl_zoo.data.spec import DatasetSpec, dataset_spec
+from ssl_zoo.data.training import TrainingBatches, TrainingData, loader_workers
 from ssl_zoo.errors import DataFormatError, DataNotFoundError, RecipeError
 from ssl_zoo.recipe import DataConfig, available_recipes
 
-
-def pack_encoded(encoded: list[bytes]) -> tuple[Tensor, Tensor]:
-    """B encoded images -> one uint8 buffer (total bytes,) and int64 offsets (B + 1,):
-    image i is ``buffer[offsets[i]:offsets[i + 1]]``.
-
-    NOTE: one tensor, not B. A tensor that leaves a loader worker costs the receiving
-    process an open file under torch's ``file_descriptor`` sharing strategy; at B = 512 and
-    two batches in flight per worker, B tensors a batch passed the common limit of 1,024
-    open files and the run hung at step 0.
-    """
-    offsets = torch.from_numpy(np.cumsum([0, *map(len, encoded)], dtype=np.int64))
-    buffer = torch.frombuffer(bytearray(b"".join(encoded)), dtype=torch.uint8) if offsets[-1] else torch.empty(0, dtype=torch.uint8)
-    return buffer, offsets
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
-def unpack_encoded(buffer: Tensor, offsets: Tensor) -> list[Tensor]:
-    """The B images of ``pack_encoded``'s buffer, as views (no copy)."""
-    bounds = offsets.tolist()
-    return [buffer[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+@dataclass
+class ShardsConfig:
+    """How a dataset read from shards is decoded (the recipe's `shards:` or `imagenet100:` section)."""
+
+    decode: Literal["auto", "worker", "device"] = "auto"
+    """Where JPEGs are decoded; auto: on the GPU (nvJPEG) when training on one, else in the workers."""
 
 
 class ShardDataset(Dataset):
@@ -162,7 +158,97 @@ def _shard_split_subset(config: DataConfig, split: str, seed: int) -> ImageSet:
     return load_shard_images(shards, keep, config.image_size, split)
 
 
+# Decoding on the device: past this share of a run's images decoded one at a time on the
+# CPU (not JPEG, or refused by nvJPEG), the run ends with a warning.
+MAX_ONE_BY_ONE = 0.01
+
+
+def warn_of_decoding(counts: DecodeCounts, decode_on: str | None, config: DataConfig) -> None:
+    """One warning each for the whole run, never a crash mid-epoch: images replaced because
+    nothing could decode them, and too many decoded one at a time when the device decodes."""
+    if counts.replaced:
+        warnings.warn(
+            f"{counts.replaced} training image(s) in {config.root} could not be decoded; each was replaced "
+            "by another image of its batch. Rebuild those shards with `python -m ssl_zoo shards` to drop them.",
+            stacklevel=3,
+        )
+    if decode_on == "device" and counts.one_by_one > MAX_ONE_BY_ONE * counts.images:
+        warnings.warn(
+            f"{counts.one_by_one} of {counts.images} training images ({100 * counts.one_by_one / counts.images:.1f} %) "
+            f"in {config.root} were decoded one at a time on the CPU, not by the batched decoder on the device: "
+            "they are not JPEG, or JPEGs nvJPEG refuses (CMYK, say). Remake the shards as JPEG with `python -m "
+            f"ssl_zoo shards --from folder ...`, or decode in the loader workers (--{config.name}.decode worker).",
+            stacklevel=3,
+        )
+
+
+class ShardTraining(TrainingData):
+    """Training on shards: they stay encoded on disk; each batch is read through their index
+    and decoded in the DataLoader workers, or on the GPU with nvJPEG (``DecodeAhead``), so
+    memory does not grow with the dataset. Only the kNN bank is decoded whole."""
+
+    def __init__(self, shards: ShardSet, config: DataConfig, seed: int) -> None:
+        self.split = shards
+        self.config = config
+        self.samples: np.ndarray | None = None  # the samples trained on (None: all)
+        # The held-out part stands in for validation; unlabelled, nothing could score on it.
+        if config.val_root is None and shards.has_labels:
+            held_out = held_out_samples(config, len(shards), seed)
+            self.samples = np.setdiff1d(np.arange(len(shards)), held_out)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.split.has_labels
+
+    @property
+    def has_captions(self) -> bool:
+        return self.split.has_captions
+
+    def labelled_bank(self, size: int, seed: int) -> ImageSet | None:
+        """A seeded part of the labelled training samples, decoded (never the held-out ones)."""
+        if not self.split.has_labels:
+            return None
+        samples = self.samples if self.samples is not None else np.arange(len(self.split))
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).numpy()
+        keep = np.sort(samples[order[:size]])
+        return load_shard_images(self.split, keep, self.config.image_size, "bank")
+
+    def batches(self, device: torch.device, tokenize: Callable | None, trainer: pl.Trainer | None) -> TrainingBatches:
+        options: ShardsConfig = self.config.options
+        decode = options.decode
+        if decode == "auto":
+            decode = "device" if device.type == "cuda" else "worker"
+        size = self.config.image_size
+        dataset = ShardDataset(self.split, size, decode, tokenize, samples=self.samples)
+        workers = self.config.num_workers if self.config.num_workers is not None else loader_workers(trainer)
+        self.decode_on = "device" if decode == "device" else "workers"
+        self.decode_counts = DecodeCounts()  # counted afresh for each run that uses this data
+        # Encoded batches are pinned too: nvJPEG copies their one buffer from pinned memory faster.
+        batches = TrainingBatches(dataset, num_captions=self.split.num_captions if tokenize is not None else 0, workers=workers)
+        if decode == "device":
+            batches.after_loader = lambda loader: DecodeAhead(loader, size, device)
+        return batches
+
+    def before_transfer(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        # What decoding each batch took travels with it, on the host.
+        if "decode_counts" in batch:
+            self.decode_counts += DecodeCounts.from_tensor(batch.pop("decode_counts"))
+        return batch
+
+    def finish(self) -> None:
+        warn_of_decoding(self.decode_counts, self.decode_on, self.config)
+
+
+def _train_on_shards(config: DataConfig, split: str, seed: int) -> ShardTraining:
+    return ShardTraining(open_shards(config, "train"), config, seed)
+
+
 # The training shards (data.root) and data.val_root. NOTE: neither labelled nor captioned
 # as far as the evaluation's defaults go: a shard set may hold either; evaluation on
 # shards is asked for by name (eval --data shards).
-DatasetSpec("shards", load=_shard_split_subset, splits=("train", "val"), labelled=False, open=open_shards).register()
+DatasetSpec("shards", load=_shard_split_subset, splits=("train", "val"), labelled=False, config=ShardsConfig,
+            train=_train_on_shards, open=open_shards,
+            captions_hint="made from pairs (`python -m ssl_zoo shards --from pairs FILE ...`)").register()

@@ -18,9 +18,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ssl_zoo.data.decode import decode_images
+from ssl_zoo.data.decode_ahead import DecodeAhead
 from ssl_zoo.data.shards.dataset import ShardDataset
 from ssl_zoo.data.shards.index import index_path
 from ssl_zoo.data.shards.reader import ShardSet
+from ssl_zoo.data.training import already_batched
 from ssl_zoo.eval.cache import hash_file
 
 
@@ -89,15 +91,12 @@ class ShardSplit:
         Decoded in ``workers`` loader processes, or on a GPU with nvJPEG (``decode`` "auto":
         on a CUDA device), one batch ahead of its use.
         """
-        from ssl_zoo.data.datamodule import _already_batched  # the data module imports the shards package
-        from ssl_zoo.data.decode_ahead import DecodeAhead
-
         device = torch.device(device)
         on_device = decode == "device" or (decode == "auto" and device.type == "cuda")
         rows = torch.arange(len(self)) if rows is None else rows.cpu()
         dataset = ShardDataset(self.shards, self.image_size, "device" if on_device else "worker", samples=self.samples)
         loader = DataLoader(
-            dataset, batch_sampler=[part.tolist() for part in rows.split(batch_size)], collate_fn=_already_batched,
+            dataset, batch_sampler=[part.tolist() for part in rows.split(batch_size)], collate_fn=already_batched,
             num_workers=workers, pin_memory=device.type == "cuda",
         )
         for batch in DecodeAhead(loader, self.image_size, device) if on_device else loader:
