@@ -32,7 +32,7 @@ CHILD = """
 import resource, sys, torch
 torch.set_num_threads(1)
 from ssl_zoo.recipe import parse_recipe
-from ssl_zoo.train import fit
+from ssl_zoo.training.train import fit
 root, steps, runs = sys.argv[1], sys.argv[2], sys.argv[3]
 recipe = parse_recipe(["--recipe", "simclr_shapes", "--data.name", "shards", "--data.root", root,
     "--data.image_size", "64", "--augment.size", "64", "--data.batch_size", "128", "--data.num_workers", "1",

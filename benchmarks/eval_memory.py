@@ -46,7 +46,7 @@ from PIL import Image
 
 from ssl_zoo.data.shards.convert import Sample, write_shards
 from ssl_zoo.recipe import parse_recipe
-from ssl_zoo.train import fit
+from ssl_zoo.training.train import fit
 
 
 def write_labelled_shards(out: Path, count: int, seed: int) -> None:

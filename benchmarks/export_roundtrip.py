@@ -29,7 +29,7 @@ from ssl_zoo.environment import device_name, versions
 from ssl_zoo.export import export_checkpoint
 from ssl_zoo.methods import load_method
 from ssl_zoo.recipe import parse_recipe
-from ssl_zoo.train import fit
+from ssl_zoo.training.train import fit
 
 RESULTS = Path(__file__).parent / "results"
 

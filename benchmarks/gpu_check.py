@@ -111,9 +111,9 @@ from ssl_zoo.environment import versions
 from ssl_zoo.eval.config import EvalConfig
 from ssl_zoo.eval.evaluator import Evaluator
 from ssl_zoo.methods import build_method, method_class
-from ssl_zoo.monitor import StepTimer
+from ssl_zoo.training.monitor import StepTimer
 from ssl_zoo.recipe import Recipe, parse_recipe
-from ssl_zoo.train import fit
+from ssl_zoo.training.train import fit
 
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
@@ -477,8 +477,8 @@ def check_recipes(check: Check, section: Section) -> None:
             }
             if size is not None:
                 overrides.update({"data.image_size": size, "augment.size": size})
-            if s.context_length is not None and method_class(base).uses_text:
-                overrides["data.context_length"] = s.context_length
+            if s.context_length is not None and method_class(base).uses_text:  # the text method's own section
+                overrides[f"{base.method}.context_length"] = s.context_length
             recipe = check.recipe_on_shards(name, data, overrides)
             losses, timer = LossPerStep(), StepTimer(skip=s.recipe_warmup)
             summary = fit(recipe, enable_progress_bar=False, callbacks=[losses, timer])
@@ -617,8 +617,9 @@ def check_host_syncs(check: Check, section: Section) -> None:
                 }
                 if s.sync_backbone:
                     overrides["backbone"] = s.sync_backbone
-                if s.context_length is not None and method_class(parse_recipe(["--recipe", base])).uses_text:
-                    overrides["data.context_length"] = s.context_length
+                base_recipe = parse_recipe(["--recipe", base])
+                if s.context_length is not None and method_class(base_recipe).uses_text:  # the text method's own section
+                    overrides[f"{base_recipe.method}.context_length"] = s.context_length
                 recipe = check.recipe(base, overrides)
                 counter = host_sync.count_host_syncs(
                     recipe, s.sync_first, s.sync_last, device=check.device, enable_progress_bar=False

@@ -29,7 +29,7 @@ from ssl_zoo.eval.config import EvalConfig
 from ssl_zoo.eval.stage import evaluate
 from ssl_zoo.methods import load_method
 from ssl_zoo.recipe import parse_recipe
-from ssl_zoo.train import fit
+from ssl_zoo.training.train import fit
 
 RESULTS = Path(__file__).parent / "results"
 # The repository's JPEG copy of CIFAR-10, beside the checkout: the committed result was

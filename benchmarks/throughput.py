@@ -56,10 +56,10 @@ from ssl_zoo.data.datamodule import ImageDataModule
 from ssl_zoo.data.imageset import ImageSet
 from ssl_zoo.environment import versions
 from ssl_zoo.methods import SSLMethod, build_method, method_class
-from ssl_zoo.monitor import StepTimer
+from ssl_zoo.training.monitor import StepTimer
 from ssl_zoo.recipe import Recipe, parse_recipe
 from ssl_zoo.text import tokenize_captions
-from ssl_zoo.train import fit
+from ssl_zoo.training.train import fit
 
 RESULTS = Path(__file__).parent / "results"
 # Each method's recipe family: (recipe for the 32 px CIFAR-stem rows, recipe for 96 px ResNet-50 rows).

@@ -6,7 +6,7 @@ Protocol. One recipe, ``simclr_convnet4_cifar10`` on the CIFAR-10 stand-in
 NT-Xent loss, SGD with its warm-up and cosine schedule, batch size, seed and initial
 weights. Only the path from stored images to views differs:
 
-  ssl_zoo  ``ssl_zoo.train.fit`` as a user runs it: uint8 batches indexed from memory, views
+  ssl_zoo  ``ssl_zoo.training.train.fit`` as a user runs it: uint8 batches indexed from memory, views
            made by the method's ``ViewAugment`` in the training step. Everything ``fit``
            does counts against its clock: TensorBoard logging, the view grids, checkpoints.
   lightly  lightly's usual example: PIL images in a ``Dataset`` whose items are
@@ -73,7 +73,7 @@ from ssl_zoo.eval.knn import knn_top1
 from ssl_zoo.methods import SSLMethod
 from ssl_zoo.methods.simclr import SimCLR
 from ssl_zoo.recipe import Recipe, parse_recipe
-from ssl_zoo.train import fit
+from ssl_zoo.training.train import fit
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 RESULTS = REPOSITORY / "benchmarks" / "results"

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ssl_zoo.eval.imported import ImportedModel
     from ssl_zoo.methods import SSLMethod
     from ssl_zoo.recipe import Recipe
-    from ssl_zoo.train import RunSummary
+    from ssl_zoo.training.train import RunSummary
 
 
 def load_recipe(name_or_path: str | Path, **overrides: Any) -> Recipe:
@@ -35,9 +35,9 @@ def fit(recipe: Recipe | str | Path, *, resume: str | Path | None = None, progre
     """Train ``recipe`` (a Recipe, or a name or file with ``overrides`` as load_recipe takes
     them) and write its run folder; ``resume``: a run folder or its last.ckpt to continue.
     Returns the run's summary: ``.checkpoint``, ``.run_dir``, ``.knn_top1``, ``.wall_seconds``..."""
-    from ssl_zoo.checkpointing import checkpoint_in
+    from ssl_zoo.training.checkpointing import checkpoint_in
     from ssl_zoo.recipe import Recipe
-    from ssl_zoo.train import fit as train
+    from ssl_zoo.training.train import fit as train
 
     if isinstance(recipe, Recipe):
         if overrides:
@@ -73,7 +73,7 @@ def bench(recipes: Sequence[str | Path], *, budget: str | None = "90s", epochs: 
     report.md, report.html and results.json under ``out``, as ``ssl_zoo bench`` does.
     ``overrides`` apply to every recipe. Returns the results written to results.json."""
     from ssl_zoo.bench import BenchConfig, run_bench
-    from ssl_zoo.budget import parse_budget
+    from ssl_zoo.training.budget import parse_budget
     from ssl_zoo.eval.config import EvalConfig
 
     args = _override_args(overrides)

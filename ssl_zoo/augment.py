@@ -71,6 +71,7 @@ from kornia.enhance import (
 from kornia.filters import gaussian_blur2d
 from torch import Tensor, nn
 
+from ssl_zoo.data.decode import resize_geometry
 from ssl_zoo.ranges import range_errors, ranged
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -478,8 +479,7 @@ class EvalTransform(nn.Module):
         h, w = x.shape[-2:]
         size = self.size
         if min(h, w) > size:
-            scale = self.resize_size / min(h, w)
-            h, w = max(self.resize_size, round(h * scale)), max(self.resize_size, round(w * scale))
+            h, w, _, _ = resize_geometry(h, w, self.resize_size)  # the shorter side to resize_size, as every path resizes
             if (h, w) != tuple(x.shape[-2:]):
                 x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
             top, left = (h - size) // 2, (w - size) // 2

@@ -27,7 +27,7 @@ from kornia.enhance import denormalize
 from ssl_zoo.atomic import atomic_write
 from ssl_zoo.augment import ViewAugment
 from ssl_zoo.bench_progress import BenchProgress
-from ssl_zoo.budget import BudgetKeeper, measure_steps_per_second, measurement_seconds
+from ssl_zoo.training.budget import BudgetKeeper, measure_steps_per_second, measurement_seconds
 from ssl_zoo.data.datamodule import ImageDataModule, load_split
 from ssl_zoo.data.spec import dataset_spec
 from ssl_zoo.environment import cpu_model, device_name, peak_host_memory_gib, pick_device, versions
@@ -43,7 +43,7 @@ from ssl_zoo.methods.supervised import Supervised
 from ssl_zoo.recipe import Recipe, parse_recipe, recipe_from_dict, recipe_to_dict, save_recipe
 from ssl_zoo.report import ReportFigures, Similarity, write_report
 from ssl_zoo.report_paths import BASE_REPORT_FOLDER, ReportPaths
-from ssl_zoo.train import RunSummary, fit
+from ssl_zoo.training.train import RunSummary, fit
 
 TSNE_POINTS = 1000  # test images per t-SNE map
 GALLERY_IMAGES = 8  # test images in the augmentation gallery

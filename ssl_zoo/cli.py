@@ -125,7 +125,7 @@ def fit_command(argv: list[str]) -> int:
         print("\n  --resume [PATH]       continue a run exactly where it stopped: PATH is a run folder or its\n"
               "                        last.ckpt; without PATH, the latest run of --recipe under trainer.output_dir")
         return 0
-    from ssl_zoo.checkpointing import checkpoint_in, latest_checkpoint
+    from ssl_zoo.training.checkpointing import checkpoint_in, latest_checkpoint
 
     argv, resume, resume_path = _pop_resume(argv)
     checkpoint = checkpoint_in(resume_path) if resume_path else None
@@ -141,7 +141,7 @@ def fit_command(argv: list[str]) -> int:
         checkpoint = latest_checkpoint(recipe.trainer.output_dir, recipe.name)
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
-    from ssl_zoo.train import fit
+    from ssl_zoo.training.train import fit
 
     # Under several processes, each runs this command (Lightning starts a node's others with
     # it); one speaks for the run. Before the trainer exists, the rank is the launcher's
@@ -422,7 +422,7 @@ def bench_parser() -> _Parser:
 
 def bench_command(argv: list[str]) -> int:
     from ssl_zoo.bench import BenchConfig, run_bench
-    from ssl_zoo.budget import parse_budget
+    from ssl_zoo.training.budget import parse_budget
     from ssl_zoo.eval.config import EvalConfig
 
     parser = bench_parser()

@@ -118,7 +118,7 @@ def count_host_syncs(
 ) -> HostSyncCounter:
     """Train ``recipe`` (``trainer.max_steps`` > ``last``) on ``device`` and count the host
     syncs of steps ``first + 1 .. last``; the counter's ``calls`` say what synced, and where."""
-    from ssl_zoo.train import fit
+    from ssl_zoo.training.train import fit
 
     counter = HostSyncCounter(device)
     with counter:

@@ -63,8 +63,6 @@ class DataConfig:
     """Training images in the kNN monitor's memory bank."""
     val_size: int | None = ranged(None, at_least=1)
     """Validation images the monitors score; null: the whole split."""
-    context_length: int = ranged(77, at_least=2)
-    """Methods with text (CLIP) only: tokens per caption, <start> and <end> included."""
 
     # The dataset's own section (``shapes: {num_images: 20000}``): an instance of its spec's
     # ``config`` dataclass, None for a dataset without one. Not a ``data.`` key: the parser
@@ -399,7 +397,7 @@ def parse_recipe(argv: list[str], parser: ArgumentParser | None = None) -> Recip
         values = _for_dataset(_migrate_moved_keys(file_values), _dataset_named(argv, file_values))
         # The file as it is, unless it needed changing (handed over as YAML text then).
         argv = ["--recipe", str(path) if values == file_values else yaml.safe_dump(values, sort_keys=False), *argv]
-    argv = _moved_key_args(argv, _dataset_named(argv, file_values))
+    argv = _moved_key_args(argv, {"dataset": _dataset_named(argv, file_values), "method": _method_named(argv, file_values)})
     parser = parser or recipe_parser(key_help=any(a.endswith(".help") for a in argv))  # --simclr.help
     try:
         namespace = parser.parse_args(argv)
@@ -439,10 +437,11 @@ def _as_recipe(values: dict[str, Any]) -> Recipe:
     return Recipe(**values, data=data, method_config=given.get(method))
 
 
-# Keys that left ``data:`` for the dataset's own section (shapes' num_images, the shards'
-# decode). Recipes written before still load: each moves to the section of its dataset,
-# or is dropped where that dataset has no such option (it never had an effect there).
-MOVED_DATA_KEYS = ("num_images", "decode")
+# Keys that left ``data:`` for the section they belong to: shapes' num_images and the
+# shards' decode for the dataset's own section, the text tower's context_length for the
+# method's (CLIP's). Recipes written before still load: each moves to that section, or is
+# dropped where the dataset or method has no such option (it never had an effect there).
+MOVED_DATA_KEYS = {"num_images": "dataset", "decode": "dataset", "context_length": "method"}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -457,22 +456,24 @@ def _moved_data_keys(data: Any) -> list[str]:
     return [key for key in MOVED_DATA_KEYS if key in data] if isinstance(data, dict) else []
 
 
-def _dataset_keys(name: str) -> set[str]:
-    config = DATASETS[name].config
+def _section_keys(name: str) -> set[str]:
+    """The keys of the section ``name``: a registered dataset's or method's (none for others)."""
+    config = DATASETS[name].config if name in DATASETS else METHODS[name].Config if name in METHODS else None
     return {f.name for f in dataclasses.fields(config)} if config is not None else set()
 
 
 def _migrate_moved_keys(values: dict[str, Any]) -> dict[str, Any]:
-    """A saved recipe's moved ``data:`` keys, put in the section of its dataset."""
+    """A saved recipe's moved ``data:`` keys, put in the section of its dataset or method."""
     data = values.get("data")
     moved = _moved_data_keys(data)
     if not moved:
         return values
-    name = data.get("name", DataConfig.name)
-    kept = {key: data[key] for key in moved if key in _dataset_keys(name)}
+    owners = {"dataset": data.get("name", DataConfig.name), "method": values.get("method")}
     values = {**values, "data": {k: v for k, v in data.items() if k not in moved}}
-    if kept:
-        values[name] = {**kept, **(values.get(name) or {})}  # the section's own values win
+    for key in moved:
+        owner = owners[MOVED_DATA_KEYS[key]]
+        if owner is not None and key in _section_keys(owner):
+            values[owner] = {key: data[key], **(values.get(owner) or {})}  # the section's own values win
     return values
 
 
@@ -496,9 +497,16 @@ def _for_dataset(values: dict[str, Any], name: str) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k != own}
 
 
-def _moved_key_args(argv: list[str], name: str) -> list[str]:
-    """``--data.num_images 64`` (or ``=64``) -> ``--shapes.num_images 64``, for the dataset
-    ``name``; dropped for a dataset without that option."""
+def _method_named(argv: list[str], file_values: dict[str, Any]) -> str | None:
+    """The method a recipe trains: the last ``--method`` given, else its file's."""
+    names = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--method"]
+    names += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--method=")]
+    return names[-1] if names else file_values.get("method")
+
+
+def _moved_key_args(argv: list[str], owners: dict[str, str | None]) -> list[str]:
+    """``--data.num_images 64`` (or ``=64``) -> ``--shapes.num_images 64``, to the section of
+    the dataset or method ``owners`` names; dropped where that section has no such key."""
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
@@ -508,9 +516,9 @@ def _moved_key_args(argv: list[str], name: str) -> list[str]:
             out.append(arg)
             i += 1
             continue
-        given = [f"--{name}.{moved}", value] if equals else [f"--{name}.{moved}", *argv[i + 1 : i + 2]]
-        if moved in _dataset_keys(name):
-            out += given
+        owner = owners[MOVED_DATA_KEYS[moved]]
+        if owner is not None and moved in _section_keys(owner):
+            out += [f"--{owner}.{moved}", value] if equals else [f"--{owner}.{moved}", *argv[i + 1 : i + 2]]
         i += 1 if equals else 2
     return out
 

@@ -99,7 +99,10 @@ def plot_tsne(figures: ReportFigures, path: Path) -> Path:
     for ax, label in zip(axes.flat, shown):
         x = F.normalize(figures.tsne_features[label].float(), dim=1).cpu().numpy()
         perplexity = min(30.0, (len(x) - 1) / 3)
-        points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0).fit_transform(x)
+        # NOTE: 500 iterations, not sklearn's 1,000: on 1,000 points in 8 clusters the final KL
+        # was 1.02 against 1.00 and the trustworthiness (10 neighbours) 0.969 for both, and
+        # the default bench's report spends about 7 s less on its five maps.
+        points = TSNE(n_components=2, perplexity=perplexity, init="pca", max_iter=500, random_state=0).fit_transform(x)
         ax.scatter(points[:, 0], points[:, 1], c=figures.tsne_labels.numpy(), cmap=colours, s=4, vmin=0, vmax=colours.N - 1)
         ax.set_title(label, fontsize=10)
         ax.set_xticks([])

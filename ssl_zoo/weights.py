@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ssl_zoo.checkpointing import load_data
+from ssl_zoo.training.checkpointing import load_data
 from ssl_zoo.errors import CheckpointError
 
 # Layers that classify features: present in supervised weights, absent from a backbone.

@@ -1,4 +1,5 @@
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,14 @@ import torch
 from ssl_zoo.recipe import Recipe, parse_recipe
 from ssl_zoo.registry import METHODS
 
-torch.set_num_threads(2)
+# The suite's cores are shared between pytest-xdist's workers (README: `pytest -n auto`):
+# each takes its share, and the CLI runs it starts inherit it (OMP_NUM_THREADS), so two
+# workers on 2 cores do not run four busy-waiting threads.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, len(os.sched_getaffinity(0)) // _WORKERS))
+torch.set_num_threads(_THREADS)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 
 def tiny_recipe(method: str, tmp_path, **sections) -> Recipe:
@@ -16,7 +24,7 @@ def tiny_recipe(method: str, tmp_path, **sections) -> Recipe:
     argv = [
         "--method", method, "--name", f"tiny_{method}", "--backbone", "resnet18",
         "--data.num_images", "128", "--data.image_size", "32", "--data.batch_size", "32",
-        "--data.knn_bank_size", "128", "--data.context_length", "16",
+        "--data.knn_bank_size", "128",
         "--augment.size", "32", "--augment.blur_p", "[0.0, 0.0]",
         "--optim.warmup_epochs", "0", "--optim.lr", "0.1",
         "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
@@ -24,7 +32,7 @@ def tiny_recipe(method: str, tmp_path, **sections) -> Recipe:
     ]
     # Small heads and towers for any method whose section has these keys.
     section = {f.name for f in dataclasses.fields(METHODS[method].Config)}
-    tiny = {"hidden_dim": 128, "output_dim": 64, "text_backbone": "text_transformer_tiny", "embed_dim": 64}
+    tiny = {"hidden_dim": 128, "output_dim": 64, "text_backbone": "text_transformer_tiny", "embed_dim": 64, "context_length": 16}
     argv += [arg for key, value in tiny.items() if key in section for arg in (f"--{method}.{key}", str(value))]
     for key, value in sections.items():
         argv += [f"--{key}", str(value)]

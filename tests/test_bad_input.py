@@ -21,7 +21,7 @@ from PIL import Image
 from ssl_zoo.cli import main
 from ssl_zoo.data.sources import load_image_folder
 from ssl_zoo.recipe import recipe_to_dict
-from ssl_zoo.train import fit
+from ssl_zoo.training.train import fit
 
 DOC = Path(__file__).parent.parent / "docs" / "bad_input.md"
 CASES: dict[str, Callable] = {}
@@ -278,6 +278,13 @@ def _(capsys, tmp_path, **_):
 def _(capsys, tmp_path, **_):
     code, output = run(capsys, "fit", "--recipe", "quickstart", "--augment.views", "[{count: 2}]", "--trainer.output_dir", tmp_path / "runs")
     assert_clear_error(code, output, r"augment sets both views \(view groups\) and augment\.crop_scale, augment\.blur_p", "set them in each group")
+
+
+@case("dataset-section-mismatch")
+def _(capsys, tmp_path, **_):
+    code, output = run(capsys, "fit", "--recipe", "quickstart", "--shards.decode", "worker", "--trainer.output_dir", tmp_path / "runs")
+    assert_clear_error(code, output, r"trains on dataset 'shapes' but sets the 'shards:' section", "set data.name: shards")
+    assert not (tmp_path / "runs").exists()
 
 
 @case("view-groups-wrong-count")

@@ -15,12 +15,12 @@ import torch
 import ssl_zoo
 
 from ssl_zoo.bench import BenchConfig, BenchState, _fitted_steps, _with_budget, seeded_runs
-from ssl_zoo.budget import measurement_seconds, parse_budget
+from ssl_zoo.training.budget import measurement_seconds, parse_budget
 from ssl_zoo.environment import cpu_model
 from ssl_zoo.report import budget_text
 from ssl_zoo.errors import RecipeError
 from ssl_zoo.recipe import parse_recipe
-from ssl_zoo.train import fit
+from ssl_zoo.training.train import fit
 
 RECIPES = ["quickstart", "byol_shapes", "clip_shapes"]
 RUN_LABELS = RECIPES + ["supervised (convnet4)", "random init (convnet4)"]

@@ -6,15 +6,24 @@ import pytest
 import pytorch_lightning as pl
 from conftest import tiny_recipe
 
-from ssl_zoo.budget import BudgetKeeper
-from ssl_zoo.train import fit
+from ssl_zoo.training.budget import BudgetKeeper
+from ssl_zoo.training.train import fit
 
 
 class SlowSteps(pl.Callback):
-    """Steps of a known, steady length: the test measures the keeper, not the machine."""
+    """Steps of a known, steady length: the test measures the keeper, not the machine. On a
+    loaded machine (pytest-xdist's other worker) a step can still take several times that:
+    the longest is kept, as the keeper can only stop between steps."""
+
+    def __init__(self) -> None:
+        self.longest, self._start = 0.0, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         time.sleep(0.05)
+        self.longest = max(self.longest, time.perf_counter() - self._start)
 
 
 class Schedules(pl.Callback):
@@ -38,9 +47,10 @@ def test_the_keeper_ends_training_at_the_budget_and_sizes_the_schedules_to_it(tm
         "backbone": "convnet4", "data.num_images": 96, "data.batch_size": 8, "trainer.max_epochs": -1,
         "trainer.max_steps": first_guess, "trainer.val_every_n_steps": max(first_guess // 4, 1), "optim.warmup_epochs": 0,
     })
-    keeper, schedules = BudgetKeeper(budget, validations=4), Schedules()
-    summary = fit(recipe, enable_progress_bar=False, callbacks=[SlowSteps(), schedules, keeper])
-    assert summary.train_seconds == pytest.approx(budget, rel=0.05)
+    keeper, schedules, steps = BudgetKeeper(budget, validations=4), Schedules(), SlowSteps()
+    summary = fit(recipe, enable_progress_bar=False, callbacks=[steps, schedules, keeper])
+    # Within 5 % of the budget, give or take the one step that was running when it ran out.
+    assert abs(summary.train_seconds - budget) <= 0.05 * budget + steps.longest
     assert keeper.refits >= 5 and summary.steps == schedules.lengths[-1]  # the run ended where its schedules did
     # The monitor keeps to about 4 scores along the run, not 4 along the first guess's length.
     assert 3 <= schedules.validations <= 6

@@ -21,9 +21,9 @@ from ssl_zoo.errors import RecipeError
 from ssl_zoo.eval.features import image_features
 from ssl_zoo.losses import clip_loss, nt_xent_loss
 from ssl_zoo.methods import METHODS, load_method
-from ssl_zoo.monitor import KNNMonitor
+from ssl_zoo.training.monitor import KNNMonitor
 from ssl_zoo.methods.simclr import SimCLR
-from ssl_zoo.train import fit, resolve_sync_batchnorm
+from ssl_zoo.training.train import fit, resolve_sync_batchnorm
 
 WORLD = 2
 B = 8  # per process; the global batch is 2B

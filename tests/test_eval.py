@@ -223,7 +223,7 @@ def test_load_method_rejects_files_that_are_not_ssl_zoo_checkpoints(make_recipe,
 
 
 def test_eval_command_scores_a_clip_checkpoint_with_every_metric(make_recipe, tmp_path):
-    from ssl_zoo.train import fit
+    from ssl_zoo.training.train import fit
 
     recipe = make_recipe("clip", **{"data.num_images": 256, "data.batch_size": 64})
     summary = fit(recipe, enable_progress_bar=False)

@@ -30,7 +30,7 @@ def shards(tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A ConvNet SimCLR checkpoint after one step (what it learnt does not matter here)."""
-    from ssl_zoo.train import fit
+    from ssl_zoo.training.train import fit
 
     recipe = tiny_recipe("simclr", tmp_path_factory.mktemp("runs"), **{"data.num_images": 64, "trainer.max_steps": 1,
                                                                          "backbone": "convnet4", "data.image_size": 40})

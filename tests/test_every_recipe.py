@@ -20,7 +20,7 @@ from test_public_data import write_flickr8k_zips
 from ssl_zoo.cli import main
 from ssl_zoo.data.flickr8k import build_flickr8k_archive
 from ssl_zoo.recipe import available_recipes, parse_recipe
-from ssl_zoo.train import fit
+from ssl_zoo.training.train import fit
 
 SHRINK = {
     "data.image_size": 32, "augment.size": 32, "data.batch_size": 8, "data.knn_bank_size": 32,

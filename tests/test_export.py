@@ -21,7 +21,7 @@ from ssl_zoo.cli import export_command
 from ssl_zoo.errors import CheckpointError, SslZooError
 from ssl_zoo.methods import load_method
 from ssl_zoo.export import export_checkpoint
-from ssl_zoo.train import fit
+from ssl_zoo.training.train import fit
 
 
 def plain_resnet18() -> torch.nn.Module:

@@ -5,7 +5,7 @@ import pytorch_lightning as pl
 
 from ssl_zoo.host_sync import CountBetweenSteps, HostSyncCounter, count_host_syncs
 from ssl_zoo.registry import METHODS
-from ssl_zoo.train import fit
+from ssl_zoo.training.train import fit
 
 
 # Every method with SGD, and every other optimiser the recipes use with one method.

@@ -9,7 +9,7 @@ import yaml
 
 from conftest import Crash, CrashAt
 from ssl_zoo.errors import RecipeError
-from ssl_zoo.train import fit
+from ssl_zoo.training.train import fit
 
 
 def read_rows(path):

@@ -82,7 +82,7 @@ def test_the_dataset_registers_itself_by_being_defined():
 
 
 def test_it_trains_with_its_own_section_and_the_knn_monitor_scores_it(recipe_file):
-    from ssl_zoo.train import fit
+    from ssl_zoo.training.train import fit
 
     recipe = parse_recipe(["--recipe", str(recipe_file)])
     assert recipe.data.options == NpyFolderConfig(layout="nchw")  # its section reached the loader

@@ -123,17 +123,17 @@ def char_tokenize(texts: list[str], context_length: int) -> torch.Tensor:
 
 class CharCLIP(CLIP, name="char_clip", config=CLIPConfig):
     @classmethod
-    def caption_tokenizer(cls, data):
-        return partial(char_tokenize, context_length=data.context_length)
+    def caption_tokenizer(cls, config):
+        return partial(char_tokenize, context_length=config.context_length)
 
 
 def test_a_second_text_method_trains_and_scores_on_its_own_tokens(make_recipe):
     from ssl_zoo.data.datamodule import ImageDataModule
     from ssl_zoo.eval.config import EvalConfig
     from ssl_zoo.eval.stage import evaluate
-    from ssl_zoo.train import fit
+    from ssl_zoo.training.train import fit
 
-    recipe = make_recipe("char_clip", **{"backbone": "convnet4", "trainer.max_steps": 2, "data.context_length": 48})
+    recipe = make_recipe("char_clip", **{"backbone": "convnet4", "trainer.max_steps": 2, "char_clip.context_length": 48})
     datamodule = ImageDataModule.for_recipe(recipe)
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))

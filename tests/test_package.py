@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 README_EXAMPLE = """\
 from ssl_zoo import bench, evaluate, fit, load_recipe
 
-recipe = load_recipe("quickstart", data={"num_images": 512}, trainer={"max_epochs": 1})  # a toy run
+recipe = load_recipe("quickstart", shapes={"num_images": 512}, trainer={"max_epochs": 1})  # a toy run
 run = fit(recipe)                                          # runs/quickstart/version_0: checkpoint, logs
 print(evaluate(run.checkpoint, max_test=100)["metrics"])   # kNN and linear top-1, diagnostics
-bench(["quickstart"], epochs=1, baselines=False, max_test=100, data={"num_images": 512})  # runs/bench/report.md
+bench(["quickstart"], epochs=1, baselines=False, max_test=100, shapes={"num_images": 512})  # runs/bench/report.md
 """
 
 
@@ -83,7 +83,7 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path):
 
     out = elsewhere / "bench"
     run(venv / "ssl_zoo", "bench", "--recipes", "quickstart", "--epochs", "1", "--no-baselines", "--out", "bench",
-        "--max-test", "96", "--data.num_images", "192", "--data.batch_size", "48", "--data.knn_bank_size", "96",
+        "--max-test", "96", "--shapes.num_images", "192", "--data.batch_size", "48", "--data.knn_bank_size", "96",
         "--data.val_size", "96", "--trainer.accelerator", "cpu", cwd=elsewhere)
     results = json.loads((out / "results.json").read_text())
     assert [r["label"] for r in results["runs"]] == ["quickstart", "random init (convnet4)"]

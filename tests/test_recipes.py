@@ -145,6 +145,12 @@ def test_keys_that_left_data_still_load_where_they_were_given(tmp_path):
     run_folder.write_text("method: simclr\ndata: {name: shapes, num_images: 80, decode: auto, batch_size: 16}\n")
     recipe = parse_recipe(["--recipe", str(run_folder), "--data.batch_size", "8"])
     assert recipe.data.options.num_images == 80 and recipe.data.batch_size == 8
+    # data.context_length went to the text method's own section (CLIP's), and is dropped elsewhere.
+    assert parse_recipe(["--recipe", "clip_shapes", "--data.context_length", "24"]).method_config.context_length == 24
+    assert parse_recipe(["--data.context_length=24", "--recipe", "clip_shapes"]).method_config.context_length == 24
+    assert "context_length" not in recipe_to_dict(parse_recipe(["--recipe", "quickstart", "--data.context_length", "24"]))["data"]
+    run_folder.write_text("method: clip\ndata: {name: shapes, context_length: 12}\n")
+    assert parse_recipe(["--recipe", str(run_folder)]).method_config.context_length == 12
 
 
 def test_results_committed_before_the_move_still_load():
@@ -160,6 +166,8 @@ def test_results_committed_before_the_move_still_load():
         recipe = recipe_from_dict(values)
         assert recipe.data.name == "shapes" and recipe.data.options.num_images == values["data"]["num_images"] == 20000
         assert "decode" not in recipe_to_dict(recipe)["data"]  # shapes never decoded anything: dropped
+        if recipe.method == "clip":  # its tokens per caption, now in clip:
+            assert recipe.method_config.context_length == values["data"]["context_length"] == 16
     old_file = recipe_to_dict(parse_recipe(["--recipe", "quickstart"]))
     old_file["data"]["num_images"] = old_file.pop("shapes")["num_images"] // 2
     assert recipe_from_dict(old_file).data.options.num_images == 10000

@@ -14,10 +14,10 @@ import torch
 import yaml
 
 from conftest import Crash, CrashAt
-from ssl_zoo.checkpointing import AtomicCheckpointIO
+from ssl_zoo.training.checkpointing import AtomicCheckpointIO
 from ssl_zoo.errors import CheckpointError, RecipeError, TrainingError
 from ssl_zoo.recipe import parse_recipe, recipe_to_dict
-from ssl_zoo.train import check_resumable, fit
+from ssl_zoo.training.train import check_resumable, fit
 
 # 256 images in batches of 32: 8 steps an epoch, 3 epochs, a checkpoint every 3 steps. The
 # backbone is not what these tests check (resume, checkpoints, NaN guards): convnet4 (with batch
@@ -123,7 +123,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bit_exact(method, make_recipe, tm
 
 WRITER = textwrap.dedent("""
     import sys, torch
-    from ssl_zoo.checkpointing import AtomicCheckpointIO
+    from ssl_zoo.training.checkpointing import AtomicCheckpointIO
     path, start = sys.argv[1], int(sys.argv[2])
     io = AtomicCheckpointIO()
     print("ready", flush=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import write_random_shards
-from ssl_zoo.train import fit
+from ssl_zoo.training.train import fit
 from test_reliability import (
     RESUME_KEYS, Crash, CrashAt, assert_same_state, assert_sigkill_then_resume_is_bit_exact, final_state, write_recipe,
 )

@@ -203,7 +203,7 @@ def test_the_view_grid_shows_every_view_of_every_size(monkeypatch):
     """One row per view (local views enlarged to the global size), one column per image."""
     from types import SimpleNamespace
 
-    import ssl_zoo.monitor as monitor
+    import ssl_zoo.training.monitor as monitor
 
     logged = []
     monkeypatch.setattr(monitor, "log_image", lambda logger, key, grid, step: logged.append((key, grid.shape)))

@@ -135,7 +135,7 @@ def test_imported_weights_stand_in_a_bench_report(resnet18_file, tmp_path, monke
 
 
 def test_a_recipe_starts_from_init_weights(resnet18_file, make_recipe):
-    from ssl_zoo.train import fit
+    from ssl_zoo.training.train import fit
 
     path, network = resnet18_file
     recipe = make_recipe("byol", **{"backbone": "resnet18", "init_weights": str(path), "trainer.max_steps": 1,
@@ -171,7 +171,7 @@ def test_an_export_comes_back_in_with_the_same_scores(make_recipe, tmp_path):
     from ssl_zoo.eval.data import load_labelled_splits
     from ssl_zoo.eval.stage import evaluate_checkpoint
     from ssl_zoo.export import export_checkpoint
-    from ssl_zoo.train import fit
+    from ssl_zoo.training.train import fit
 
     recipe = make_recipe("simclr", **{"backbone": "torchvision:resnet18", "trainer.max_steps": 2, "data.num_images": 512})
     checkpoint = fit(recipe, enable_progress_bar=False).checkpoint

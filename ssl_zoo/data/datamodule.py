@@ -89,7 +89,7 @@ class ImageDataModule(pl.LightningDataModule):
     def for_recipe(cls, recipe: Recipe) -> ImageDataModule:
         """The recipe's data, with captions tokenized by its method when it trains on text."""
         method = METHODS[recipe.method]
-        tokenize = method.caption_tokenizer(recipe.data) if method.uses_text else None
+        tokenize = method.caption_tokenizer(recipe.method_config) if method.uses_text else None
         return cls(recipe.data, tokenize=tokenize, seed=recipe.trainer.seed)
 
     def __init__(self, config: DataConfig, tokenize: Callable[[list[str]], Tensor] | None = None, seed: int = 0) -> None:

@@ -37,7 +37,7 @@ from ssl_zoo.augment import EvalTransform, ViewAugment
 from ssl_zoo.backbones import build_image_backbone
 from ssl_zoo.eval.probe import DEFAULT_PROBE, ProbeSettings
 from ssl_zoo.lars import LARS
-from ssl_zoo.recipe import RECIPE_KEYS, DataConfig, Recipe, effective_lr, recipe_from_dict, recipe_to_dict
+from ssl_zoo.recipe import RECIPE_KEYS, Recipe, effective_lr, recipe_from_dict, recipe_to_dict
 from ssl_zoo.registry import METHODS
 
 
@@ -120,14 +120,15 @@ class SSLMethod(pl.LightningModule):
     # training captions with ``caption_tokenizer``; the evaluation stage's zero-shot
     # classification and retrieval use ``tokenize``, ``encode_text`` and ``embed_image_features``.
     @classmethod
-    def caption_tokenizer(cls, data: DataConfig) -> Callable[[list[str]], Tensor]:
-        """Strings -> (n, L) token ids for ``encode_text``. It runs in the loader's worker
-        processes too, so it must pickle (a module-level function or a partial of one)."""
+    def caption_tokenizer(cls, config: Any) -> Callable[[list[str]], Tensor]:
+        """Strings -> (n, L) token ids for ``encode_text``, given the method's recipe section
+        (``config``: its ``Config``). It runs in the loader's worker processes too, so it
+        must pickle (a module-level function or a partial of one)."""
         raise NotImplementedError(f"{cls.__name__} has no text tower (uses_text is False).")
 
     def tokenize(self, texts: list[str]) -> Tensor:
         """Strings -> (n, L) token ids, as the training captions were tokenized."""
-        return self.caption_tokenizer(self.recipe.data)(texts)
+        return self.caption_tokenizer(self.config)(texts)
 
     def encode_text(self, tokens: Tensor) -> Tensor:
         """(n, L) token ids -> (n, E) unit vectors in the joint image-text space."""

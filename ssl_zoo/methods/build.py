@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from ssl_zoo.checkpointing import read_checkpoint
+from ssl_zoo.training.checkpointing import read_checkpoint
 from ssl_zoo.errors import CheckpointError
 from ssl_zoo.methods.base import SSLMethod
 from ssl_zoo.recipe import Recipe, recipe_from_dict

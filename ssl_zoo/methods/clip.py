@@ -16,7 +16,7 @@ from ssl_zoo.backbones import build_text_backbone
 from ssl_zoo.losses import clip_loss
 from ssl_zoo.methods.base import SSLMethod
 from ssl_zoo.ranges import ranged
-from ssl_zoo.recipe import DataConfig, Recipe
+from ssl_zoo.recipe import Recipe
 from ssl_zoo.text import tokenize
 
 
@@ -32,6 +32,8 @@ class CLIPConfig:
     """The learned softmax temperature's start."""
     max_logit_scale: float = ranged(100.0, at_least=1)
     """The learned 1/temperature never exceeds this."""
+    context_length: int = ranged(77, at_least=2, at_most=77)
+    """Tokens per caption, <start> and <end> included (CLIP's 77 at most)."""
 
 
 TEXT_TOWER, PROJECTIONS = "text_tower.safetensors", "projections.safetensors"  # export's files
@@ -44,7 +46,7 @@ class CLIP(SSLMethod, name="clip", config=CLIPConfig):
     def __init__(self, recipe: Recipe | dict[str, Any], num_classes: int = 0) -> None:
         super().__init__(recipe, num_classes)
         cfg: CLIPConfig = self.config
-        text = build_text_backbone(cfg.text_backbone, self.recipe.data.context_length)
+        text = build_text_backbone(cfg.text_backbone, cfg.context_length)
         self.text_backbone = text.network
         # Linear maps (no bias) from each tower's features to the joint space. NOTE: CLIP's
         # modified ResNet ends in its own projection (the attention pool's), so nothing
@@ -59,9 +61,9 @@ class CLIP(SSLMethod, name="clip", config=CLIPConfig):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.init_temperature)))
 
     @classmethod
-    def caption_tokenizer(cls, data: DataConfig) -> Callable[[list[str]], Tensor]:
-        """CLIP's BPE (open_clip's SimpleTokenizer), ``data.context_length`` tokens a caption."""
-        return partial(tokenize, context_length=data.context_length)
+    def caption_tokenizer(cls, config: CLIPConfig) -> Callable[[list[str]], Tensor]:
+        """CLIP's BPE (open_clip's SimpleTokenizer), ``clip.context_length`` tokens a caption."""
+        return partial(tokenize, context_length=config.context_length)
 
     def embed_image_features(self, features: Tensor) -> Tensor:
         """(B, D) backbone features -> (B, E) unit vectors in the joint space."""

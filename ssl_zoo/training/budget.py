@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 from ssl_zoo.data.datamodule import ImageDataModule
 from ssl_zoo.errors import RecipeError
 from ssl_zoo.methods import build_method
-from ssl_zoo.monitor import StepTimer, ThroughputMeter
+from ssl_zoo.training.monitor import StepTimer, ThroughputMeter
 from ssl_zoo.recipe import Recipe
 
 

@@ -15,13 +15,13 @@ import torch
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
 
-from ssl_zoo.checkpointing import AtomicCheckpointIO, FiniteLossGuard, LastCheckpoint, read_checkpoint
+from ssl_zoo.training.checkpointing import AtomicCheckpointIO, FiniteLossGuard, LastCheckpoint, read_checkpoint
 from ssl_zoo.data.datamodule import ImageDataModule
 from ssl_zoo.data.decode import DecodeCounts
 from ssl_zoo.errors import CheckpointError
-from ssl_zoo.loggers import check_logger_packages, extra_loggers
+from ssl_zoo.training.loggers import check_logger_packages, extra_loggers
 from ssl_zoo.methods import SSLMethod, build_method, method_class
-from ssl_zoo.monitor import KNNMonitor, SparseProgressBar, ThroughputMeter, ViewGridLogger
+from ssl_zoo.training.monitor import KNNMonitor, SparseProgressBar, ThroughputMeter, ViewGridLogger
 from ssl_zoo.recipe import Recipe, TrainerConfig, recipe_from_dict, save_recipe
 from ssl_zoo.weights import load_backbone_weights
 

@@ -16,7 +16,7 @@ from ssl_zoo.data.datamodule import ImageDataModule
 from ssl_zoo.data.imageset import ImageSet
 from ssl_zoo.eval.features import image_features
 from ssl_zoo.eval.knn import knn_top1
-from ssl_zoo.loggers import log_image
+from ssl_zoo.training.loggers import log_image
 
 
 class KNNMonitor(pl.Callback):
@@ -97,7 +97,7 @@ class KNNMonitor(pl.Callback):
 
 class ViewGridLogger(pl.Callback):
     """Logs the views of the first training batch of every epoch to every logger, each
-    through its own image API (``ssl_zoo.loggers.log_image``)."""
+    through its own image API (``ssl_zoo.training.loggers.log_image``)."""
 
     def __init__(self, num_images: int = 16) -> None:
         self.num_images = num_images
