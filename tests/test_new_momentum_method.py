@@ -25,7 +25,7 @@ from ssl_zoo.data.datamodule import ImageDataModule
 from ssl_zoo.methods.byol import BYOL
 from ssl_zoo.methods.momentum import MomentumMethod, frozen_copy
 from ssl_zoo.registry import METHODS
-from ssl_zoo.train import fit
+from ssl_zoo.training.train import fit
 from test_reliability import assert_same_state, final_state, saved_step
 
 
