@@ -1,6 +1,9 @@
-"""Contrastive losses as pure, shape-documented functions, gathered across processes.
+"""Self-supervised losses as pure, shape-documented functions, gathered across processes.
 
 BYOL's regression loss is lightly's ``NegativeCosineSimilarity`` put on the paper's scale.
+DINO's cross-entropy takes its teacher's centre as an argument (the method keeps it, in
+lightly's ``Center``) rather than keeping it as lightly's ``DINOLoss`` does, and is tested
+equal to it.
 SimCLR's NT-Xent is written here although lightly has one: lightly's ``NTXentLoss`` cuts
 the self-similarities out with a boolean index, which on a GPU makes the host wait for the
 device at every step. ``nt_xent_loss`` masks them instead and is tested equal to it.
@@ -83,4 +86,30 @@ def byol_loss(prediction: Tensor, target: Tensor) -> Tensor:
     weight decay under LARS.
     """
     return 2 + 2 * _negative_cosine(prediction, target)
+
+
+def dino_loss(teacher_out: Tensor, student_out: Tensor, center: Tensor, teacher_temp: float, student_temp: float) -> Tensor:
+    """DINO's loss (Caron et al. 2021, eq. 3 and Algorithm 1): the cross-entropy from the
+    teacher's centred, sharpened distribution over K prototypes for each global view to the
+    student's for every other view, averaged over the pairs and the batch.
+
+    teacher_out: (T, B, K) the teacher's outputs for the T global views (no gradient).
+    student_out: (V, B, K) the student's outputs for all V views, the T global ones first
+    (in the teacher's order), then the local ones.
+    center: (K,), or any shape that broadcasts to (T, B, K): the teacher's centre, an EMA
+    of its mean output, subtracted before sharpening (lightly's ``Center`` keeps it).
+    teacher_temp, student_temp: the softmax temperatures (the teacher's lower: sharpening).
+    Returns the scalar loss, the mean over the T * V - T pairs of different views.
+
+    NOTE: a view is never its own target: the pair (global view t, the student's view t) is
+    left out, as in the paper's code (``if v == iq: continue``) and lightly. Under DDP each
+    process averages over its own batch, and DDP's gradient averaging makes that the global
+    batch's mean: the loss needs no gather.
+    """
+    teacher_views, batch = teacher_out.shape[:2]
+    teacher = F.softmax((teacher_out - center) / teacher_temp, dim=-1)  # (T, B, K)
+    student = F.log_softmax(student_out / student_temp, dim=-1)  # (V, B, K)
+    cross = -torch.einsum("tbk,vbk->tv", teacher, student) / batch  # (T, V): mean over the batch
+    itself = torch.eye(teacher_views, student_out.shape[0], dtype=torch.bool, device=cross.device)  # (T, V)
+    return cross.masked_fill(itself, 0.0).sum() / (cross.numel() - teacher_views)
 

@@ -4,9 +4,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from lightly.loss import NegativeCosineSimilarity, NTXentLoss
+from lightly.loss import DINOLoss, NegativeCosineSimilarity, NTXentLoss
 
-from ssl_zoo.losses import byol_loss, clip_loss, nt_xent_loss
+from ssl_zoo.losses import byol_loss, clip_loss, dino_loss, nt_xent_loss
 from ssl_zoo.methods.simclr import SimCLR
 from ssl_zoo.recipe import Recipe
 
@@ -84,3 +84,50 @@ def test_byol_loss_is_the_papers_normalised_mse():
     p.grad = None
     (0.5 * (NegativeCosineSimilarity()(p, t) + NegativeCosineSimilarity()(t.flip(0), p.flip(0)))).backward()
     assert torch.allclose(ours, 4 * p.grad, atol=1e-6)
+
+
+def naive_dino(teacher_out: torch.Tensor, student_out: torch.Tensor, center: torch.Tensor,
+               teacher_temp: float, student_temp: float) -> float:
+    """DINO's loss as the paper's Algorithm 1 and main_dino.py's DINOLoss loop write it: for
+    each teacher global view and each student view but itself, the cross-entropy per image."""
+    total, terms = 0.0, 0
+    for t, teacher in enumerate(teacher_out.tolist()):
+        for v, student in enumerate(student_out.tolist()):
+            if v == t:
+                continue
+            for row_t, row_s in zip(teacher, student):
+                shifted = [(x - c) / teacher_temp for x, c in zip(row_t, center.tolist())]
+                p_t = [math.exp(x) / sum(math.exp(y) for y in shifted) for x in shifted]
+                log_norm = math.log(sum(math.exp(x / student_temp) for x in row_s))
+                total += -sum(p * (x / student_temp - log_norm) for p, x in zip(p_t, row_s))
+            terms += 1
+    return total / (terms * teacher_out.shape[1])
+
+
+def test_dino_loss_matches_the_naive_reference_and_lightly():
+    torch.manual_seed(0)
+    teacher_out, local_out = torch.randn(2, 5, 12), torch.randn(4, 5, 12)  # 2 global, 4 local views
+    student_out = torch.cat([torch.randn(2, 5, 12), local_out])  # (6, 5, 12): globals first
+    center = 0.3 * torch.randn(12)
+    for teacher_temp in (0.04, 0.07):
+        loss = dino_loss(teacher_out, student_out, center, teacher_temp, student_temp=0.1)
+        assert abs(loss.item() - naive_dino(teacher_out, student_out, center, teacher_temp, 0.1)) < 1e-4
+        lightly_loss = DINOLoss(output_dim=12, teacher_temp=teacher_temp, student_temp=0.1)
+        lightly_loss.center.copy_(center)  # (1, 1, K): lightly keeps the centre itself
+        expected = lightly_loss(list(teacher_out), list(student_out), teacher_temp=teacher_temp)
+        torch.testing.assert_close(loss, expected)
+    # Two views alone: each global view is the other's target, and its own never is.
+    two = dino_loss(teacher_out, student_out[:2], center, 0.04, 0.1)
+    assert abs(two.item() - naive_dino(teacher_out, student_out[:2], center, 0.04, 0.1)) < 1e-4
+
+
+def test_dino_loss_is_low_when_the_student_agrees_with_the_teacher():
+    # A teacher sure of one prototype per image: the student that picks the same ones
+    # scores lower than one that picks others.
+    torch.manual_seed(0)
+    picks = torch.randint(0, 16, (8,))
+    teacher_out = 5 * F.one_hot(picks, 16).float().expand(2, 8, 16)  # (2, 8, 16)
+    agreeing = teacher_out.repeat(2, 1, 1)  # (4, 8, 16)
+    other = 5 * F.one_hot((picks + 1) % 16, 16).float().expand(4, 8, 16)
+    center = torch.zeros(16)
+    assert dino_loss(teacher_out, agreeing, center, 0.04, 0.1) < 0.1 < dino_loss(teacher_out, other, center, 0.04, 0.1)

@@ -11,8 +11,9 @@ from ssl_zoo.registry import DATASETS, METHODS, Registry
 
 
 def test_built_ins_register_themselves_from_their_own_files():
-    assert {"simclr", "byol", "clip", "supervised"} <= set(METHODS.names())
-    assert METHODS["byol"].has_ema_target and METHODS["clip"].uses_text and METHODS["clip"].num_views == 1
+    assert {"simclr", "byol", "clip", "supervised", "dino"} <= set(METHODS.names())
+    assert METHODS["byol"].has_ema_target and METHODS["dino"].has_ema_target and not METHODS["simclr"].has_ema_target
+    assert METHODS["clip"].uses_text and METHODS["clip"].num_views == 1
     assert {"shapes", "shared_cifar10", "shared_flickr8k", "stl10", "pairs", "shards"} <= set(DATASETS.names())
     assert dataset_spec("stl10").labelled_splits == ("train", "test") and dataset_spec("stl10").splits[0] == "train+unlabeled"
     assert dataset_spec("shared_flickr8k").retrieval_split == "test" and not dataset_spec("shared_flickr8k").labelled

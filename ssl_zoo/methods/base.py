@@ -67,8 +67,9 @@ class SSLMethod(pl.LightningModule):
     # Trains on captions: the data module hands it tokens (``caption_tokenizer``), and it has
     # a text tower (``encode_text``, ``embed_image_features``) for zero-shot and retrieval.
     uses_text: ClassVar[bool] = False
-    # Keeps a momentum (EMA) target network beside the trained one (``ema_pairs``), updated
-    # with ``ssl_zoo.methods.momentum.ema_update``; checkpoints carry it, exports leave it out.
+    # Keeps momentum (EMA) targets beside the trained networks: derived, true of a class that
+    # declares its ``ema_pairs`` (a ``ssl_zoo.methods.momentum.MomentumMethod``, which keeps
+    # them); checkpoints carry the targets, exports leave them out.
     has_ema_target: ClassVar[bool] = False
     global_batchnorm: ClassVar[bool] = False  # the paper normalises over the global batch (sync BN under DDP)
     # The paper's linear-evaluation protocol (``ssl_zoo.eval.probe.linear_probe``, eval
@@ -77,6 +78,7 @@ class SSLMethod(pl.LightningModule):
 
     def __init_subclass__(cls, name: str | None = None, config: type | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        cls.has_ema_target = cls.ema_pairs is not SSLMethod.ema_pairs
         if name is not None:  # a method, not an intermediate base class
             if config is None:
                 raise TypeError(f"{cls.__name__}: a method names its recipe section's dataclass (config=...).")
@@ -109,9 +111,9 @@ class SSLMethod(pl.LightningModule):
         return self.backbone(images)
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """(online, target) modules of a momentum method: each target follows its online
-        module as an EMA, and starts as its copy (also when the backbone starts from
-        ``init_weights``). Empty for methods without a target."""
+        """(online, target) modules of a momentum method (``MomentumMethod`` keeps them):
+        each target follows its online module as an EMA, and starts as its copy (also when
+        the backbone starts from ``init_weights``). Empty for methods without a target."""
         return []
 
     # The text interface, for methods with ``uses_text`` (CLIP): the data module tokenizes

@@ -7,13 +7,11 @@ from typing import Any
 
 import torch
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
-from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
 from ssl_zoo.eval.probe import ProbeSettings
 from ssl_zoo.losses import byol_loss
-from ssl_zoo.methods.base import SSLMethod
-from ssl_zoo.methods.momentum import ema_update, frozen_copy
+from ssl_zoo.methods.momentum import MomentumMethod, frozen_copy
 from ssl_zoo.ranges import ranged
 from ssl_zoo.recipe import Recipe
 
@@ -30,8 +28,7 @@ class BYOLConfig:
     """The target network's EMA momentum at the start, raised to 1 on a cosine schedule over training."""
 
 
-class BYOL(SSLMethod, name="byol", config=BYOLConfig):
-    has_ema_target = True
+class BYOL(MomentumMethod, name="byol", config=BYOLConfig):
     # NOTE: BYOL's code computes batch-norm statistics across all devices, as SimCLR's
     # does; under DDP sync BN is on unless the recipe says no.
     global_batchnorm = True
@@ -61,15 +58,8 @@ class BYOL(SSLMethod, name="byol", config=BYOLConfig):
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.target_backbone), (self.projection_head, self.target_projection_head)]
 
-    def momentum(self) -> float:
-        """EMA momentum at this step: base_momentum raised to 1 on a cosine schedule."""
-        return cosine_schedule(self.global_step, self.total_steps(), self.config.base_momentum, 1.0)
-
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        momentum = self.momentum()
-        for online, target in self.ema_pairs():
-            ema_update(online, target, momentum)
-
+        # The targets have followed the online network already (MomentumMethod, before the step).
         # NOTE: each view goes through both networks on its own, as in BYOL's code, lightly
         # and solo-learn: batch-norm statistics never mix the blurred view with the
         # solarised one (SimCLR, by contrast, normalises both views as one batch).
@@ -82,11 +72,3 @@ class BYOL(SSLMethod, name="byol", config=BYOLConfig):
         loss = byol_loss(p0, t1) + byol_loss(p1, t0)
         self.log("train/loss", loss)
         return loss + self.probe_step(features[0], batch)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # The momentum is a schedule, not a measurement: it goes to the logger at the log
-        # interval, as the learning rate does (self.log of a Python number would copy it
-        # to the GPU, a host sync, at every step).
-        if self.loggers and self.global_step % self.trainer.log_every_n_steps == 0:
-            for logger in self.loggers:  # every logger, not only the first (self.logger)
-                logger.log_metrics({"train/momentum": self.momentum()}, step=self.global_step)

@@ -195,10 +195,8 @@ def _model(recipe: Recipe, trainer: pl.Trainer, datamodule: ImageDataModule, res
         os.environ[_CLASSES_HANDOVER] = str(num_classes)
     model = build_method(recipe, num_classes=num_classes)
     if recipe.init_weights is not None and resume is None:  # a resumed run has its own weights
+        # A momentum method's targets start as copies of the loaded backbone when training starts.
         loaded = load_backbone_weights(model.backbone, recipe.init_weights, f"backbone {recipe.backbone}")
-        if model.has_ema_target:  # its target starts as a copy of the online network: of the loaded one too
-            for online, target in model.ema_pairs():
-                target.load_state_dict(online.state_dict())
         if trainer.is_global_zero:
             print(f"ssl_zoo: the backbone starts from {recipe.init_weights} ({loaded['tensors']} tensors"
                   + (f"; {loaded['head_tensors_left_out']} of a classifier head left out)." if loaded["head_tensors_left_out"] else ")."),
