@@ -280,6 +280,13 @@ def _(capsys, tmp_path, **_):
     assert_clear_error(code, output, r"augment sets both views \(view groups\) and augment\.crop_scale, augment\.blur_p", "set them in each group")
 
 
+@case("multi-size-views-on-fixed-size-transformer")
+def _(capsys, tmp_path, **_):
+    code, output = run(capsys, "fit", "--recipe", "dino_shapes", "--backbone", "vit_tiny_p4", "--trainer.output_dir", tmp_path / "runs")
+    assert_clear_error(code, output, "takes images of one size only", "timm ViT")
+    assert not (tmp_path / "runs").exists()
+
+
 @case("dataset-section-mismatch")
 def _(capsys, tmp_path, **_):
     code, output = run(capsys, "fit", "--recipe", "quickstart", "--shards.decode", "worker", "--trainer.output_dir", tmp_path / "runs")
