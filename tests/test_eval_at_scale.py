@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import tiny_recipe, write_random_shards
+from test_distributed import free_port  # another xdist process may hold a fixed port
 from ssl_zoo.data.shards import ShardSet, expand_shard_paths
 from ssl_zoo.data.shards.split import ShardSplit
 from ssl_zoo.eval.config import EvalConfig
@@ -143,7 +144,7 @@ def test_eval_under_torchrun_extracts_a_slice_per_process_into_one_cache_file(ch
                  str(shards / "val"), "--device", "cpu", "--num-workers", "0", "--cache-dir", str(tmp_path / "cache")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "ssl_zoo",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "ssl_zoo",
          *eval_args, "--out", str(tmp_path / "two.json")], capture_output=True, text=True, env=env, timeout=300,
     )
     assert two.returncode == 0, two.stdout + two.stderr
