@@ -523,7 +523,7 @@ def recipe_rows(
 def free_memory_reads(free_bytes: int) -> Iterator[None]:
     """``torch.cuda.mem_get_info`` reports ``free_bytes`` free (and as much in all).
 
-    NOTE: ``ImageDataModule._in_memory_dataset`` decides with a quarter of that reading and
+    NOTE: ``InMemoryTraining.batches`` (ssl_zoo/data/training.py) decides with a quarter of that reading and
     has no setting to force streaming, so this fakes the reading.
     """
     real = torch.cuda.mem_get_info
@@ -551,9 +551,9 @@ def check_hold_on_device(check: Check, section: Section) -> None:
         faked = free_memory_reads(2 * size) if fake_free else contextlib.nullcontext()
         with faked, contextlib.redirect_stdout(printed):
             if not check.on_gpu:  # the decision alone, for a CUDA device; the CPU cannot copy there
-                dataset = datamodule._in_memory_dataset(torch.device("cuda"))
+                dataset = datamodule.train_data.batches(torch.device("cuda"), None, None).dataset
                 return dataset.images.device.type, "streaming" in printed.getvalue(), 0.0, size
-            dataset = datamodule._in_memory_dataset(check.device)
+            dataset = datamodule.train_data.batches(check.device, None, None).dataset
             timer = StepTimer(skip=1)
             fit(recipe, enable_progress_bar=False, datamodule=datamodule, callbacks=[timer])
         return dataset.images.device.type, "streaming" in printed.getvalue(), timer.steps_per_second, size

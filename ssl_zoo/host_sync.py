@@ -49,7 +49,7 @@ def syncs(func, args) -> str | None:
 BY_DESIGN = {
     # The sampler's indices are a Python list; made into a tensor on the host, they go to
     # the GPU from pinned memory without waiting.
-    ("ssl_zoo/data/datamodule.py", "__getitems__"),
+    ("ssl_zoo/data/training.py", "__getitems__"),
     # Kornia checks blur sigmas > 0 on the host copy of sigma; ssl_zoo draws the sigmas on
     # the host for that reason, so on a GPU the check reads no device memory.
     ("kornia/filters/gaussian.py", "_gaussian_blur2d"),

@@ -55,12 +55,11 @@ def test_the_keeper_ends_training_at_the_budget_and_sizes_the_schedules_to_it(tm
     # The monitor keeps to about 4 scores along the run, not 4 along the first guess's length.
     assert 3 <= schedules.validations <= 6
     # BYOL's momentum and the learning rate follow the refitted length: the cosine reaches
-    # its end value at the run's last step, not at the first guess's. A guess too long only
-    # ever shortens it, so the rate still only falls (a guess too short is stretched).
+    # its end value at the run's last step, not at the first guess's.
+    # (A refit may also lengthen the run a little when the machine speeds up, which moves
+    # the cosine back a little: the rate is not checked to fall at every step.)
     lr = schedules.rates
     assert lr[-1] < 0.05 * max(lr)
-    if first_guess > summary.steps:
-        assert all(b <= a + 1e-12 for a, b in zip(lr, lr[1:]))
 
 
 def test_a_run_cut_below_its_warm_up_warms_up_throughout(tmp_path):

@@ -148,7 +148,7 @@ def test_a_recipe_without_the_archive_says_how_to_build_it(tmp_path, capsys):
 
 
 def test_the_cifar10_recipes_download_torchvisions_cifar10():
-    assert len(CIFAR_RECIPES) == 4
+    assert len(CIFAR_RECIPES) == 5  # SimCLR, BYOL (ConvNet and ResNet-18) and DINO
     for name in CIFAR_RECIPES:
         data = parse_recipe(["--recipe", name]).data
         assert (data.name, data.root, data.download, data.image_size) == ("cifar10", "data/cifar10", True, 32), name
