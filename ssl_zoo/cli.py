@@ -304,6 +304,17 @@ def _parse(parser: _Parser, argv: list[str]) -> tuple[argparse.Namespace, list[s
     return parser.parse_known_args(argv)
 
 
+def _parse_all(parser: _Parser, argv: list[str]) -> argparse.Namespace | None:
+    """Every argument as the parser's own (any other is an unknown option); None when help was printed."""
+    parsed = _parse(parser, argv)
+    if parsed is None:
+        return None
+    args, rest = parsed
+    if rest:
+        raise _unknown_option(parser, rest[0])
+    return args
+
+
 def _unknown_option(parser: _Parser, option: str) -> SslZooError:
     what = f"unknown option {option}" if option.startswith("-") else f"unexpected argument '{option}'"
     return SslZooError(f"{parser.prog}: {what}. See `python -m {parser.prog} --help`.")
@@ -337,12 +348,9 @@ def eval_command(argv: list[str]) -> int:
     from ssl_zoo.eval.zero_shot import load_templates
 
     parser = eval_parser()
-    parsed = _parse(parser, argv)
-    if parsed is None:
+    args = _parse_all(parser, argv)
+    if args is None:
         return 0
-    args, rest = parsed
-    if rest:
-        raise _unknown_option(parser, rest[0])
     if args.dense_probe_positions < 1:
         raise SslZooError(f"eval: --dense-probe-positions {args.dense_probe_positions} fits the probe on no pixel; give 1 or more.")
     config = EvalConfig(
@@ -491,12 +499,9 @@ def export_command(argv: list[str]) -> int:
     from ssl_zoo.export import CONFIG, export_checkpoint
 
     parser = export_parser()
-    parsed = _parse(parser, argv)
-    if parsed is None:
+    args = _parse_all(parser, argv)
+    if args is None:
         return 0
-    args, rest = parsed
-    if rest:
-        raise _unknown_option(parser, rest[0])
     started = time.perf_counter()
     config = export_checkpoint(args.checkpoint, args.out)
     sizes = ", ".join(f"{name} ({entry['bytes'] / 1e6:.1f} MB)" for name, entry in config["files"].items())
@@ -540,12 +545,9 @@ def shards_command(argv: list[str]) -> int:
     from ssl_zoo.data.shards.convert import convert, index_shards, read_class_list
 
     parser = shards_parser()
-    parsed = _parse(parser, argv)
-    if parsed is None:
+    args = _parse_all(parser, argv)
+    if args is None:
         return 0
-    args, rest = parsed
-    if rest:
-        raise _unknown_option(parser, rest[0])
     if args.index is not None:
         built = index_shards(args.index, workers=args.workers, progress=not args.quiet)
         print(f"Indexed {len(built)} shard(s); the others' indexes were current.")

@@ -17,8 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 
 from ssl_zoo.data.imageset import ImageSet
 from ssl_zoo.data.spec import DatasetSpec
+from ssl_zoo.environment import one_torch_thread
 from ssl_zoo.errors import RecipeError
 from ssl_zoo.ranges import ranged
 
@@ -282,23 +282,6 @@ def _draw_clutter(
 _CHUNK = 256
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run torch ops single-threaded, then restore the thread count.
-
-    Rendering is thousands of small memory-bound ops. On 2 free cores two threads save ~30 %
-    (0.75 s against 1.05 s for 4000 images at 64 px), but when the cores are shared (a
-    training run, test workers) every op's thread barrier waits on a descheduled thread and
-    the same job took 3-23 s; one thread stays at ~1.2 s either way.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _render(
     labels: torch.Tensor,  # int64 (n,)
     f: dict[str, torch.Tensor],  # the factors of these n images
@@ -354,7 +337,7 @@ def make_shapes_with_factors(
 
     images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
     masks = torch.empty(n, image_size, image_size, dtype=torch.bool)
-    with _one_thread():
+    with one_torch_thread():
         for start in range(0, n, _CHUNK):
             part = slice(start, start + _CHUNK)
             chunk = {k: v[part] for k, v in factors.items()}

@@ -20,12 +20,11 @@ per class leave nothing to hold out (at k = 1) or a held-out choice by noise (k 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
+from ssl_zoo.environment import one_torch_thread
 from ssl_zoo.errors import SslZooError
 from ssl_zoo.eval.linear import fit_logistic_regression, topk_accuracy
 
@@ -92,25 +91,8 @@ def few_shot_probes(
 
     train_x (N, D), test_x (M, D) frozen features on one device; train_y (N,), test_y (M,).
     """
-    with _one_thread():
+    with one_torch_thread():
         return _few_shot_probes(train_x, train_y, test_x, test_y, num_classes, shots, draws, seed, zero_shot_top1, weight_decay)
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Torch ops single-threaded, then the thread count restored.
-
-    NOTE: a few-shot fit is hundreds of L-BFGS steps on a few hundred rows, each step a
-    handful of tiny ops; with two threads every op waits at a thread barrier, and on 2
-    shared cores the few-shot probes took 15-20x as long as on one thread (14-21 s
-    against 1 s for 8 fits), as ``ssl_zoo.data.shapes`` found for its rendering.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _few_shot_probes(
