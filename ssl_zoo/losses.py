@@ -1,9 +1,10 @@
 """Self-supervised losses as pure, shape-documented functions, gathered across processes.
 
 BYOL's regression loss is lightly's ``NegativeCosineSimilarity`` put on the paper's scale.
-DINO's cross-entropy takes its teacher's centre as an argument (the method keeps it, in
-lightly's ``Center``) rather than keeping it as lightly's ``DINOLoss`` does, and is tested
-equal to it.
+DINO's cross-entropy takes its teacher's targets as an argument, made by the paper's
+centring (the method keeps the centre, in lightly's ``Center``) or by DINOv2's Sinkhorn-Knopp
+(lightly's SwAV ``sinkhorn``), rather than keeping a centre as lightly's ``DINOLoss`` does,
+and is tested equal to it.
 SimCLR's NT-Xent is written here although lightly has one: lightly's ``NTXentLoss`` cuts
 the self-similarities out with a boolean index, which on a GPU makes the host wait for the
 device at every step. ``nt_xent_loss`` masks them instead and is tested equal to it.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from lightly.loss import NegativeCosineSimilarity
+from lightly.loss.swav_loss import sinkhorn
 from lightly.utils import dist
 from torch import Tensor
 
@@ -88,17 +90,17 @@ def byol_loss(prediction: Tensor, target: Tensor) -> Tensor:
     return 2 + 2 * _negative_cosine(prediction, target)
 
 
-def dino_loss(teacher_out: Tensor, student_out: Tensor, center: Tensor, teacher_temp: float, student_temp: float) -> Tensor:
+def dino_loss(teacher_probs: Tensor, student_out: Tensor, student_temp: float) -> Tensor:
     """DINO's loss (Caron et al. 2021, eq. 3 and Algorithm 1): the cross-entropy from the
-    teacher's centred, sharpened distribution over K prototypes for each global view to the
-    student's for every other view, averaged over the pairs and the batch.
+    teacher's distribution over K prototypes for each global view to the student's for
+    every other view, averaged over the pairs and the batch.
 
-    teacher_out: (T, B, K) the teacher's outputs for the T global views (no gradient).
+    teacher_probs: (T, B, K) the teacher's targets for the T global views (no gradient),
+    centred and sharpened (``centred_teacher``, the paper's) or balanced over the batch
+    (``sinkhorn_teacher``, DINOv2's).
     student_out: (V, B, K) the student's outputs for all V views, the T global ones first
     (in the teacher's order), then the local ones.
-    center: (K,), or any shape that broadcasts to (T, B, K): the teacher's centre, an EMA
-    of its mean output, subtracted before sharpening (lightly's ``Center`` keeps it).
-    teacher_temp, student_temp: the softmax temperatures (the teacher's lower: sharpening).
+    student_temp: the student's softmax temperature.
     Returns the scalar loss, the mean over the T * V - T pairs of different views.
 
     NOTE: a view is never its own target: the pair (global view t, the student's view t) is
@@ -106,10 +108,45 @@ def dino_loss(teacher_out: Tensor, student_out: Tensor, center: Tensor, teacher_
     process averages over its own batch, and DDP's gradient averaging makes that the global
     batch's mean: the loss needs no gather.
     """
-    teacher_views, batch = teacher_out.shape[:2]
-    teacher = F.softmax((teacher_out - center) / teacher_temp, dim=-1)  # (T, B, K)
+    teacher_views, batch = teacher_probs.shape[:2]
     student = F.log_softmax(student_out / student_temp, dim=-1)  # (V, B, K)
-    cross = -torch.einsum("tbk,vbk->tv", teacher, student) / batch  # (T, V): mean over the batch
+    cross = -torch.einsum("tbk,vbk->tv", teacher_probs, student) / batch  # (T, V): mean over the batch
     itself = torch.eye(teacher_views, student_out.shape[0], dtype=torch.bool, device=cross.device)  # (T, V)
     return cross.masked_fill(itself, 0.0).sum() / (cross.numel() - teacher_views)
+
+
+def centred_teacher(teacher_out: Tensor, center: Tensor, teacher_temp: float) -> Tensor:
+    """DINO's teacher targets: (T, B, K) outputs -> (T, B, K) distributions,
+    softmax((out - center) / teacher_temp) over the K prototypes.
+
+    center: (K,), or any shape that broadcasts to (T, B, K): an EMA of the teacher's mean
+    output (lightly's ``Center`` keeps it). Centring keeps one prototype from winning every
+    image; the low temperature (sharpening) keeps the distributions from going flat.
+    """
+    return F.softmax((teacher_out - center) / teacher_temp, dim=-1)
+
+
+def sinkhorn_teacher(teacher_out: Tensor, teacher_temp: float, iterations: int = 3) -> Tensor:
+    """DINOv2's teacher targets (Oquab et al. 2023): (T, B, K) outputs -> (T, B, K)
+    distributions from ``iterations`` Sinkhorn-Knopp steps on exp(out / teacher_temp) over the
+    T * B rows of the global batch (all processes'), which give every prototype an equal
+    share of the batch and every row a distribution.
+
+    Balanced within the batch itself, the targets can neither collapse to one prototype nor
+    go flat, with no state to lag behind (the EMA centre's failure in short, small-batch runs).
+    Uses lightly's SwAV ``sinkhorn``, which sums over processes. Like DINOv2's, it assumes
+    logits in a weight-normalised last layer's range (cosines, |out| <= 1): logits hundreds of
+    temperatures apart underflow to an all-zero image and give NaN.
+    """
+    views, batch, prototypes = teacher_out.shape
+    logits = teacher_out.detach().flatten(0, 1).float()  # (T * B, K)
+    # NOTE: each prototype's logits are shifted by its largest over the global batch first, so
+    # exp() can neither overflow nor leave a prototype all zeros. Exact: Sinkhorn-Knopp's first
+    # step divides each prototype by its sum, which cancels any factor of its own (a shift
+    # taken per process would not cancel).
+    shift = logits.max(dim=0).values  # (K,)
+    if dist.world_size() > 1:
+        torch.distributed.all_reduce(shift, op=torch.distributed.ReduceOp.MAX)
+    targets = sinkhorn(logits - shift, iterations=iterations, epsilon=teacher_temp, gather_distributed=True)
+    return targets.view(views, batch, prototypes)
 

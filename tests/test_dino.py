@@ -9,7 +9,7 @@ from lightly.utils.scheduler import cosine_schedule
 from ssl_zoo.data.datamodule import ImageDataModule
 
 from ssl_zoo.errors import RecipeError
-from ssl_zoo.losses import dino_loss
+from ssl_zoo.losses import centred_teacher, dino_loss, sinkhorn_teacher
 from ssl_zoo.methods.dino import DINO
 
 # 2 global crops at 32 px and 3 local ones at 16 px, as the paper's 2 x 224 + 8 x 96 scaled down.
@@ -48,10 +48,26 @@ def test_the_teacher_sees_the_global_crops_and_the_student_every_crop(make_recip
         global_views, local_views = batch["views_by_size"]
         s = torch.cat([model.projection_head(model.backbone(v.flatten(0, 1))) for v in (global_views, local_views)])
         t = model.target_projection_head(model.target_backbone(global_views.flatten(0, 1)))
-        expected = dino_loss(t.view(2, 8, -1), s.view(5, 8, -1), center_before, 0.04, 0.1)
+        expected = dino_loss(centred_teacher(t.view(2, 8, -1), center_before, 0.04), s.view(5, 8, -1), 0.1)
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-5)
     # The centre moved toward the teacher's mean output, by the centre momentum.
     torch.testing.assert_close(model.center.value, 0.9 * center_before + 0.1 * t.mean(dim=0, keepdim=True)[None])
+
+
+def test_sinkhorn_knopp_centering_takes_the_centres_place(make_recipe):
+    # DINOv2's targets: balanced over the batch itself, so the method keeps no centre.
+    torch.manual_seed(0)
+    model = DINO(make_recipe("dino", **{**MULTI_CROP, "dino.centering": "sinkhorn_knopp"}))
+    model.log = lambda *args, **kwargs: None
+    batch = multi_crop_batch(model)
+    assert model.center is None and "center.value" not in model.state_dict()
+    loss = model.training_step(batch, 0)
+    with torch.no_grad():
+        global_views, local_views = batch["views_by_size"]
+        s = torch.cat([model.projection_head(model.backbone(v.flatten(0, 1))) for v in (global_views, local_views)])
+        t = model.target_projection_head(model.target_backbone(global_views.flatten(0, 1)))
+        expected = dino_loss(sinkhorn_teacher(t.view(2, 8, -1), 0.04), s.view(5, 8, -1), 0.1)
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_two_global_crops_alone_train_too(make_recipe):

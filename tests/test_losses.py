@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from lightly.loss import DINOLoss, NegativeCosineSimilarity, NTXentLoss
 
-from ssl_zoo.losses import byol_loss, clip_loss, dino_loss, nt_xent_loss
+from ssl_zoo.losses import byol_loss, centred_teacher, clip_loss, dino_loss, nt_xent_loss, sinkhorn_teacher
 from ssl_zoo.methods.simclr import SimCLR
 from ssl_zoo.recipe import Recipe
 
@@ -110,14 +110,14 @@ def test_dino_loss_matches_the_naive_reference_and_lightly():
     student_out = torch.cat([torch.randn(2, 5, 12), local_out])  # (6, 5, 12): globals first
     center = 0.3 * torch.randn(12)
     for teacher_temp in (0.04, 0.07):
-        loss = dino_loss(teacher_out, student_out, center, teacher_temp, student_temp=0.1)
+        loss = dino_loss(centred_teacher(teacher_out, center, teacher_temp), student_out, student_temp=0.1)
         assert abs(loss.item() - naive_dino(teacher_out, student_out, center, teacher_temp, 0.1)) < 1e-4
         lightly_loss = DINOLoss(output_dim=12, teacher_temp=teacher_temp, student_temp=0.1)
         lightly_loss.center.copy_(center)  # (1, 1, K): lightly keeps the centre itself
         expected = lightly_loss(list(teacher_out), list(student_out), teacher_temp=teacher_temp)
         torch.testing.assert_close(loss, expected)
     # Two views alone: each global view is the other's target, and its own never is.
-    two = dino_loss(teacher_out, student_out[:2], center, 0.04, 0.1)
+    two = dino_loss(centred_teacher(teacher_out, center, 0.04), student_out[:2], 0.1)
     assert abs(two.item() - naive_dino(teacher_out, student_out[:2], center, 0.04, 0.1)) < 1e-4
 
 
@@ -130,4 +130,39 @@ def test_dino_loss_is_low_when_the_student_agrees_with_the_teacher():
     agreeing = teacher_out.repeat(2, 1, 1)  # (4, 8, 16)
     other = 5 * F.one_hot((picks + 1) % 16, 16).float().expand(4, 8, 16)
     center = torch.zeros(16)
-    assert dino_loss(teacher_out, agreeing, center, 0.04, 0.1) < 0.1 < dino_loss(teacher_out, other, center, 0.04, 0.1)
+    targets = centred_teacher(teacher_out, center, 0.04)
+    assert dino_loss(targets, agreeing, 0.1) < 0.1 < dino_loss(targets, other, 0.1)
+
+
+def naive_sinkhorn(teacher_out, teacher_temp, iterations=3):
+    """DINOv2's sinkhorn_knopp_teacher, written as its paper states it: alternately make
+    every prototype's column hold 1/K of the mass and every row 1/N, then rows sum to 1."""
+    rows = [[math.exp(x / teacher_temp) for x in row] for row in teacher_out.flatten(0, 1).tolist()]
+    n, k = len(rows), len(rows[0])
+    total = sum(map(sum, rows))
+    rows = [[x / total for x in row] for row in rows]
+    for _ in range(iterations):
+        columns = [sum(row[j] for row in rows) for j in range(k)]
+        rows = [[x / columns[j] / k for j, x in enumerate(row)] for row in rows]
+        rows = [[x / sum(row) / n for x in row] for row in rows]
+    return torch.tensor([[x * n for x in row] for row in rows]).view(teacher_out.shape)
+
+
+def test_sinkhorn_teacher_matches_the_naive_reference_and_balances_the_prototypes():
+    torch.manual_seed(0)
+    teacher_out = torch.randn(2, 6, 5)  # 2 global views, 6 images, 5 prototypes
+    targets = sinkhorn_teacher(teacher_out, teacher_temp=0.5)
+    torch.testing.assert_close(targets, naive_sinkhorn(teacher_out, 0.5), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(targets.sum(-1), torch.ones(2, 6))  # every row a distribution
+    # A teacher that puts every image on prototype 0 (the collapse the EMA centre must undo
+    # over many steps) gets targets that share the batch among the prototypes at once.
+    collapsed = torch.zeros(2, 6, 5)
+    collapsed[..., 0] = 1.0
+    shares = sinkhorn_teacher(collapsed + 0.01 * torch.randn(2, 6, 5), teacher_temp=0.04).sum(dim=(0, 1)) / 12
+    torch.testing.assert_close(shares, torch.full((5,), 0.2), atol=0.02, rtol=0)
+    # The weight-normalised last layer's widest logits (cosines, -1 to 1) at the lowest
+    # temperature neither overflow nor empty a prototype or an image: one image at -1 on
+    # every prototype, the others at +1.
+    extreme = torch.ones(2, 6, 5)
+    extreme[0, 0] = -1.0
+    assert torch.isfinite(sinkhorn_teacher(extreme, teacher_temp=0.04)).all()

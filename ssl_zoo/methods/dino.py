@@ -4,7 +4,7 @@ distribution over prototypes, from small local crops as well as the global ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightly.models.modules import DINOProjectionHead
@@ -14,7 +14,7 @@ from lightly.utils.scheduler import cosine_schedule, linear_warmup_schedule
 from torch import Tensor, nn
 
 from ssl_zoo.errors import RecipeError
-from ssl_zoo.losses import dino_loss
+from ssl_zoo.losses import centred_teacher, dino_loss, sinkhorn_teacher
 from ssl_zoo.methods.momentum import MomentumMethod, frozen_copy
 from ssl_zoo.ranges import ranged
 from ssl_zoo.recipe import Recipe
@@ -72,8 +72,10 @@ class DINOConfig:
     """The teacher's temperature at the start, raised linearly to teacher_temp."""
     warmup_teacher_temp_epochs: float = ranged(0, at_least=0)
     """Epochs of the teacher temperature's linear warm-up."""
+    centering: Literal["center", "sinkhorn_knopp"] = "center"
+    """How the teacher's targets avoid collapse: 'center' subtracts an EMA centre and sharpens (the paper's); 'sinkhorn_knopp' balances them over the batch (DINOv2's; steadier in short runs with small batches)."""
     center_momentum: float = ranged(0.9, at_least=0, at_most=1)
-    """EMA momentum of the centre subtracted from the teacher's outputs."""
+    """EMA momentum of the centre subtracted from the teacher's outputs (centering: center)."""
     # NOTE: main_dino.py raises it from 0.04 to 0.4; the default here keeps optim.weight_decay,
     # which a recipe sets for its optimiser (5e-4 under SGD would otherwise climb to 0.4).
     weight_decay_end: float | None = ranged(None, at_least=0)
@@ -103,8 +105,8 @@ class DINO(MomentumMethod, name="dino", config=DINOConfig):
         self.target_projection_head.load_state_dict(self.projection_head.state_dict())
         deactivate_requires_grad(self.target_projection_head)
         # The teacher's centre: (1, 1, K), an EMA of its mean output over the global views and
-        # the global batch. A buffer, so checkpoints carry it.
-        self.center = Center((1, 1, cfg.output_dim), momentum=cfg.center_momentum)
+        # the global batch. A buffer, so checkpoints carry it. Sinkhorn-Knopp needs none.
+        self.center = Center((1, 1, cfg.output_dim), momentum=cfg.center_momentum) if cfg.centering == "center" else None
 
     def _head(self) -> DINOProjectionHead:
         """backbone features (N, D) -> (N, K): MLP, L2-normalised bottleneck, weight-normalised last layer."""
@@ -123,6 +125,15 @@ class DINO(MomentumMethod, name="dino", config=DINOConfig):
         warmup_steps = int(cfg.warmup_teacher_temp_epochs * self._steps_per_epoch())
         return linear_warmup_schedule(self.global_step, warmup_steps, cfg.warmup_teacher_temp, cfg.teacher_temp)
 
+    def teacher_targets(self, teacher_out: Tensor) -> Tensor:
+        """The teacher's outputs (T, B, K) -> its target distributions (T, B, K), by the
+        recipe's centring; the centre then moves toward this batch's mean output."""
+        if self.center is None:
+            return sinkhorn_teacher(teacher_out, self.teacher_temp())
+        targets = centred_teacher(teacher_out, self.center.value, self.teacher_temp())
+        self.center.update(teacher_out)
+        return targets
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         views_by_size = batch["views_by_size"]  # [(2, B, 3, S, S) global, then (N, B, 3, s, s) local]
         num_global, images = views_by_size[0].shape[:2]
@@ -133,8 +144,7 @@ class DINO(MomentumMethod, name="dino", config=DINOConfig):
         with torch.no_grad():
             teacher_features = self.target_backbone(views_by_size[0].flatten(0, 1))  # (2 * B, D)
             teacher_out = self.target_projection_head(teacher_features).view(num_global, images, -1)  # (2, B, K)
-        loss = dino_loss(teacher_out, student_out, self.center.value, self.teacher_temp(), self.config.student_temp)
-        self.center.update(teacher_out)
+        loss = dino_loss(self.teacher_targets(teacher_out), student_out, self.config.student_temp)
         self.log("train/loss", loss)
         return loss + self.probe_step(features[0][:images], batch)  # the first global view's features
 
