@@ -16,7 +16,7 @@ from ssl_zoo.atomic import atomic_write
 from ssl_zoo.errors import SslZooError
 
 USAGE = """\
-ssl_zoo: SimCLR, BYOL and CLIP trained and compared side by side.
+ssl_zoo: SimCLR, BYOL, CLIP and DINO trained and compared side by side.
 
 usage:
   python -m ssl_zoo recipes                      list the bundled recipes
@@ -29,8 +29,11 @@ usage:
                                                  linear, kNN, zero-shot, retrieval, diagnostics
   python -m ssl_zoo eval --weights LIBRARY:NAME=FILE --data NAME [--root DIR]
                                                  the same for torchvision, timm or open_clip weights
+  python -m ssl_zoo eval --ckpt PATH --few-shot 1,2,4,8,16 --shifts [--dense]
+                                                 also few-shot probes, shifted test sets, dense zero-shot
   python -m ssl_zoo bench --recipes A B C [--budget 10m | --epochs N] [--out DIR]
                                                  train under one budget, evaluate, write a report
+                                                 (--few-shot, --shifts and --dense add their sections)
   python -m ssl_zoo bench --resume DIR           go on with a bench that stopped, skipping what it finished
   python -m ssl_zoo export CKPT --out DIR        the backbone (and CLIP's text tower) as safetensors that
                                                  plain torchvision/timm/open_clip load, with config.json
