@@ -282,7 +282,9 @@ def _(capsys, tmp_path, **_):
 
 @case("multi-size-views-on-fixed-size-transformer")
 def _(capsys, tmp_path, **_):
-    code, output = run(capsys, "fit", "--recipe", "dino_shapes", "--backbone", "vit_tiny_p4", "--trainer.output_dir", tmp_path / "runs")
+    local_crops = "[{count: 2, crop_scale: [0.6, 1.0]}, {count: 4, size: 16, crop_scale: [0.1, 0.4]}]"
+    code, output = run(capsys, "fit", "--recipe", "dino_shapes", "--backbone", "vit_tiny_p4", "--augment.views", local_crops,
+                       "--trainer.output_dir", tmp_path / "runs")
     assert_clear_error(code, output, "takes images of one size only", "timm ViT")
     assert not (tmp_path / "runs").exists()
 
