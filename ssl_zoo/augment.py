@@ -118,6 +118,9 @@ class AugmentConfig:
     """Random resized crop: the range of the crop's aspect ratio (width / height)."""
     flip_p: float = ranged(0.5, at_least=0, at_most=1)
     """Probability of a horizontal flip."""
+    rotation: float = ranged(0.0, at_least=0, at_most=180)
+    """Random rotation of each view, uniform within +-rotation degrees, made by the crop's own
+    sampling (no extra pass; corners beyond the image are reflected); 0: none, as the papers."""
     jitter_p: float = ranged(0.8, at_least=0, at_most=1)
     """Probability of colour jitter."""
     jitter: tuple[float, float, float, float] = ranged((0.4, 0.4, 0.4, 0.1), at_least=0)
@@ -238,10 +241,11 @@ def sample_crop_boxes(
     return torch.stack([cx, cy, width, height], dim=1)
 
 
-def crop_flip_grid(boxes: Tensor, flip: Tensor, size: int) -> Tensor:
+def crop_flip_grid(boxes: Tensor, flip: Tensor, size: int, angle: Tensor | None = None) -> Tensor:
     """Sampling grids that crop each box, resize it to size x size and maybe flip it.
 
-    boxes: (n, 4) centre x, y, width, height as fractions; flip: (n,) bool.
+    boxes: (n, 4) centre x, y, width, height as fractions; flip: (n,) bool; angle: (n,)
+    radians to turn each view by, about the box's centre (None: no rotation).
     Returns (n, size, size, 2) for ``grid_sample`` (align_corners=False).
     """
     cx, cy, w, h = (column[:, None, None] for column in boxes.unbind(dim=1))  # (n, 1, 1) each
@@ -250,9 +254,16 @@ def crop_flip_grid(boxes: Tensor, flip: Tensor, size: int) -> Tensor:
     u = torch.arange(size, device=boxes.device, dtype=boxes.dtype).mul_(2 / size).add_(1 / size - 1)
     # Output coordinate u reads input coordinate (2 cx - 1) + w * sign * u (and alike in y).
     # Written out rather than F.affine_grid, whose batched matmul is most of its cost.
-    x = (2 * cx - 1) + (w * sign) * u[None, None, :]  # (n, 1, size)
-    y = (2 * cy - 1) + h * u[None, :, None]  # (n, size, 1)
-    return torch.stack(torch.broadcast_tensors(x, y), dim=-1)  # (n, size, size, 2)
+    if angle is None:
+        x = (2 * cx - 1) + (w * sign) * u[None, None, :]  # (n, 1, size)
+        y = (2 * cy - 1) + h * u[None, :, None]  # (n, size, 1)
+        return torch.stack(torch.broadcast_tensors(x, y), dim=-1)  # (n, size, size, 2)
+    # Rotated: the output's coordinates turn by the angle before they are scaled into the box.
+    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]  # (n, 1, 1) each
+    ux, uy = u[None, None, :], u[None, :, None]
+    x = (2 * cx - 1) + (w * sign) * (cos * ux - sin * uy)  # (n, size, size)
+    y = (2 * cy - 1) + h * (sin * ux + cos * uy)  # (n, size, size)
+    return torch.stack([x, y], dim=-1)  # (n, size, size, 2)
 
 
 def shift_hue(x: Tensor, shift: Tensor) -> Tensor:
@@ -387,7 +398,9 @@ class ViewAugment(nn.Module):
         scales = {group.crop_scale for group in groups}
         scale = next(iter(scales)) if len(scales) == 1 else per_view(getattr(self, f"crop_scale_{index}"))
         boxes = sample_crop_boxes(n, scale, cfg.crop_ratio, height / width, gen, device)
-        grid = crop_flip_grid(boxes, coin(cfg.flip_p), size)  # (n, S, S, 2), view-major
+        flip = coin(cfg.flip_p)
+        angle = uniform(-cfg.rotation, cfg.rotation).deg2rad_() if cfg.rotation > 0 else None  # drawn only if used
+        grid = crop_flip_grid(boxes, flip, size, angle)  # (n, S, S, 2), view-major
         grid = grid.view(views, batch, size, size, 2).transpose(0, 1)
         grid = grid.reshape(batch, views * size, size, 2)
         x = images.float().div_(255)  # (B, 3, H, W) in [0, 1]

@@ -10,7 +10,7 @@ from kornia.enhance import adjust_hue, normalize
 from torchvision.transforms.v2.functional import adjust_hue as tv_adjust_hue
 
 from ssl_zoo.augment import (
-    JITTER_OPS, JITTER_ORDERS, AugmentConfig, EvalTransform, ViewAugment, sample_crop_boxes, shift_hue,
+    JITTER_OPS, JITTER_ORDERS, AugmentConfig, EvalTransform, ViewAugment, crop_flip_grid, sample_crop_boxes, shift_hue,
 )
 from ssl_zoo.errors import RecipeError
 
@@ -117,6 +117,25 @@ def test_flip_and_grayscale_rates():
     gray = (views[:, 0] - views[:, 1]).abs().amax(dim=(1, 2)) < 1e-4
     assert abs(flipped.float().mean() - 0.5) < 0.03
     assert abs(gray.float().mean() - 0.2) < 0.03
+
+
+def test_rotation_turns_views_within_its_range_and_zero_leaves_them_alone():
+    images = random_images(64)
+    # +-90 degrees with the identity crop: a quarter turn of a square view loses no pixel, so
+    # views at exactly 90 degrees are rot90 of the image; the angles drawn spread over the range.
+    config = AugmentConfig(size=32, **{**IDENTITY, "rotation": 90.0})
+    views = ViewAugment(config, num_views=1)(images)[0]
+    quarter = torch.full((1,), math.pi / 2)
+    grid = crop_flip_grid(torch.tensor([[0.5, 0.5, 1.0, 1.0]]), torch.zeros(1, dtype=torch.bool), 32, quarter)
+    turned = torch.nn.functional.grid_sample(images[:1].float() / 255, grid, align_corners=False)
+    torch.testing.assert_close(turned, torch.rot90(images[:1].float() / 255, k=1, dims=(2, 3)), atol=1e-5, rtol=0)
+    unchanged = (views - images.float() / 255).abs().amax(dim=(1, 2, 3)) < 1e-5
+    assert unchanged.float().mean() < 0.1  # nearly every view turned
+    # rotation 0 draws nothing: the views are those of a config without the key.
+    plain = ViewAugment(AugmentConfig(size=32, **IDENTITY), num_views=1)(images)
+    torch.testing.assert_close(ViewAugment(AugmentConfig(size=32, **{**IDENTITY, "rotation": 0.0}), num_views=1)(images), plain)
+    with pytest.raises(RecipeError, match="augment.rotation"):
+        AugmentConfig(rotation=200.0)
 
 
 def test_byol_asymmetric_solarize_probabilities():
