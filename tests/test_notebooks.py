@@ -18,7 +18,7 @@ def test_every_notebook_is_listed():
     assert [p.name for p in NOTEBOOKS] == [
         "01_simclr_from_scratch.ipynb", "02_byol_without_negatives.ipynb",
         "03_clip_zero_shot.ipynb", "04_compare_methods.ipynb",
-        "06_dense_zero_shot.ipynb",
+        "05_zero_shot_vs_few_shot_and_shift.ipynb", "06_dense_zero_shot.ipynb",
     ]
 
 
