@@ -75,3 +75,43 @@ def test_view_rates_and_a_row_on_the_cpu(throughput, tmp_path):
     assert row["ratio_full_over_model"] == pytest.approx(row["pairs_per_s_full"] / row["pairs_per_s_model"])
     assert row["peak_mem_gib"] is None  # no GPU memory on the CPU
     json.dumps(row)  # the result file's rows are plain JSON
+
+
+def test_views_before_after_alternates_the_trees_and_reads_the_ratio_per_pair(tmp_path, monkeypatch):
+    """Its processes replaced by a fake whose working tree runs at 0.9 of the base: the
+    order alternates pair by pair, the base's files are the commit's, and each row's median
+    block ratio, interval and verdict follow."""
+    before_after = load_benchmark("views_before_after")
+    calls = []
+
+    def fake_rates(tree, device, scratch):
+        side = "head" if tree == before_after.ROOT else "base"
+        assert side == "head" or (tree / "ssl_zoo" / "augment.py").is_file()  # the exported commit
+        calls.append(side)
+        base = {"ssl_zoo": 1000.0 + len(calls), "kornia": 500.0, "lightly": 300.0}
+        return {row: rate * (0.9 if side == "head" and row == "ssl_zoo" else 1.0) for row, rate in base.items()}
+
+    monkeypatch.setattr(before_after, "view_rates", fake_rates)
+    monkeypatch.setattr(before_after, "check_imports_from", lambda tree: None)
+    results = before_after.main(["--base", "HEAD", "--pairs", "4", "--out", str(tmp_path / "r.json")])
+    assert calls == ["base", "head", "head", "base", "base", "head", "head", "base"]
+    ssl_zoo = results["rows"]["ssl_zoo"]
+    assert ssl_zoo["median_ratio"] == pytest.approx(0.9, abs=0.002) and ssl_zoo["verdict"] == "drop beyond 5%"
+    assert results["rows"]["kornia"]["median_ratio"] == 1.0 and results["rows"]["kornia"]["verdict"] == "no drop beyond 5%"
+    assert json.loads((tmp_path / "r.json").read_text())["runs"][1]["first"] == "head"
+
+
+def test_views_before_after_cancels_the_position_in_a_pair():
+    """The second process of every pair 20 % slower, whichever tree: the blocks read 1."""
+    before_after = load_benchmark("views_before_after")
+    runs = [{"first": first, first: {"ssl_zoo": 100.0}, second: {"ssl_zoo": 80.0}}
+            for first, second in [("base", "head"), ("head", "base")] * 2]
+    assert before_after.block_ratios(runs, "ssl_zoo") == [pytest.approx(1.0)] * 2
+
+
+def test_views_before_after_calls_an_interval_across_the_tolerance_undecided():
+    before_after = load_benchmark("views_before_after")
+    low, high = before_after.median_interval([0.9, 0.95, 1.0, 1.05, 1.1, 0.92, 1.08])
+    assert low < 0.95 < high
+    assert before_after.verdict(low, high, 0.05).startswith("undecided")
+    assert before_after.median_interval([1.0] * 5) == (1.0, 1.0)
