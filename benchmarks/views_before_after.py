@@ -35,6 +35,8 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
+from ssl_zoo.environment import source_revision
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 ROWS = ("ssl_zoo", "kornia", "lightly")  # the view table's rows, pairs of views per second
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--pairs must be an even number of at least 2 (blocks of two pairs), got {args.pairs}")
 
     base_commit = git("rev-parse", args.base)
-    head = {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    head = source_revision()  # the working tree's commit and whether its tracked files differ
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="views_before_after_") as scratch_name:
         scratch = Path(scratch_name)
